@@ -1,0 +1,45 @@
+# dualsynth — two commands do all set-up on a fresh machine:
+#   make run    creates .venv if missing, installs, runs the workflow on the embedded default (quick preset)
+#   make test   creates .venv if missing, installs, runs all tests
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PRESET ?= quick
+EXPERIMENT ?= $(PRESET)
+DATA ?= params/data/ndfeb_default.yaml
+STAGES ?= 01
+PYTEST_ARGS ?=
+
+.PHONY: install run test test-fast lab kernel bench clean-outputs strip-notebooks
+
+$(VENV)/.installed: pyproject.toml requirements.lock
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip==25.3
+	$(PY) -m pip install --quiet -c requirements.lock -e '.[test]'
+	@touch $@
+
+install: $(VENV)/.installed
+
+run: install
+	$(PY) -m dualsynth.batch chain --preset $(PRESET) --experiment $(EXPERIMENT) --data $(DATA) --stages $(STAGES)
+
+test: install
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-fast: install
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+# JupyterLab with the project's environment (its python3 kernel is the venv's)
+lab: install
+	$(VENV)/bin/jupyter lab notebooks/
+
+# register the venv as a kernel named "dualsynth" for a Jupyter installed elsewhere
+kernel: install
+	$(PY) -m ipykernel install --user --name dualsynth --display-name "Python (dualsynth)"
+
+bench: install
+	$(PY) bench/run_all.py
+
+clean-outputs:
+	find outputs -mindepth 1 -maxdepth 1 ! -name .gitkeep -exec rm -rf {} +

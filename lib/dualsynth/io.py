@@ -1,0 +1,233 @@
+"""Reading and writing micrographs and masks, with validation; atomic writes.
+
+Micrographs come as PNG, JPEG or TIFF, 8- or 16-bit, grey, RGB or RGBA.  Inside
+the project an image is always ``uint8`` with shape ``(H, W, C)``, C = 1 (grey)
+or 3 (RGB).  Masks are returned as ``uint8`` class-index arrays ``(H, W)``
+through a :class:`~dualsynth.palette.Palette`.
+
+Every writer here is atomic: it writes a temporary file in the target folder
+and renames it over the target, so a reader never sees a half-written file and
+a killed run never leaves one behind.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+from .palette import Palette, PaletteError
+
+__all__ = [
+    "DataError",
+    "read_image",
+    "read_mask",
+    "write_png",
+    "atomic_path",
+    "atomic_write_text",
+    "atomic_write_json",
+    "read_json",
+    "IMAGE_SUFFIXES",
+]
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+
+
+class DataError(ValueError):
+    """Input data that cannot be used; the message names the file and the problem."""
+
+
+# --------------------------------------------------------------------------- atomic writes
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it over ``path`` on success.
+
+    On any exception the temporary file is removed and ``path`` is untouched.
+    """
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise DataError(f"cannot create output folder {path.parent}: {e.strerror or e}") from e
+    if not os.access(path.parent, os.W_OK):
+        raise DataError(f"output folder {path.parent} is not writable; choose another outputs_dir")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix or path.suffix or ".tmp", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp_path.unlink()
+        raise
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    with atomic_path(path) as tmp:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+    return Path(path)
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def atomic_write_json(path: str | os.PathLike, data: Any) -> Path:
+    return atomic_write_text(path, json.dumps(data, indent=2, default=_json_default) + "\n")
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}: not valid JSON ({e})") from e
+
+
+# --------------------------------------------------------------------------- reading
+def _check_file(path: Path) -> None:
+    if not path.exists():
+        raise DataError(f"{path}: file not found")
+    if not path.is_file():
+        raise DataError(f"{path}: not a file")
+    if not os.access(path, os.R_OK):
+        raise DataError(f"{path}: file is not readable (permissions)")
+    if path.stat().st_size == 0:
+        raise DataError(f"{path}: file is empty")
+
+
+def _read_raw(path: Path) -> np.ndarray:
+    """Read pixels as stored (any dtype, 2-D or 3-D)."""
+    _check_file(path)
+    suffix = path.suffix.lower()
+    try:
+        if suffix in (".tif", ".tiff"):
+            import tifffile
+
+            arr = tifffile.imread(path)
+        else:
+            from PIL import Image
+
+            with Image.open(path) as im:
+                im.load()
+                if im.mode == "P":
+                    im = im.convert("RGBA" if "transparency" in im.info else "RGB")
+                elif im.mode in ("I;16", "I;16B", "I;16L"):
+                    return np.array(im, dtype=np.uint16)
+                elif im.mode in ("I", "F"):
+                    return np.array(im)
+                elif im.mode not in ("L", "RGB", "RGBA", "LA"):
+                    im = im.convert("RGB")
+                arr = np.array(im)
+    except DataError:
+        raise
+    except Exception as e:  # PIL/tifffile raise many types for corrupt files
+        raise DataError(f"{path}: not a readable image ({type(e).__name__}: {e})") from e
+    arr = np.asarray(arr)
+    if arr.size == 0:
+        raise DataError(f"{path}: not a readable image (no pixel data)")
+    if arr.ndim == 3 and arr.shape[0] in (1, 3, 4) and arr.shape[-1] not in (1, 3, 4):
+        arr = np.moveaxis(arr, 0, -1)  # planar TIFF
+    if arr.ndim not in (2, 3):
+        raise DataError(f"{path}: unsupported image shape {arr.shape}; expected (H, W) or (H, W, C)")
+    return arr
+
+
+def _to_uint8(arr: np.ndarray, path: Path) -> np.ndarray:
+    if arr.dtype == np.uint8:
+        return arr
+    if arr.dtype == np.bool_:
+        return arr.astype(np.uint8) * 255
+    if np.issubdtype(arr.dtype, np.integer):
+        top = float(arr.max()) if arr.size else 0.0
+        if arr.min() < 0:
+            raise DataError(f"{path}: negative pixel values in a {arr.dtype} image")
+        # 16-bit detectors often fill only 12 bits; scale by the smallest container that fits the data.
+        full = 255.0 if top <= 255 else 4095.0 if top <= 4095 else float(np.iinfo(arr.dtype).max)
+        return np.clip(np.round(arr.astype(np.float64) * 255.0 / full), 0, 255).astype(np.uint8)
+    if np.issubdtype(arr.dtype, np.floating):
+        if not np.isfinite(arr).all():
+            raise DataError(f"{path}: image contains NaN or infinite values")
+        lo, hi = float(arr.min()), float(arr.max())
+        scale = 1.0 if hi <= 1.0 and lo >= 0.0 else (hi - lo or 1.0)
+        off = 0.0 if scale == 1.0 else lo
+        return np.clip(np.round((arr - off) / scale * 255.0), 0, 255).astype(np.uint8)
+    raise DataError(f"{path}: unsupported pixel type {arr.dtype}")
+
+
+def read_image(path: str | os.PathLike, channels: int | None = None) -> np.ndarray:
+    """Read a micrograph as ``uint8 (H, W, C)``.
+
+    16-bit images are scaled to 8 bit (12-bit data in a 16-bit container by
+    4095, otherwise by 65535); an alpha channel is dropped.  ``channels``
+    forces 1 (grey) or 3 (RGB): RGB with equal channels becomes grey exactly,
+    other RGB is converted by luminance with a warning; grey is repeated to RGB.
+    ``None`` keeps what the file holds (grey stays 1 channel).
+    """
+    path = Path(path)
+    arr = _to_uint8(_read_raw(path), path)
+    if arr.ndim == 2:
+        arr = arr[..., None]
+    if arr.shape[2] == 2:  # grey + alpha
+        arr = arr[..., :1]
+    elif arr.shape[2] == 4:
+        arr = arr[..., :3]
+    elif arr.shape[2] not in (1, 3):
+        raise DataError(f"{path}: {arr.shape[2]} channels; expected grey, RGB or RGBA")
+    if channels is None or channels == arr.shape[2]:
+        return np.ascontiguousarray(arr)
+    if channels == 1:
+        if np.array_equal(arr[..., 0], arr[..., 1]) and np.array_equal(arr[..., 1], arr[..., 2]):
+            return np.ascontiguousarray(arr[..., :1])
+        warnings.warn(f"{path}: colour image converted to grey by luminance", stacklevel=2)
+        lum = arr.astype(np.float32) @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+        return np.clip(np.round(lum), 0, 255).astype(np.uint8)[..., None]
+    if channels == 3:
+        return np.repeat(arr, 3, axis=2)
+    raise DataError(f"channels must be 1 or 3, got {channels}")
+
+
+def read_mask(path: str | os.PathLike, palette: Palette, encoding: str = "auto") -> np.ndarray:
+    """Read a mask file as a ``uint8 (H, W)`` class-index array (see ``Palette.to_index``)."""
+    path = Path(path)
+    arr = _read_raw(path)
+    if arr.dtype != np.uint8:
+        if np.issubdtype(arr.dtype, np.integer) and arr.size and arr.max() < 256 and arr.min() >= 0:
+            arr = arr.astype(np.uint8)
+        else:
+            raise DataError(f"{path}: mask must hold 8-bit values (class ids, grey levels or colours), got {arr.dtype}")
+    try:
+        return palette.to_index(arr, encoding=encoding, source=str(path))
+    except PaletteError as e:
+        raise DataError(str(e)) from e
+
+
+def write_png(path: str | os.PathLike, array: np.ndarray) -> Path:
+    """Write a uint8 array (H, W), (H, W, 1) or (H, W, 3) as PNG, atomically."""
+    from PIL import Image
+
+    arr = np.asarray(array)
+    if arr.dtype != np.uint8:
+        raise DataError(f"{path}: write_png needs uint8, got {arr.dtype}")
+    if arr.ndim == 3 and arr.shape[2] == 1:
+        arr = arr[..., 0]
+    with atomic_path(path, suffix=".png") as tmp:
+        Image.fromarray(arr).save(tmp, format="PNG")
+    return Path(path)

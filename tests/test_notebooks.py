@@ -1,0 +1,107 @@
+"""Notebooks: parameters cells vs params YAML, committed without outputs, and executed with the smoke preset."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from dualsynth import batch, config
+
+from conftest import ROOT
+
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+NB_NAMES = [p.stem for p in NOTEBOOKS]
+
+
+def test_notebooks_exist_in_order():
+    assert NB_NAMES[0] == "01_patching"
+    assert NB_NAMES == [n for n in batch.NOTEBOOKS if n in NB_NAMES]
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=NB_NAMES)
+def test_committed_clean_with_one_parameters_cell(path):
+    nb = json.loads(path.read_text())
+    code = [c for c in nb["cells"] if c["cell_type"] == "code"]
+    assert not any(c.get("outputs") for c in code), f"{path.name} has outputs; strip them before committing"
+    assert not any(c.get("execution_count") for c in code), f"{path.name} has execution counts"
+    tagged = [c for c in nb["cells"] if "parameters" in c.get("metadata", {}).get("tags", [])]
+    assert len(tagged) == 1, f"{path.name} must have exactly one cell tagged 'parameters'"
+    assert code[0] is tagged[0], f"{path.name}: the parameters cell must be the first code cell"
+
+
+@pytest.mark.parametrize("name", NB_NAMES)
+def test_rules_match_parameters_cell(name):
+    """config.NOTEBOOK_RULES (what start_stage validates) names exactly the parameters cell's variables."""
+    declared = batch.notebook_parameters(name)
+    assert set(config.NOTEBOOK_RULES[name]) == set(declared)
+    # the defaults themselves pass validation
+    config.validate_params(declared, config.NOTEBOOK_RULES[name])
+
+
+def _yaml_targets():
+    """Every params YAML and the notebooks it is meant for."""
+    out = []
+    for f in sorted((ROOT / "params" / "presets").glob("*/*.yaml")):
+        out.append((f, [f.stem]))
+    for f in sorted((ROOT / "params" / "variants").glob("*.yaml")):
+        out.append((f, ["06_unet_training"]))
+    return out
+
+
+def test_every_preset_file_names_a_notebook():
+    for f, targets in _yaml_targets():
+        for t in targets:
+            assert (ROOT / "notebooks" / f"{t}.ipynb").is_file(), f"{f} is meant for {t}, which does not exist"
+
+
+@pytest.mark.parametrize("f,targets", _yaml_targets(), ids=lambda v: str(v).split("params/")[-1] if isinstance(v, Path) else "")
+def test_params_keys_exist_in_parameters_cell(f, targets):
+    keys = set(yaml.safe_load(f.read_text()) or {})
+    for t in targets:
+        declared = set(batch.notebook_parameters(t))
+        assert keys <= declared, f"{f}: keys {sorted(keys - declared)} are not in the parameters cell of {t}"
+
+
+def test_unknown_parameter_refused(tmp_path):
+    with pytest.raises(config.ParamError, match=r"\['patchsize'\] are not declared"):
+        batch.run_notebook("01_patching", tmp_path / "x.ipynb", {"patchsize": 32})
+
+
+def test_bad_parameter_value_is_reported(tmp_path):
+    with pytest.raises(config.ParamError, match=r"patch_size=30: an integer ≥ 8 divisible by 4"):
+        config.start_stage("01_patching", {**batch.notebook_parameters("01_patching"), "patch_size": 30,
+                                           "outputs_dir": str(tmp_path)})
+    with pytest.raises(config.ParamError, match=r"experiment='a b'"):
+        config.start_stage("01_patching", {**batch.notebook_parameters("01_patching"), "experiment": "a b",
+                                           "outputs_dir": str(tmp_path)})
+
+
+@pytest.fixture(scope="session")
+def smoke_chain(tmp_path_factory):
+    """Run the notebooks that exist, in order, with the smoke preset into a temporary outputs folder."""
+    out = tmp_path_factory.mktemp("outputs")
+    timings = batch.run_chain("smoke", experiment="t", stages="all", outputs_dir=str(out))
+    return out / "t", timings
+
+
+@pytest.mark.slow
+def test_smoke_01_patching(smoke_chain):
+    exp, _ = smoke_chain
+    m = json.loads((exp / "patches" / "manifest.json").read_text())
+    assert m["patch_size"] == 64
+    sizes = {t: (len(d["train"]), len(d["val"])) for t, d in m["tiers"].items()}
+    assert sizes == {"SHQ": (16, 5), "SLQ": (16, 5), "BLQ": (48, 12), "BMQ": (48, 12)}
+    assert len(m["test"]) == 27
+    main = m["sources"][0]
+    # the generator's fractions and LQ error rate, as recorded by the run
+    fr = dict(zip([c["name"] for c in m["data"]["classes"]], main["fractions_hq"]))
+    assert abs(fr["matrix"] - 0.788) < 0.04 and abs(fr["nd_rich"] - 0.056) < 0.04
+    assert 0.03 <= main["lq_error"] <= 0.10
+    for fig in ("source_overview", "patch_grid", "class_fractions", "hq_vs_lq"):
+        assert (exp / "patches" / "figures" / f"{fig}.png").stat().st_size > 5000
+    nb = json.loads((exp / "notebooks" / "01_patching.ipynb").read_text())
+    assert nb["metadata"]["papermill"]["parameters"]["patch_size"] == 64
+    run = json.loads((exp / "runs" / "run_01_patching.json").read_text())
+    assert run["versions"]["tensorflow"] and run["params"]["patch_size"] == 64
