@@ -136,3 +136,127 @@ def plot_class_fractions(fractions: Mapping[str, Sequence[float]], class_names: 
         ax.set_title(title, fontsize=10)
     fig.tight_layout()
     return fig
+
+
+# --------------------------------------------------------------------------- generative model figures
+def _grey_mask(channel: np.ndarray) -> np.ndarray:
+    return (np.clip(channel, 0, 1) * 255).astype(np.uint8)[..., None]
+
+
+def plot_history(history: Mapping[str, Sequence[float]], x: str, columns: Sequence[str], title: str = "",
+                 logy: bool = True, best_x: float | None = None) -> plt.Figure:
+    """Training curves (e.g. paper Fig. 8): one line per column against ``x``; optional marker of the best step."""
+    fig, ax = plt.subplots(figsize=(6.4, 3.6))
+    xs = np.asarray(history[x], dtype=float)
+    for c in columns:
+        if c in history and len(history[c]):
+            ax.plot(xs, np.asarray(history[c], dtype=float), label=c, marker="." if len(xs) < 40 else None)
+    if best_x is not None:
+        ax.axvline(best_x, color="k", ls=":", lw=1, label=f"best ({x} {int(best_x)})")
+    if logy:
+        ax.set_yscale("log")
+    ax.set_xlabel(x)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    if title:
+        ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def plot_reconstructions(inputs: np.ndarray, snapshots: Mapping[int, np.ndarray], max_images: int = 3) -> plt.Figure:
+    """Dual images and their reconstructions at several training steps (paper Fig. 7).
+
+    Each row: input micrograph, input mask channel, then micrograph / mask channel at every snapshot step.
+    """
+    steps = sorted(snapshots)
+    n = min(max_images, len(inputs))
+    cols = 2 + 2 * len(steps)
+    fig, axes = plt.subplots(n, cols, figsize=(1.7 * cols, 1.8 * n + 0.3), squeeze=False)
+    for i in range(n):
+        show_image(axes[i, 0], (np.clip(inputs[i, ..., :-1], 0, 1) * 255).astype(np.uint8), "input" if i == 0 else None)
+        show_image(axes[i, 1], _grey_mask(inputs[i, ..., -1]), "input mask" if i == 0 else None)
+        for j, s in enumerate(steps):
+            rec = snapshots[s][i]
+            show_image(axes[i, 2 + 2 * j], (np.clip(rec[..., :-1], 0, 1) * 255).astype(np.uint8), f"step {s}" if i == 0 else None)
+            show_image(axes[i, 3 + 2 * j], _grey_mask(rec[..., -1]), "mask" if i == 0 else None)
+    fig.tight_layout()
+    return fig
+
+
+def plot_code_maps(images: np.ndarray, masks: np.ndarray, codes: np.ndarray, palette: Palette, num_embeddings: int,
+                   max_images: int = 3) -> plt.Figure:
+    """Micrograph | mask | code map side by side (paper Fig. 9)."""
+    n = min(max_images, len(images))
+    fig, axes = plt.subplots(n, 3, figsize=(8, 2.7 * n), squeeze=False)
+    cmap = plt.get_cmap("tab10" if num_embeddings <= 10 else "tab20", num_embeddings)
+    for i in range(n):
+        show_image(axes[i, 0], images[i], "micrograph" if i == 0 else None)
+        show_image(axes[i, 1], palette.index_to_rgb(masks[i]), "mask" if i == 0 else None)
+        im = axes[i, 2].imshow(codes[i], cmap=cmap, vmin=-0.5, vmax=num_embeddings - 0.5, interpolation="nearest")
+        axes[i, 2].set_xticks([])
+        axes[i, 2].set_yticks([])
+        if i == 0:
+            axes[i, 2].set_title(f"code map {codes.shape[1]}×{codes.shape[2]}", fontsize=9)
+        fig.colorbar(im, ax=axes[i, 2], ticks=range(num_embeddings), fraction=0.046)
+    fig.tight_layout()
+    return fig
+
+
+def plot_code_samples(real: np.ndarray, sampled: np.ndarray, num_embeddings: int, max_maps: int = 4) -> plt.Figure:
+    """Real code maps (top) against code maps sampled from the prior (bottom)."""
+    n = min(max_maps, len(real), len(sampled))
+    fig, axes = plt.subplots(2, n, figsize=(2.3 * n, 4.8), squeeze=False)
+    cmap = plt.get_cmap("tab10" if num_embeddings <= 10 else "tab20", num_embeddings)
+    for j in range(n):
+        for i, (arr, lab) in enumerate(((real, "real"), (sampled, "sampled"))):
+            axes[i, j].imshow(arr[j], cmap=cmap, vmin=-0.5, vmax=num_embeddings - 0.5, interpolation="nearest")
+            axes[i, j].set_xticks([])
+            axes[i, j].set_yticks([])
+            if j == 0:
+                axes[i, j].set_ylabel(lab)
+    fig.tight_layout()
+    return fig
+
+
+def plot_sample_grid(images: np.ndarray, masks: np.ndarray, palette: Palette, max_pairs: int = 8, title: str = "") -> plt.Figure:
+    """Synthetic micrograph + mask pairs (paper Fig. 10): pairs in columns, micrograph above its mask."""
+    n = min(max_pairs, len(images))
+    fig, axes = plt.subplots(2, n, figsize=(2.0 * n, 4.3), squeeze=False)
+    for j in range(n):
+        show_image(axes[0, j], images[j])
+        show_image(axes[1, j], palette.index_to_rgb(masks[j]))
+    fig.legend(handles=palette_legend(palette), loc="lower center", ncol=palette.num_classes, fontsize=8, frameon=False)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
+    return fig
+
+
+def plot_cleanup_steps(image: np.ndarray, raw: np.ndarray, naive: np.ndarray, clustered: np.ndarray, cleaned: np.ndarray,
+                       palette: Palette) -> plt.Figure:
+    """Mask clean-up (paper Fig. 11): decoded mask channel → nearest level → k-means → small objects removed."""
+    fig, axes = plt.subplots(1, 5, figsize=(15, 3.4))
+    show_image(axes[0], image, "decoded micrograph")
+    show_image(axes[1], _grey_mask(raw), "decoded mask channel")
+    show_image(axes[2], palette.index_to_rgb(naive), "nearest grey level")
+    show_image(axes[3], palette.index_to_rgb(clustered), "k-means")
+    changed = float(np.mean(cleaned != naive))
+    show_image(axes[4], palette.index_to_rgb(cleaned), f"small objects filled ({changed:.1%} changed)")
+    fig.legend(handles=palette_legend(palette), loc="lower center", ncol=palette.num_classes, fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
+    return fig
+
+
+def plot_pretest(images: np.ndarray, masks: np.ndarray, preds: np.ndarray, scores: Sequence[float], palette: Palette,
+                 max_rows: int = 3) -> plt.Figure:
+    """Pre-test (paper Fig. 12): a model trained on real data segments synthetic micrographs; compare with their masks."""
+    n = min(max_rows, len(images))
+    fig, axes = plt.subplots(n, 3, figsize=(7.5, 2.6 * n), squeeze=False)
+    for i in range(n):
+        show_image(axes[i, 0], images[i], "synthetic micrograph" if i == 0 else None)
+        show_image(axes[i, 1], palette.index_to_rgb(masks[i]), "synthetic mask" if i == 0 else None)
+        show_image(axes[i, 2], palette.index_to_rgb(preds[i]), f"U-Net prediction — MCIoU {scores[i]:.1%}")
+    fig.legend(handles=palette_legend(palette), loc="lower center", ncol=palette.num_classes, fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.05, 1, 1))
+    return fig

@@ -1,0 +1,207 @@
+"""The dataset variants of the segmentation study: names, percentages, exact file lists.
+
+46 variants as in the paper, plus an augmentation-only baseline:
+
+* ``SHQ_0 … BMQ_0`` — the four real base sets, no synthetic images (4);
+* ``<tier>_<p>`` for tier in SHQ, SLQ, BLQ, BMQ and p in 50, 75, 100, 150, 200, 250, 300 — the base set plus
+  p % of its training size in synthetic images (28); e.g. SHQ_50 = 16 real + 8 synthetic;
+* ``SyntLQ_<p>``, ``SyntMQ_<p>`` — synthetic images only (p % of the big training size, 48), validated on
+  the real BLQ / BMQ validation set (14);
+* ``BMQ_aug`` — BMQ with the albumentations baseline, no synthetic images.
+
+Synthetic images are taken as *prefixes* of one shuffled pool, so a smaller variant's synthetic images are part
+of every larger one's.  Validation and test sets are always real.
+"""
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+from .config import ParamError, project_root
+from .io import DataError, atomic_write_json, atomic_write_text, read_json
+
+__all__ = [
+    "BASE_TIERS",
+    "PERCENTAGES",
+    "Variant",
+    "parse_variant",
+    "all_variants",
+    "variant_names",
+    "write_variant_yamls",
+    "materialise",
+    "materialise_all",
+    "load_variant",
+    "VariantError",
+]
+
+BASE_TIERS = ("SHQ", "SLQ", "BLQ", "BMQ")
+PERCENTAGES = (50, 75, 100, 150, 200, 250, 300)
+SYNTHETIC_ONLY = {"SyntLQ": "BLQ", "SyntMQ": "BMQ"}  # name → tier whose real validation set is used
+_RE = re.compile(r"^(SHQ|SLQ|BLQ|BMQ|SyntLQ|SyntMQ)_(\d+|aug)$")
+
+
+class VariantError(ParamError):
+    """An unknown variant, or a variant the data cannot supply."""
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    group: str  # "base", "mixed", "synthetic", "augment"
+    tier: str  # real tier giving the training (base/mixed/augment) and the validation set
+    percent: int  # synthetic share, % of the reference training size
+    augment: bool = False
+
+    @property
+    def synthetic_only(self) -> bool:
+        return self.group == "synthetic"
+
+    def synthetic_count(self, base_train: int, big_train: int) -> int:
+        """Number of synthetic training images: percent of the tier's training size (of the big set's for Synt*)."""
+        ref = big_train if self.synthetic_only else base_train
+        return int(math.floor(self.percent * ref / 100 + 0.5))
+
+
+def parse_variant(name: str) -> Variant:
+    m = _RE.match(str(name))
+    if not m:
+        raise VariantError(
+            f"unknown variant {name!r}; variants are <SHQ|SLQ|BLQ|BMQ>_<0|{'|'.join(map(str, PERCENTAGES))}>, "
+            f"<SyntLQ|SyntMQ>_<{'|'.join(map(str, PERCENTAGES))}> and BMQ_aug"
+        )
+    head, tail = m.groups()
+    if tail == "aug":
+        if head != "BMQ":
+            raise VariantError(f"unknown variant {name!r}: the augmentation baseline is BMQ_aug only")
+        return Variant(name, "augment", "BMQ", 0, augment=True)
+    p = int(tail)
+    if head in SYNTHETIC_ONLY:
+        if p not in PERCENTAGES:
+            raise VariantError(f"unknown variant {name!r}: synthetic-only percentages are {list(PERCENTAGES)}")
+        return Variant(name, "synthetic", SYNTHETIC_ONLY[head], p)
+    if p == 0:
+        return Variant(name, "base", head, 0)
+    if p not in PERCENTAGES:
+        raise VariantError(f"unknown variant {name!r}: percentages are 0 and {list(PERCENTAGES)}")
+    return Variant(name, "mixed", head, p)
+
+
+def all_variants(include_aug: bool = True) -> list[Variant]:
+    out = [Variant(f"{t}_0", "base", t, 0) for t in BASE_TIERS]
+    out += [Variant(f"{t}_{p}", "mixed", t, p) for t in BASE_TIERS for p in PERCENTAGES]
+    out += [Variant(f"{s}_{p}", "synthetic", t, p) for s, t in SYNTHETIC_ONLY.items() for p in PERCENTAGES]
+    if include_aug:
+        out.append(Variant("BMQ_aug", "augment", "BMQ", 0, augment=True))
+    return out
+
+
+def variant_names(include_aug: bool = True) -> list[str]:
+    return [v.name for v in all_variants(include_aug)]
+
+
+def select(spec: str | Sequence[str] | None) -> list[Variant]:
+    """``None``/"all" → all 47; a comma list or list of names; shell-style groups ``base``, ``mixed``, ``synthetic``."""
+    if spec is None or spec == "all":
+        return all_variants()
+    names = spec.split(",") if isinstance(spec, str) else list(spec)
+    out: list[Variant] = []
+    for n in (x.strip() for x in names if x.strip()):
+        if n in ("base", "mixed", "synthetic", "augment"):
+            out += [v for v in all_variants() if v.group == n]
+        else:
+            out.append(parse_variant(n))
+    seen, uniq = set(), []
+    for v in out:
+        if v.name not in seen:
+            seen.add(v.name)
+            uniq.append(v)
+    return uniq
+
+
+def write_variant_yamls(folder: str | Path | None = None) -> list[Path]:
+    """(Re)write ``params/variants/<name>.yaml`` for every variant; remove stale ones."""
+    folder = Path(folder) if folder is not None else project_root() / "params" / "variants"
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    wanted = set()
+    for v in all_variants():
+        p = folder / f"{v.name}.yaml"
+        wanted.add(p.name)
+        desc = {
+            "base": f"real {v.tier} training set, no synthetic images",
+            "mixed": f"real {v.tier} training set + {v.percent} % synthetic images",
+            "synthetic": f"synthetic images only ({v.percent} % of the big training size), real {v.tier} validation",
+            "augment": "real BMQ training set with the albumentations baseline, no synthetic images",
+        }[v.group]
+        atomic_write_text(p, f"# {v.name}: {desc}\n# generated by dualsynth.variants.write_variant_yamls()\nvariant: {v.name}\n")
+        written.append(p)
+    for stale in folder.glob("*.yaml"):
+        if stale.name not in wanted:
+            stale.unlink()
+    return written
+
+
+# --------------------------------------------------------------------------- exact file lists
+def _pool_items(pool: dict[str, Any] | None) -> list[dict[str, Any]]:
+    return list(pool["items"]) if pool else []
+
+
+def materialise(variant: str | Variant, manifest, pool: dict[str, Any] | None, pool_root: Path | None = None) -> dict[str, Any]:
+    """Exact file lists (absolute paths) of one variant: train (real + synthetic), val (real), test (real)."""
+    v = parse_variant(variant) if isinstance(variant, str) else variant
+    base_train = manifest.files(v.tier, "train")
+    base_val = manifest.files(v.tier, "val")
+    n_syn = v.synthetic_count(len(base_train), len(manifest.files("BLQ", "train")))
+    if v.percent and n_syn == 0:
+        raise VariantError(
+            f"variant {v.name}: {v.percent} % of {len(base_train)} training images is 0 synthetic images; "
+            f"use bigger tiers or drop this variant"
+        )
+    items = _pool_items(pool)
+    if n_syn > len(items):
+        raise VariantError(
+            f"variant {v.name} needs {n_syn} synthetic images but the synthetic pool has {len(items)}; "
+            f"re-run 04_synthesis with pool_size ≥ {n_syn}"
+        )
+    root = Path(pool_root) if pool_root is not None else None
+    syn = [
+        {"image": str(root / it["image"]) if root else it["image"], "mask": str(root / it["mask"]) if root else it["mask"],
+         "source": "synthetic", "id": it["id"]}
+        for it in items[:n_syn]
+    ]
+    real = lambda pairs: [{"image": str(i), "mask": str(m), "source": "real", "id": Path(i).stem} for i, m in pairs]  # noqa: E731
+    train = ([] if v.synthetic_only else real(base_train)) + syn
+    return {
+        "variant": v.name,
+        "group": v.group,
+        "tier": v.tier,
+        "percent": v.percent,
+        "augment": v.augment,
+        "num_real_train": 0 if v.synthetic_only else len(base_train),
+        "num_synthetic_train": n_syn,
+        "train": train,
+        "val": real(base_val),
+        "test": real(manifest.files("test", "test")),
+    }
+
+
+def materialise_all(variants: Iterable[Variant], manifest, pool: dict[str, Any] | None, pool_root: Path | None,
+                    out_dir: str | Path) -> list[Path]:
+    """Write ``<out_dir>/<variant>.json`` for each variant (atomically); returns the paths."""
+    out = []
+    for v in variants:
+        p = Path(out_dir) / f"{v.name}.json"
+        atomic_write_json(p, materialise(v, manifest, pool, pool_root))
+        out.append(p)
+    return out
+
+
+def load_variant(path: str | Path) -> dict[str, Any]:
+    data = read_json(path)
+    for key in ("variant", "train", "val", "test"):
+        if key not in data:
+            raise DataError(f"{path}: not a variant file (missing {key!r}); re-run 05_datasets")
+    return data

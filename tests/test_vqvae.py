@@ -1,0 +1,275 @@
+"""Tests of dualsynth.vqvae (tiny models on 32x32 inputs; CPU, seconds each)."""
+from __future__ import annotations
+
+import csv
+import json
+import time
+import warnings
+
+import dualsynth  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow)
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from dualsynth.vqvae import (
+    HISTORY_COLUMNS,
+    VQVAE,
+    checkpoint_step,
+    data_variance,
+    decode_codes,
+    encode_dataset,
+    load_vqvae,
+    train_vqvae,
+)
+
+SMALL = dict(num_hiddens=16, embedding_dim=8, num_residual_hiddens=8)
+
+
+def small_model(seed: int = 0, in_channels: int = 2, **kw) -> VQVAE:
+    tf.random.set_seed(seed)
+    return VQVAE(in_channels, **{**SMALL, **kw})
+
+
+@pytest.fixture(scope="module")
+def patches() -> np.ndarray:
+    """4 structured 32x32 dual images: grey micrograph channel + binary mask channel."""
+    x = np.zeros((4, 32, 32, 2), np.float32)
+    yy, xx = np.mgrid[:32, :32]
+    x[0, 4:20, 6:26, 0] = 0.8
+    x[1, ..., 0] = xx / 31.0
+    x[2, ..., 0] = ((yy // 8 + xx // 8) % 2) * 0.7 + 0.1
+    x[3, ..., 0] = np.exp(-((yy - 16) ** 2 + (xx - 12) ** 2) / 40.0)
+    x[..., 1] = (x[..., 0] > 0.5).astype(np.float32)
+    return x
+
+
+def val_mse(model: VQVAE, x: np.ndarray) -> float:
+    return float(np.mean((model.reconstruct(x).numpy().astype(np.float64) - x) ** 2))
+
+
+# --------------------------------------------------------------------------
+# model
+# --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("in_channels", [2, 4])
+@pytest.mark.parametrize("use_ema", [True, False])
+def test_shapes_and_code_values(in_channels, use_ema):
+    k, d = 6, 8
+    model = small_model(in_channels=in_channels, num_embeddings=k, use_ema=use_ema)
+    x = np.random.default_rng(0).random((3, 32, 32, in_channels), dtype=np.float32)
+    out = model(x, is_training=True)
+    assert out["x_recon"].shape == (3, 32, 32, in_channels)
+    assert out["encoding_indices"].shape == (3, 8, 8)
+    assert out["encoding_indices"].dtype == tf.int32
+    assert out["quantize"].shape == (3, 8, 8, d)
+    assert out["vq_loss"].shape == () and np.isfinite(out["vq_loss"].numpy())
+    assert 1.0 <= float(out["perplexity"]) <= k + 1e-4
+    idx = out["encoding_indices"].numpy()
+    assert idx.min() >= 0 and idx.max() < k
+    assert model.codebook.shape == (d, k)
+    # the codebook is learned by the loss only without EMA
+    trainable = {id(v) for v in model.trainable_variables}
+    assert (id(model.vq.embeddings) in trainable) == (not use_ema)
+
+
+@pytest.mark.parametrize("use_ema", [True, False])
+def test_encode_decode_round_trip(use_ema):
+    model = small_model(in_channels=4, num_embeddings=5, use_ema=use_ema)
+    x = np.random.default_rng(1).random((2, 32, 32, 4), dtype=np.float32)
+    codebook_before = model.codebook.numpy().copy()
+    codes = model.encode(x)
+    assert codes.shape == (2, 8, 8) and codes.dtype == tf.int32
+    np.testing.assert_array_equal(codes.numpy(), model.encode(x).numpy())  # deterministic
+    np.testing.assert_array_equal(model.codebook.numpy(), codebook_before)  # no EMA update
+    np.testing.assert_array_equal(codes.numpy(), model(x, is_training=False)["encoding_indices"].numpy())
+    recon = model.decode_indices(codes)
+    assert recon.shape == (2, 32, 32, 4)
+    # decoding the codes is exactly the deterministic reconstruction
+    np.testing.assert_allclose(recon.numpy(), model.reconstruct(x).numpy(), rtol=1e-5, atol=1e-6)
+    # and a training call moves the EMA codebook (sanity check of the above)
+    model(x, is_training=True)
+    assert np.array_equal(model.codebook.numpy(), codebook_before) == (not use_ema)
+
+
+def test_batched_dataset_helpers():
+    model = small_model(in_channels=2, num_embeddings=7)
+    x = np.random.default_rng(2).random((5, 32, 32, 2), dtype=np.float32)
+    codes = encode_dataset(model, x, batch_size=2)
+    assert codes.shape == (5, 8, 8) and codes.dtype == np.int32
+    np.testing.assert_array_equal(codes, model.encode(x).numpy())
+    recon = decode_codes(model, codes, batch_size=3)
+    assert recon.shape == (5, 32, 32, 2) and recon.dtype == np.float32
+    np.testing.assert_allclose(recon, model.decode_indices(codes).numpy(), rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match=r"\[0, 7\)"):
+        decode_codes(model, np.full((1, 8, 8), 7))
+    with pytest.raises(ValueError, match="channels"):
+        encode_dataset(model, x[..., :1])
+    with pytest.raises(ValueError, match="255"):
+        encode_dataset(model, (x * 255).astype(np.uint8))
+
+
+def test_config_round_trip():
+    model = small_model(in_channels=4, num_embeddings=12, use_ema=False, commitment_cost=0.5)
+    cfg = json.loads(json.dumps(model.config))
+    assert cfg["in_channels"] == 4 and cfg["num_embeddings"] == 12 and cfg["use_ema"] is False
+    rebuilt = VQVAE(**cfg)
+    assert rebuilt.config == model.config
+    assert [v.shape for v in rebuilt.variables] == [v.shape for v in model.variables]
+
+
+def test_data_variance():
+    x = np.random.default_rng(3).random((130, 8, 8, 2), dtype=np.float32)
+    assert data_variance(x, chunk=16) == pytest.approx(float(np.var(x.astype(np.float64))), rel=1e-9)
+
+
+# --------------------------------------------------------------------------
+# training
+# --------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_overfit_small_patches(patches):
+    model = small_model(seed=0, num_hiddens=32, embedding_dim=16, num_residual_hiddens=16)
+    before = val_mse(model, patches)
+    hist = train_vqvae(
+        model, patches, patches, steps=100, batch_size=4, learning_rate=2e-3, eval_every=50,
+        progress=False,
+    )
+    after = val_mse(model, patches)
+    assert hist.final_step == 100
+    assert list(hist.steps) == [50, 100]
+    assert set(hist.rows[0]) == set(HISTORY_COLUMNS)
+    assert hist["val_recon_mse"][-1] == pytest.approx(after, rel=1e-4)
+    assert after * 3 <= before, (before, after)
+    assert 0 < hist["codes_used"][-1] <= 1
+
+
+def _history_csv(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.mark.slow
+def test_resume_matches_uninterrupted_run(patches, tmp_path):
+    kw = dict(batch_size=2, learning_rate=2e-3, eval_every=10, progress=False, snapshot_steps=(0, 10, 30))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # dead-code warnings of the tiny model
+        full = train_vqvae(small_model(seed=1), patches, patches, steps=40,
+                           checkpoint_dir=tmp_path / "full", **kw)
+        part = train_vqvae(small_model(seed=1), patches, patches, steps=20,
+                           checkpoint_dir=tmp_path / "resumed", **kw)
+        assert part.final_step == 20 and list(part.steps) == [10, 20]
+        # a fresh model with another init: everything must come from the checkpoint
+        resumed = train_vqvae(small_model(seed=7), patches, patches, steps=40,
+                              checkpoint_dir=tmp_path / "resumed", **kw)
+    assert resumed.resumed_from_step == 20
+    assert full.final_step == resumed.final_step == 40
+    assert list(full.steps) == list(resumed.steps) == [10, 20, 30, 40]
+    assert checkpoint_step(tmp_path / "resumed", "last") == 40
+    # same batches, same optimizer/EMA state -> the same trajectory
+    for col in ("val_recon_mse", "train_loss", "codes_used"):
+        np.testing.assert_allclose(resumed[col], full[col], rtol=1e-4, err_msg=col)
+    # snapshots of both sessions survive the resume
+    assert sorted(resumed.snapshots) == [0, 10, 30]
+    assert resumed.snapshots[30].shape == (4, 32, 32, 2)
+    np.testing.assert_allclose(resumed.snapshots[30], full.snapshots[30], rtol=1e-4, atol=1e-5)
+    # history.csv on disk: same rows, no duplicates
+    rows = _history_csv(tmp_path / "resumed" / "history.csv")
+    assert [int(r["step"]) for r in rows] == [10, 20, 30, 40]
+    assert list(rows[0]) == list(HISTORY_COLUMNS)
+    assert json.loads((tmp_path / "resumed" / "config.json").read_text()) == small_model().config
+
+    # already at `steps`: returns at once with the stored history
+    t0 = time.perf_counter()
+    again = train_vqvae(small_model(seed=3), patches, patches, steps=40,
+                        checkpoint_dir=tmp_path / "resumed", **kw)
+    assert time.perf_counter() - t0 < 5
+    assert again.final_step == 40 and list(again.steps) == [10, 20, 30, 40]
+    assert len(_history_csv(tmp_path / "resumed" / "history.csv")) == 4
+
+
+@pytest.mark.slow
+def test_best_checkpoint_is_lowest_val_mse(tmp_path):
+    # Train towards bright images, validate on dark ones: the validation MSE
+    # grows while training, so the best checkpoint is an early one, not the last.
+    rng = np.random.default_rng(4)
+    train = np.clip(0.9 + 0.05 * rng.standard_normal((4, 32, 32, 2)), 0, 1).astype(np.float32)
+    val = np.full((3, 32, 32, 2), 0.1, np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        hist = train_vqvae(small_model(seed=2), train, val, steps=30, batch_size=2, learning_rate=3e-3,
+                           eval_every=5, checkpoint_dir=tmp_path, progress=False)
+    mses = hist["val_recon_mse"]
+    best_step = int(hist.steps[np.argmin(mses)])
+    assert hist.best_step == best_step
+    assert best_step != 30, mses  # the test is only meaningful if best != last
+    assert checkpoint_step(tmp_path, "best") == best_step
+    assert checkpoint_step(tmp_path, "last") == 30
+    best = load_vqvae(tmp_path, "best", expect=dict(num_embeddings=10, embedding_dim=8, in_channels=2))
+    last = load_vqvae(tmp_path, "last")
+    assert val_mse(best, val) == pytest.approx(mses.min(), rel=1e-4)
+    assert val_mse(last, val) == pytest.approx(mses[-1], rel=1e-4)
+
+
+@pytest.mark.slow
+def test_config_mismatch_raises(patches, tmp_path):
+    train_vqvae(small_model(), patches, patches, steps=2, batch_size=2, eval_every=2,
+                checkpoint_dir=tmp_path, progress=False, tensorboard_dir=tmp_path / "tb")
+    events = list((tmp_path / "tb").glob("events.out.tfevents.*"))
+    assert events
+    tags = {
+        v.tag
+        for e in tf.compat.v1.train.summary_iterator(str(events[0]))
+        for v in e.summary.value
+        if v.metadata.plugin_data.plugin_name == "scalars"
+    }
+    assert {"val_recon_mse", "train_loss", "codes_used"} <= tags
+    assert isinstance(load_vqvae(tmp_path, expect=dict(num_embeddings=10, in_channels=2)), VQVAE)
+    with pytest.raises(ValueError, match="num_embeddings.*12"):
+        load_vqvae(tmp_path, expect=dict(num_embeddings=12, embedding_dim=8))
+    with pytest.raises(ValueError, match="in_channels"):
+        load_vqvae(tmp_path, which="last", expect=dict(in_channels=4))
+    # resuming into a different architecture is refused
+    with pytest.raises(ValueError, match="embedding_dim"):
+        train_vqvae(small_model(embedding_dim=4), patches, patches, steps=4, batch_size=2,
+                    checkpoint_dir=tmp_path, progress=False)
+    with pytest.raises(ValueError, match="'best' or 'last'"):
+        load_vqvae(tmp_path, which="latest")
+
+
+@pytest.mark.slow
+def test_nan_stops_training_and_keeps_last_checkpoint(patches, tmp_path):
+    kw = dict(batch_size=2, eval_every=5, checkpoint_dir=tmp_path, progress=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        train_vqvae(small_model(), patches, patches, steps=5, learning_rate=1e-3, **kw)
+        good = val_mse(load_vqvae(tmp_path, "last"), patches)
+        model = small_model(seed=5)
+        with pytest.raises(FloatingPointError, match=r"at step \d+") as err:
+            # the learning rate given on resume overrides the restored one: blows up
+            train_vqvae(model, patches, patches, steps=40, learning_rate=1e7, **kw)
+    assert "ckpt-5" in str(err.value)
+    assert checkpoint_step(tmp_path, "last") == 5
+    restored = load_vqvae(tmp_path, "last")
+    assert all(np.isfinite(v.numpy()).all() for v in restored.variables)
+    assert val_mse(restored, patches) == pytest.approx(good, rel=1e-5)
+    # the in-memory model was reset to the good checkpoint
+    assert val_mse(model, patches) == pytest.approx(good, rel=1e-5)
+    assert [int(r["step"]) for r in _history_csv(tmp_path / "history.csv")] == [5]
+
+
+def test_bad_training_data_rejected(patches):
+    bad = patches.copy()
+    bad[0, 0, 0, 0] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        train_vqvae(small_model(), bad, patches, steps=1, progress=False)
+
+
+@pytest.mark.slow
+def test_dead_codes_warn(patches):
+    with pytest.warns(RuntimeWarning, match="codes are used"):
+        hist = train_vqvae(small_model(seed=3, num_embeddings=64), patches, patches, steps=2,
+                           batch_size=2, eval_every=2, progress=False)
+    assert hist["codes_used"][-1] < 0.5
