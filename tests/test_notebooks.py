@@ -105,3 +105,48 @@ def test_smoke_01_patching(smoke_chain):
     assert nb["metadata"]["papermill"]["parameters"]["patch_size"] == 64
     run = json.loads((exp / "runs" / "run_01_patching.json").read_text())
     assert run["versions"]["tensorflow"] and run["params"]["patch_size"] == 64
+
+
+@pytest.mark.slow
+def test_smoke_02_vqvae(smoke_chain):
+    exp, _ = smoke_chain
+    s = json.loads((exp / "vqvae" / "summary.json").read_text())
+    assert s["final_step"] == 30 and 0 < s["best_step"] <= 30
+    assert s["code_map_shape"] == [16, 16]  # 64 px patches / 4
+    rows = (exp / "vqvae" / "checkpoint" / "history.csv").read_text().strip().splitlines()
+    assert len(rows) == 1 + 3  # header + evaluations at 10, 20, 30
+    for fig in ("training_curve", "reconstructions", "code_maps"):
+        assert (exp / "vqvae" / "figures" / f"{fig}.png").is_file()
+
+
+@pytest.mark.slow
+def test_smoke_03_pixelcnn(smoke_chain):
+    import numpy as np
+
+    exp, _ = smoke_chain
+    codes = np.load(exp / "pixelcnn" / "codes.npz")
+    assert codes["train"].shape == (48, 16, 16) and codes["val"].shape == (12, 16, 16)
+    assert codes["train"].min() >= 0 and codes["train"].max() < 10
+    s = json.loads((exp / "pixelcnn" / "summary.json").read_text())
+    assert s["steps"] == 30
+    assert s["val_nll_nats"] < s["uniform_nll_nats"], "the prior learned nothing beyond a uniform distribution"
+    assert (exp / "pixelcnn" / "prior" / "prior.json").is_file()
+
+
+@pytest.mark.slow
+def test_smoke_04_synthesis(smoke_chain):
+    import numpy as np
+    from dualsynth.io import read_mask
+    from dualsynth.palette import NDFEB_PALETTE
+
+    exp, timings = smoke_chain
+    pool = json.loads((exp / "synthetic" / "pool.json").read_text())
+    assert pool["size"] == 144 and len({it["id"] for it in pool["items"]}) == 144
+    m = read_mask(exp / "synthetic" / pool["items"][0]["mask"], NDFEB_PALETTE, "index")
+    assert m.shape == (64, 64) and m.max() < 4
+    assert (exp / "synthetic" / pool["items"][0]["raw"]).is_file()
+    q = json.loads((exp / "synthetic" / "quality.json").read_text())
+    assert abs(sum(q["class_fractions"]["synthetic (cleaned)"].values()) - 1) < 1e-6
+    assert 0 <= q["pretest"]["missing_class_iou_synthetic"] <= 1
+    assert 0 <= q["pretest"]["missing_class_iou_real_test"] <= 1
+    assert [t["notebook"] for t in timings][:4] == ["01_patching", "02_vqvae", "03_pixelcnn", "04_synthesis"]

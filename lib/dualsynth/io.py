@@ -32,6 +32,7 @@ __all__ = [
     "atomic_write_text",
     "atomic_write_json",
     "read_json",
+    "atomic_save_npz",
     "IMAGE_SUFFIXES",
 ]
 
@@ -99,6 +100,14 @@ def read_json(path: str | os.PathLike) -> Any:
         return json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
         raise DataError(f"{path}: not valid JSON ({e})") from e
+
+
+def atomic_save_npz(path: str | os.PathLike, **arrays: np.ndarray) -> Path:
+    """``np.savez_compressed`` to a temporary file, then rename."""
+    with atomic_path(path, suffix=".npz") as tmp:
+        with open(tmp, "wb") as fh:
+            np.savez_compressed(fh, **arrays)
+    return Path(path)
 
 
 # --------------------------------------------------------------------------- reading

@@ -25,6 +25,7 @@ nor any model code.
 from __future__ import annotations
 
 import heapq
+from typing import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -353,4 +354,119 @@ def clean_mask(
 
 
 # =========================================================================== sampling / decoding
-# (sample → decode → split → files: added below by the lead)
+@dataclass
+class SyntheticSample:
+    """One generated dual image after splitting and mask clean-up."""
+
+    image: np.ndarray  # uint8 (H, W, C)
+    raw: np.ndarray  # float32 (H, W) decoded mask channel
+    naive: np.ndarray  # uint8 (H, W) nearest grey level of raw
+    clustered: np.ndarray  # uint8 (H, W) after k-means
+    cleaned: np.ndarray  # uint8 (H, W) after small-object removal
+    changed_fraction: float
+    removed_objects: int
+    codes: np.ndarray | None = None
+
+
+def _sorted_levels(palette) -> tuple[np.ndarray, np.ndarray]:
+    """Grey levels in increasing order and the class index of each (clean-up needs sorted levels)."""
+    levels = palette.grey_unit
+    order = np.argsort(levels)
+    return levels[order], order.astype(np.uint8)
+
+
+def clean_decoded(image: np.ndarray, mask_channel: np.ndarray, palette, min_object_px: int, seed: int = 0,
+                  use_kmeans: bool = True, codes: np.ndarray | None = None) -> SyntheticSample:
+    """Clean one decoded mask channel with the palette's grey levels (any order) into a :class:`SyntheticSample`."""
+    levels, classes = _sorted_levels(palette)
+    res = clean_mask(mask_channel, levels, min_object_px, seed=seed, use_kmeans=use_kmeans)
+    naive = nearest_level_labels(mask_channel, levels)
+    return SyntheticSample(
+        image=image,
+        raw=np.asarray(mask_channel, np.float32),
+        naive=classes[naive],
+        clustered=classes[res.clustered],
+        cleaned=classes[res.cleaned],
+        changed_fraction=res.changed_fraction,
+        removed_objects=res.removed_objects,
+        codes=codes,
+    )
+
+
+def generate_samples(generator, prior, num_samples: int, palette, *, code_shape: tuple[int, int],
+                     temperature: float = 1.0, seed: int = 0, batch_size: int = 16, min_object_px: int = 200,
+                     use_kmeans: bool = True, progress: bool = True) -> list[SyntheticSample]:
+    """Sample code maps from ``prior``, decode them with the VQ-VAE ``generator``, split and clean.
+
+    Batches use seeds ``seed``, ``seed + 1``, … so a pool is reproducible and batches differ.
+    """
+    from tqdm.auto import tqdm
+
+    from . import pixelcnn, vqvae
+    from .dual import split
+
+    if num_samples < 1:
+        raise ValueError(f"num_samples must be ≥ 1, got {num_samples}")
+    k_gen = generator.config["num_embeddings"]
+    if prior.num_embeddings != k_gen:
+        raise ValueError(
+            f"the prior models K={prior.num_embeddings} codes but the VQ-VAE has K={k_gen}; "
+            f"re-run 03_pixelcnn after 02_vqvae"
+        )
+    h, w = code_shape
+    out: list[SyntheticSample] = []
+    bar = tqdm(total=num_samples, desc="synthesising", unit="image", disable=not progress)
+    try:
+        for b, start in enumerate(range(0, num_samples, batch_size)):
+            n = min(batch_size, num_samples - start)
+            codes = pixelcnn.sample_fast(prior, n, h, w, temperature=temperature, seed=seed + b, batch_size=n)
+            images, channels = split(vqvae.decode_codes(generator, codes))
+            for i in range(n):
+                out.append(clean_decoded(images[i], channels[i], palette, min_object_px, seed=seed + start + i,
+                                         use_kmeans=use_kmeans, codes=codes[i]))
+                bar.update(1)
+    finally:
+        bar.close()
+    return out
+
+
+def write_pool(samples: Sequence[SyntheticSample], out_dir, seed: int = 0, extra: dict | None = None) -> dict:
+    """Write a shuffled pool: ``images/``, ``masks/`` (class index), ``raw/`` (mask channel, 8 bit) and ``pool.json``.
+
+    ``pool.json`` is written last and atomically: a pool without it is incomplete and is not used.
+    Variants take prefixes of ``items`` (already in shuffled order).
+    """
+    from pathlib import Path
+
+    from .io import atomic_write_json, write_png
+
+    out_dir = Path(out_dir)
+    order = np.random.default_rng(seed).permutation(len(samples))
+    items = []
+    for rank, idx in enumerate(order):
+        s = samples[int(idx)]
+        sid = f"syn{rank:05d}"
+        write_png(out_dir / "images" / f"{sid}.png", s.image)
+        write_png(out_dir / "masks" / f"{sid}.png", s.cleaned)
+        write_png(out_dir / "raw" / f"{sid}.png", np.clip(np.round(s.raw * 255), 0, 255).astype(np.uint8))
+        items.append({"id": sid, "image": f"images/{sid}.png", "mask": f"masks/{sid}.png", "raw": f"raw/{sid}.png",
+                      "changed_fraction": round(float(s.changed_fraction), 6), "removed_objects": int(s.removed_objects),
+                      "generated_index": int(idx)})
+    pool = {"format": 1, "size": len(items), "seed": int(seed), "items": items, **(extra or {})}
+    atomic_write_json(out_dir / "pool.json", pool)
+    return pool
+
+
+def load_pool(synthetic_dir) -> dict:
+    """Read ``synthetic/pool.json``; a clear error if 04_synthesis has not finished."""
+    from pathlib import Path
+
+    from .io import DataError, read_json
+
+    p = Path(synthetic_dir) / "pool.json"
+    if not p.is_file():
+        raise DataError(f"{p}: no synthetic pool; run 04_synthesis first (an interrupted run leaves no pool.json)")
+    pool = read_json(p)
+    if "items" not in pool:
+        raise DataError(f"{p}: not a pool file (no 'items'); re-run 04_synthesis")
+    return pool
