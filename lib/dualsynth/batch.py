@@ -142,6 +142,174 @@ def run_chain(preset: str, experiment: str | None = None, data: str | None = Non
     return timings
 
 
+# --------------------------------------------------------------------------- the study: 06 over variants × seeds
+STUDY_NOTEBOOK = "06_unet_training"
+METRIC_COLUMNS = ("accuracy", "miou", "miou_dataset", "missing_class_iou")
+
+
+def _run_one(notebook: str, output: str, parameters: dict[str, Any], log_path: str, root: str) -> dict[str, Any]:
+    """Execute one notebook run on a Dask worker; its output (cell by cell) goes to ``log_path``."""
+    import contextlib
+    import logging
+
+    os.environ.setdefault("DUALSYNTH_ROOT", root)
+    t0 = time.perf_counter()
+    Path(log_path).parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "w", encoding="utf-8") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+        handler = logging.StreamHandler(log)
+        pm_logger = logging.getLogger("papermill")
+        pm_logger.addHandler(handler)
+        pm_logger.setLevel(logging.INFO)
+        try:
+            run_notebook(notebook, output, parameters, log_output=True, progress_bar=False)
+        finally:
+            pm_logger.removeHandler(handler)
+    return {"seconds": time.perf_counter() - t0}
+
+
+def study_runs(experiment_path: Path, variant_names: Sequence[str], seeds: Sequence[int]) -> list[dict[str, Any]]:
+    """Every (variant, seed) run with its folder and whether its ``metrics.json`` is complete."""
+    from .variants import metrics_complete, run_dir
+
+    out = []
+    for v in variant_names:
+        for s in seeds:
+            d = run_dir(experiment_path / "unet", v, s)
+            out.append({"variant": v, "seed": int(s), "dir": d, "done": metrics_complete(d / "metrics.json")})
+    return out
+
+
+def collect_metrics(experiment_path: str | os.PathLike) -> "pd.DataFrame":
+    """One row per COMPLETE run found under ``unet/*/seed*/metrics.json`` (incomplete or corrupt files are skipped)."""
+    import pandas as pd
+
+    from .io import read_json
+    from .variants import metrics_complete
+
+    rows = []
+    for f in sorted(Path(experiment_path).glob("unet/*/seed*/metrics.json")):
+        if not metrics_complete(f):
+            continue
+        m = read_json(f)
+        row = {k: m.get(k) for k in ("variant", "seed", "group", "tier", "percent", "augment", "num_real_train",
+                                     "num_synthetic_train", "num_test", "encoder", "epochs_run", "best_epoch",
+                                     "train_seconds")}
+        row.update({k: m[k] for k in METRIC_COLUMNS})
+        for name, val in (m.get("per_class") or {}).items():
+            row[f"mciou_{name}"] = val
+        rows.append(row)
+    df = pd.DataFrame(rows)
+    if len(df):
+        df = df.sort_values(["group", "tier", "percent", "variant", "seed"], kind="stable").reset_index(drop=True)
+    return df
+
+
+def write_metrics_csv(experiment_path: str | os.PathLike) -> Path:
+    """Rebuild ``results/metrics.csv`` from the per-run files (never appended), atomically."""
+    from .io import atomic_path
+
+    exp = Path(experiment_path)
+    df = collect_metrics(exp)
+    target = exp / "results" / "metrics.csv"
+    with atomic_path(target, suffix=".csv") as tmp:
+        df.to_csv(tmp, index=False)
+    return target
+
+
+def run_study(preset: str, experiment: str | None = None, variants: str | Sequence[str] | None = "all",
+              seeds: Sequence[int] = (0,), workers: int = 1, threads_per_worker: int | None = None,
+              scheduler: str | None = None, outputs_dir: str = "outputs", overrides: Mapping[str, Any] | None = None,
+              progress: bool = True) -> dict[str, Any]:
+    """Run ``06_unet_training`` for every (variant, seed) with papermill on Dask; resumable.
+
+    A run whose ``metrics.json`` is complete is skipped; an interrupted one is redone (its U-Net training resumes
+    from its last epoch checkpoint).  Failures are reported at the end without stopping the other runs.
+    ``results/metrics.csv`` is rebuilt from the per-run files at the end.
+    """
+    from dask.distributed import Client, LocalCluster, as_completed
+    from tqdm.auto import tqdm
+
+    from .variants import select
+
+    experiment = experiment or preset
+    exp = experiment_dir(outputs_dir, experiment)
+    if not (exp / "variants").is_dir():
+        raise ParamError(f"{exp / 'variants'} not found: run 05_datasets for experiment {experiment!r} first")
+    chosen = [v.name for v in select(variants)]
+    missing = [v for v in chosen if not (exp / "variants" / f"{v}.json").is_file()]
+    if missing:
+        raise ParamError(f"variants {missing[:5]} have no file in {exp / 'variants'}; run 05_datasets with them")
+    runs = study_runs(exp, chosen, seeds)
+    todo = [r for r in runs if not r["done"]]
+    cores = os.cpu_count() or 1
+    tf_threads = int(threads_per_worker) if threads_per_worker else max(1, cores // max(1, workers))
+    base = dict(preset_params(preset, STUDY_NOTEBOOK))
+    base.update(overrides or {})
+    base.update({"experiment": experiment, "outputs_dir": str(resolve_path(outputs_dir)), "tf_threads": tf_threads})
+    summary = {"total": len(runs), "skipped": len(runs) - len(todo), "done": 0, "failed": [], "seconds": {}}
+    print(f"study {experiment}: {len(runs)} runs ({len(chosen)} variants × {len(seeds)} seeds), "
+          f"{summary['skipped']} already complete, {len(todo)} to run", flush=True)
+    if todo:
+        if scheduler:
+            client = Client(scheduler)
+            cluster = None
+        else:
+            cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None)
+            client = Client(cluster)
+        try:
+            futures = {}
+            for r in todo:
+                params = {**base, "variant": r["variant"], "seed": r["seed"]}
+                out_nb = exp / "notebooks" / f"{STUDY_NOTEBOOK}-{r['variant']}-seed{r['seed']}.ipynb"
+                log = exp / "logs" / f"{r['variant']}-seed{r['seed']}.log"
+                check_parameters(STUDY_NOTEBOOK, params)
+                fut = client.submit(_run_one, STUDY_NOTEBOOK, str(out_nb), params, str(log), str(project_root()),
+                                    key=f"{experiment}-{r['variant']}-seed{r['seed']}-{time.time_ns()}", pure=False)
+                futures[fut] = r
+            bar = tqdm(total=len(futures), desc="U-Nets", unit="run", disable=not progress)
+            for fut in as_completed(futures):
+                r = futures[fut]
+                name = f"{r['variant']} seed {r['seed']}"
+                try:
+                    res = fut.result()
+                    summary["done"] += 1
+                    summary["seconds"][name] = round(res["seconds"], 1)
+                except Exception as e:  # noqa: BLE001 — a failed run must not stop the others
+                    summary["failed"].append({"run": name, "error": f"{type(e).__name__}: {str(e)[:300]}",
+                                              "log": str(exp / "logs" / f"{r['variant']}-seed{r['seed']}.log")})
+                bar.update(1)
+            bar.close()
+        finally:
+            client.close()
+            if cluster is not None:
+                cluster.close()
+    csv = write_metrics_csv(exp)
+    summary["metrics_csv"] = str(csv)
+    if summary["failed"]:
+        print(f"{len(summary['failed'])} run(s) failed:", file=sys.stderr)
+        for f in summary["failed"]:
+            print(f"  {f['run']}: {f['error']} (log: {f['log']})", file=sys.stderr)
+    print(f"{summary['done']} run(s) finished, {summary['skipped']} skipped, {len(summary['failed'])} failed; "
+          f"table: {csv}", flush=True)
+    return summary
+
+
+def _parse_seeds(text: str) -> list[int]:
+    seeds: list[int] = []
+    for part in str(text).split(","):
+        part = part.strip()
+        if not part:
+            continue
+        if "-" in part:
+            a, b = part.split("-", 1)
+            seeds += list(range(int(a), int(b) + 1))
+        else:
+            seeds.append(int(part))
+    if not seeds or min(seeds) < 0:
+        raise ParamError(f"--seeds {text!r}: give seeds ≥ 0 like 0,1,2 or 0-4")
+    return list(dict.fromkeys(seeds))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m dualsynth.batch", description=__doc__.split("\n\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -151,7 +319,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     ch.add_argument("--data", default=None, help="data YAML for 01_patching (default: the notebook's)")
     ch.add_argument("--stages", default="all", help="e.g. 01-04, 01,03 or all (default)")
     ch.add_argument("--outputs-dir", default="outputs")
+    st = sub.add_parser("study", help="run 06_unet_training for many variants and seeds on Dask (resumable)")
+    st.add_argument("--preset", default="quick")
+    st.add_argument("--experiment", default=None, help="outputs/<experiment>/ (default: the preset name)")
+    st.add_argument("--variants", default="all", help="'all', groups (base, mixed, synthetic, augment) or names, comma-separated")
+    st.add_argument("--seeds", default="0", help="e.g. 0,1,2 or 0-4")
+    st.add_argument("--workers", type=int, default=1, help="Dask LocalCluster worker processes (default 1)")
+    st.add_argument("--threads", type=int, default=None, help="TensorFlow threads per run (default: cores / workers)")
+    st.add_argument("--scheduler", default=None, help="address of an existing Dask scheduler instead of a LocalCluster")
+    st.add_argument("--outputs-dir", default="outputs")
     args = ap.parse_args(argv)
+    if args.cmd == "study":
+        try:
+            summary = run_study(args.preset, args.experiment, args.variants, _parse_seeds(args.seeds), args.workers,
+                                args.threads, args.scheduler, args.outputs_dir)
+        except ParamError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        return 1 if summary["failed"] else 0
     if args.cmd == "chain":
         try:
             timings = run_chain(args.preset, args.experiment, args.data, args.stages, args.outputs_dir)

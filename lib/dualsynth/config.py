@@ -364,6 +364,30 @@ NOTEBOOK_RULES: dict[str, dict[str, tuple]] = {
         "pretest_epochs": (int, _positive, "an integer ≥ 1"),
         "save_figures": (bool, None, "True or False"),
     },
+    "05_datasets": {
+        **_COMMON_RULES,
+        "variants": (str, None, "'all' or a comma list of variant names / groups (base, mixed, synthetic, augment)"),
+        "save_figures": (bool, None, "True or False"),
+    },
+    "06_unet_training": {
+        **_COMMON_RULES,
+        "variant": (str, None, "a variant name, e.g. BMQ_50 (see params/variants/)"),
+        "encoder": (str, None, "a segmentation-models encoder, e.g. efficientnetb3"),
+        "encoder_weights": ((str, type(None)), None, "'imagenet', None (null) or the path of a local .h5 file"),
+        "epochs": (int, _positive, "an integer ≥ 1"),
+        "batch_size": (int, _positive, "an integer ≥ 1"),
+        "val_batch_size": (int, _positive, "an integer ≥ 1"),
+        "learning_rate": ((int, float), _positive, "a number > 0"),
+        "early_stopping_patience": (int, _positive, "an integer ≥ 1"),
+        "reduce_lr_patience": (int, _positive, "an integer ≥ 1"),
+        "tf_threads": (int, _non_negative, "0 (TensorFlow's default) or the number of threads"),
+        "save_figures": (bool, None, "True or False"),
+    },
+    "07_results_plots": {
+        **_COMMON_RULES,
+        "overlay_variants": (str, None, "a comma list of variants (or best / worst) to show prediction overlays for"),
+        "save_figures": (bool, None, "True or False"),
+    },
 }
 
 
@@ -390,3 +414,21 @@ def start_stage(name: str, namespace: Mapping[str, Any]) -> Stage:
     set_seed(params["seed"])
     write_run_record(exp / "runs", name, params)
     return Stage(name, params, exp)
+
+
+def set_tf_threads(threads: int) -> None:
+    """Limit TensorFlow's intra-/inter-op threads (0 keeps TensorFlow's default).
+
+    Must run before TensorFlow executes its first op; the batch sets it so parallel runs share the cores.
+    """
+    if threads <= 0:
+        return
+    import tensorflow as tf
+
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(int(threads))
+        tf.config.threading.set_inter_op_parallelism_threads(min(2, int(threads)))
+    except RuntimeError as e:  # already initialised: keep going with the default, but say so
+        import warnings
+
+        warnings.warn(f"tf_threads={threads} not applied: {e}", stacklevel=2)

@@ -260,3 +260,122 @@ def plot_pretest(images: np.ndarray, masks: np.ndarray, preds: np.ndarray, score
     fig.legend(handles=palette_legend(palette), loc="lower center", ncol=palette.num_classes, fontsize=8, frameon=False)
     fig.tight_layout(rect=(0, 0.05, 1, 1))
     return fig
+
+
+# --------------------------------------------------------------------------- study figures
+def plot_variant_sizes(table) -> plt.Figure:
+    """Stacked bars of real and synthetic training images per variant (a pandas DataFrame indexed by variant)."""
+    fig, ax = plt.subplots(figsize=(max(6, 0.22 * len(table) + 1.5), 3.4))
+    x = np.arange(len(table))
+    ax.bar(x, table["real train"], label="real", color="#377eb8")
+    ax.bar(x, table["synthetic train"], bottom=table["real train"], label="synthetic", color="#ff7f00")
+    ax.set_xticks(x, table.index, rotation=90, fontsize=7)
+    ax.set_ylabel("training images")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def plot_predictions(images: np.ndarray, gts: np.ndarray, preds: np.ndarray, palette: Palette,
+                     per_image: Sequence[Mapping[str, Any]] | None = None, max_rows: int = 3, title: str = "",
+                     order: str = "worst-best") -> plt.Figure:
+    """Prediction overlays (paper Figs. 18/21): micrograph, ground truth, prediction, errors.
+
+    With ``per_image`` scores the rows show the worst, median and best test image by Missing Class IoU.
+    """
+    n = len(images)
+    idx = list(range(min(max_rows, n)))
+    if per_image is not None and n > 0:
+        ranked = sorted(range(n), key=lambda i: per_image[i]["missing_class_iou"])
+        picks = [ranked[0], ranked[len(ranked) // 2], ranked[-1]] if n >= 3 else ranked
+        idx = list(dict.fromkeys(picks))[:max_rows]
+    fig, axes = plt.subplots(len(idx), 4, figsize=(10, 2.6 * len(idx) + 0.4), squeeze=False)
+    for r, i in enumerate(idx):
+        score = f" — MCIoU {per_image[i]['missing_class_iou']:.1%}" if per_image is not None else ""
+        show_image(axes[r, 0], images[i], f"test image {i}{score}")
+        show_image(axes[r, 1], palette.index_to_rgb(gts[i]), "ground truth")
+        show_image(axes[r, 2], palette.index_to_rgb(preds[i]), "prediction")
+        err = gts[i] != preds[i]
+        over = images[i] if images[i].shape[-1] == 3 else np.repeat(images[i], 3, axis=-1)
+        over = over.copy()
+        over[err] = (255, 0, 255)
+        show_image(axes[r, 3], over, f"errors (magenta): {err.mean():.1%}")
+    fig.legend(handles=palette_legend(palette), loc="lower center", ncol=palette.num_classes, fontsize=8, frameon=False)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout(rect=(0, 0.05, 1, 1))
+    return fig
+
+
+TIER_LINE_COLORS = {"SHQ": "#1b9e77", "SLQ": "#d95f02", "BLQ": "#7570b3", "BMQ": "#e7298a",
+                    "SyntLQ": "#66a61e", "SyntMQ": "#a6761d"}
+
+
+def _errbar(ax, x, y, lo, hi, **kw):
+    y = np.asarray(y, float)
+    if lo is not None and np.isfinite(np.asarray(lo, float)).any():
+        yerr = np.vstack([y - np.asarray(lo, float), np.asarray(hi, float) - y])
+        yerr = np.where(np.isfinite(yerr), yerr, 0)
+        ax.errorbar(x, y, yerr=yerr, capsize=3, **kw)
+    else:
+        ax.plot(x, y, **kw)
+
+
+def plot_metric_vs_percent(summary, metric: str, label: str | None = None, big_train: int = 48,
+                           ax: plt.Axes | None = None, legend: bool = True) -> plt.Figure:
+    """A metric against % synthetic (paper Figs. 15–17).
+
+    Mixed variants as lines per base tier, the base models (0 %) as horizontal lines of the same colour,
+    synthetic-only variants as dotted lines with their image counts on a top axis, BMQ_aug as a grey line.
+    ``summary``: a DataFrame from :func:`dualsynth.stats.summarise` (columns ``metric``, ``metric_ci_low/high``).
+    """
+    fig = ax.figure if ax is not None else plt.figure(figsize=(7.2, 4.2))
+    ax = ax or fig.add_subplot(111)
+    lo_col, hi_col = f"{metric}_ci_low", f"{metric}_ci_high"
+    percents = sorted(int(p) for p in summary.loc[summary.group.isin(["mixed", "synthetic"]), "percent"].unique())
+    for tier in ("SHQ", "SLQ", "BLQ", "BMQ"):
+        col = TIER_LINE_COLORS[tier]
+        base = summary[(summary.group == "base") & (summary.tier == tier)]
+        if len(base):
+            ax.axhline(float(base[metric].iloc[0]), color=col, ls="--", lw=1, alpha=0.8)
+        mixed = summary[(summary.group == "mixed") & (summary.tier == tier)].sort_values("percent")
+        if len(mixed):
+            _errbar(ax, mixed.percent, mixed[metric], mixed.get(lo_col), mixed.get(hi_col), color=col, marker="o",
+                    label=f"{tier} + synthetic (dashed: {tier} alone)")
+    for name, tier in (("SyntLQ", "BLQ"), ("SyntMQ", "BMQ")):
+        syn = summary[(summary.group == "synthetic") & (summary.variant.str.startswith(name))].sort_values("percent")
+        if len(syn):
+            _errbar(ax, syn.percent, syn[metric], syn.get(lo_col), syn.get(hi_col), color=TIER_LINE_COLORS[name],
+                    marker="s", ls=":", label=f"{name}: synthetic only")
+    aug = summary[summary.group == "augment"]
+    if len(aug):
+        ax.axhline(float(aug[metric].iloc[0]), color="0.4", ls="-.", lw=1, label="BMQ + augmentation")
+    ax.set_xlabel("synthetic images added [% of the base training set]")
+    ax.set_ylabel(label or metric)
+    if percents:
+        ax.set_xticks(percents)
+        top = ax.secondary_xaxis("top")
+        top.set_xticks(percents, [str(int(round(p * big_train / 100))) for p in percents])
+        top.set_xlabel("synthetic-only training images", fontsize=8)
+    ax.grid(alpha=0.3)
+    if legend:
+        ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    return fig
+
+
+def plot_per_class(summary, class_names: Sequence[str], big_train: int = 48) -> plt.Figure:
+    """Per-class Missing Class IoU against % synthetic, one panel per class (paper Fig. 19)."""
+    n = len(class_names)
+    cols = min(n, 3)
+    rows = int(np.ceil(n / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(5.2 * cols, 3.8 * rows), squeeze=False)
+    for i, name in enumerate(class_names):
+        ax = axes[i // cols, i % cols]
+        plot_metric_vs_percent(summary, f"mciou_{name}", label=f"{name}: Missing Class IoU", big_train=big_train,
+                               ax=ax, legend=(i == 0))
+        ax.set_title(name, fontsize=10)
+    for j in range(n, rows * cols):
+        axes[j // cols, j % cols].axis("off")
+    fig.tight_layout()
+    return fig

@@ -205,3 +205,45 @@ def load_variant(path: str | Path) -> dict[str, Any]:
         if key not in data:
             raise DataError(f"{path}: not a variant file (missing {key!r}); re-run 05_datasets")
     return data
+
+
+def load_split(variant_data: dict[str, Any], split: str, channels: int, palette):
+    """Images ``uint8 (N, H, W, C)`` and class-index masks ``uint8 (N, H, W)`` of a materialised variant's split."""
+    import numpy as np
+
+    from .io import read_image, read_mask
+
+    if split not in ("train", "val", "test"):
+        raise VariantError(f"unknown split {split!r}; use train, val or test")
+    entries = variant_data[split]
+    if not entries:
+        raise VariantError(f"variant {variant_data['variant']}: the {split} split is empty")
+    images = np.stack([read_image(e["image"], channels=channels) for e in entries])
+    masks = np.stack([read_mask(e["mask"], palette, "index") for e in entries])
+    return images, masks
+
+
+def run_dir(unet_root: str | Path, variant: str, seed: int) -> Path:
+    """``unet/<variant>/seed<seed>/`` — where one training run of a variant writes its files."""
+    return Path(unet_root) / variant / f"seed{int(seed)}"
+
+
+def metrics_complete(path: str | Path) -> bool:
+    """True when a run's ``metrics.json`` exists, parses and says it is complete (the batch's resume test)."""
+    try:
+        data = read_json(path)
+    except (DataError, OSError):
+        return False
+    return bool(data.get("complete")) and "missing_class_iou" in data
+
+
+def load_predictions(experiment_path: str | Path, variant: str, seed: int):
+    """A finished run's test predictions ``uint8 (N, H, W)`` and its per-image scores, or ``(None, None)``."""
+    import numpy as np
+
+    d = run_dir(Path(experiment_path) / "unet", variant, seed)
+    if not (metrics_complete(d / "metrics.json") and (d / "predictions.npz").is_file()):
+        return None, None
+    with np.load(d / "predictions.npz") as z:
+        preds = z["predictions"]
+    return preds, read_json(d / "metrics.json")["per_image"]

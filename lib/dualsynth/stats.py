@@ -1,0 +1,126 @@
+"""Seeds, confidence intervals and paired comparisons between variants (NumPy/SciPy, no TensorFlow)."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+from scipy import stats as sps
+
+__all__ = ["mean_ci", "summarise", "paired_test"]
+
+
+def mean_ci(values: Sequence[float], confidence: float = 0.95) -> dict[str, float]:
+    """Mean, sample standard deviation, n and the t-based confidence interval of the mean.
+
+    With one value the interval is undefined (NaN half-width): a single run says nothing about its spread.
+    """
+    x = np.asarray([v for v in values if v is not None and np.isfinite(v)], dtype=float)
+    n = len(x)
+    if n == 0:
+        return {"mean": float("nan"), "std": float("nan"), "n": 0, "ci_low": float("nan"), "ci_high": float("nan"),
+                "half_width": float("nan")}
+    mean = float(x.mean())
+    if n == 1:
+        return {"mean": mean, "std": float("nan"), "n": 1, "ci_low": float("nan"), "ci_high": float("nan"),
+                "half_width": float("nan")}
+    std = float(x.std(ddof=1))
+    half = float(sps.t.ppf(0.5 + confidence / 2, n - 1) * std / np.sqrt(n))
+    return {"mean": mean, "std": std, "n": n, "ci_low": mean - half, "ci_high": mean + half, "half_width": half}
+
+
+def summarise(df, metrics: Sequence[str], by: str = "variant", confidence: float = 0.95):
+    """One row per ``by`` value: for each metric its mean, std, n and CI bounds over the rows (seeds)."""
+    import pandas as pd
+
+    keep = [c for c in ("group", "tier", "percent", "augment", "num_real_train", "num_synthetic_train") if c in df]
+    rows = []
+    for key, g in df.groupby(by, sort=False):
+        row = {by: key, **{c: g[c].iloc[0] for c in keep}}
+        for m in metrics:
+            s = mean_ci(g[m].tolist(), confidence)
+            row.update({m: s["mean"], f"{m}_std": s["std"], f"{m}_n": s["n"], f"{m}_ci_low": s["ci_low"],
+                        f"{m}_ci_high": s["ci_high"]})
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def paired_test(a: Sequence[float], b: Sequence[float]) -> dict[str, float]:
+    """Wilcoxon signed-rank test of paired scores (e.g. per test image, variant vs its base).
+
+    Returns the mean difference (a - b), the statistic and the two-sided p-value (NaN when all differences are 0
+    or fewer than 2 pairs remain).
+    """
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    if a.shape != b.shape:
+        raise ValueError(f"paired scores need equal lengths, got {a.shape} and {b.shape}")
+    ok = np.isfinite(a) & np.isfinite(b)
+    d = a[ok] - b[ok]
+    out = {"mean_diff": float(d.mean()) if len(d) else float("nan"), "n": int(len(d)),
+           "statistic": float("nan"), "p_value": float("nan")}
+    if len(d) >= 2 and np.any(d != 0):
+        res = sps.wilcoxon(a[ok], b[ok], zero_method="wilcox", alternative="two-sided")
+        out["statistic"], out["p_value"] = float(res.statistic), float(res.pvalue)
+    return out
+
+
+def base_of(variant: str) -> str | None:
+    """The real base set a variant is compared with: ``<tier>_0`` (``BLQ_0``/``BMQ_0`` for SyntLQ/SyntMQ)."""
+    from .variants import parse_variant
+
+    v = parse_variant(variant)
+    return None if v.group == "base" else f"{v.tier}_0"
+
+
+def _per_image(experiment_path, variant: str, seeds) -> dict[int, list[float]]:
+    from pathlib import Path
+
+    from .io import read_json
+    from .variants import metrics_complete, run_dir
+
+    out = {}
+    for s in seeds:
+        f = run_dir(Path(experiment_path) / "unet", variant, int(s)) / "metrics.json"
+        if metrics_complete(f):
+            out[int(s)] = [r["missing_class_iou"] for r in read_json(f)["per_image"]]
+    return out
+
+
+def ranked_table(summary, runs, experiment_path, metric: str = "missing_class_iou", alpha: float = 0.05):
+    """Variants ranked by mean ``metric`` with CI, the gain over the base set and a paired Wilcoxon test.
+
+    The paired test pools seeds: pairs are (seed, test image) for seeds both variants have.
+    """
+    import pandas as pd
+
+    rows = []
+    for _, r in summary.iterrows():
+        name = r["variant"]
+        base = base_of(name)
+        row = {"variant": name, "group": r["group"], "real": r.get("num_real_train"),
+               "synthetic": r.get("num_synthetic_train"), "seeds": int(r[f"{metric}_n"]),
+               metric: r[metric], "ci_low": r[f"{metric}_ci_low"], "ci_high": r[f"{metric}_ci_high"],
+               "miou": r.get("miou"), "accuracy": r.get("accuracy"), "base": base}
+        if base is not None and base in set(summary["variant"]):
+            row["gain_vs_base"] = r[metric] - float(summary.loc[summary.variant == base, metric].iloc[0])
+            seeds = sorted(set(runs.loc[runs.variant == name, "seed"]) & set(runs.loc[runs.variant == base, "seed"]))
+            a, b = _per_image(experiment_path, name, seeds), _per_image(experiment_path, base, seeds)
+            common = [s for s in seeds if s in a and s in b and len(a[s]) == len(b[s])]
+            if common:
+                t = paired_test(np.concatenate([a[s] for s in common]), np.concatenate([b[s] for s in common]))
+                row["paired_p"] = t["p_value"]
+                row["significant"] = bool(np.isfinite(t["p_value"]) and t["p_value"] < alpha)
+        rows.append(row)
+    return pd.DataFrame(rows).sort_values(metric, ascending=False, kind="stable").reset_index(drop=True)
+
+
+def pick_variants(spec: str, summary, metric: str = "missing_class_iou") -> list[str]:
+    """Names from a comma list; ``best`` / ``worst`` pick by mean ``metric``; unknown names are dropped."""
+    known = list(summary["variant"])
+    out = []
+    for part in (p.strip() for p in spec.split(",") if p.strip()):
+        if part in ("best", "worst") and len(summary):
+            s = summary.sort_values(metric, ascending=(part == "worst"))
+            out.append(str(s["variant"].iloc[0]))
+        elif part in known:
+            out.append(part)
+    return list(dict.fromkeys(out))
