@@ -8,10 +8,13 @@ PY := $(VENV)/bin/python
 PRESET ?= quick
 EXPERIMENT ?= $(PRESET)
 DATA ?= params/data/ndfeb_default.yaml
-STAGES ?= 01
+STAGES ?= all
+VARIANTS ?= all
+SEEDS ?= 0
+WORKERS ?= 1
 PYTEST_ARGS ?=
 
-.PHONY: install run test test-fast lab kernel bench clean-outputs strip-notebooks
+.PHONY: install run study test test-fast lab kernel bench clean-outputs strip-notebooks
 
 $(VENV)/.installed: pyproject.toml requirements.lock
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -22,7 +25,13 @@ $(VENV)/.installed: pyproject.toml requirements.lock
 install: $(VENV)/.installed
 
 run: install
-	$(PY) -m dualsynth.batch chain --preset $(PRESET) --experiment $(EXPERIMENT) --data $(DATA) --stages $(STAGES)
+	$(PY) -m dualsynth.batch chain --preset $(PRESET) --experiment $(EXPERIMENT) --data $(DATA) --stages $(STAGES) \
+		--variants $(VARIANTS) --seeds $(SEEDS) --workers $(WORKERS)
+
+# the paper-scale study on a GPU machine: make study PRESET=paper
+study: install
+	$(PY) -m dualsynth.batch chain --preset $(PRESET) --experiment $(EXPERIMENT) --data $(DATA) --stages all \
+		--variants $(VARIANTS) --seeds $(SEEDS) --workers $(WORKERS)
 
 test: install
 	$(PY) -m pytest $(PYTEST_ARGS)

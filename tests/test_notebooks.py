@@ -82,7 +82,7 @@ def test_bad_parameter_value_is_reported(tmp_path):
 def smoke_chain(tmp_path_factory):
     """Run the notebooks that exist, in order, with the smoke preset into a temporary outputs folder."""
     out = tmp_path_factory.mktemp("outputs")
-    timings = batch.run_chain("smoke", experiment="t", stages="all", outputs_dir=str(out))
+    timings = batch.run_chain("smoke", experiment="t", stages="all", outputs_dir=str(out), variants="SHQ_0,SHQ_50")
     return out / "t", timings
 
 
@@ -150,3 +150,66 @@ def test_smoke_04_synthesis(smoke_chain):
     assert 0 <= q["pretest"]["missing_class_iou_synthetic"] <= 1
     assert 0 <= q["pretest"]["missing_class_iou_real_test"] <= 1
     assert [t["notebook"] for t in timings][:4] == ["01_patching", "02_vqvae", "03_pixelcnn", "04_synthesis"]
+
+
+@pytest.mark.slow
+def test_smoke_05_to_07(smoke_chain):
+    import pandas as pd
+
+    exp, timings = smoke_chain
+    variants = sorted(p.stem for p in (exp / "variants").glob("*.json"))
+    assert len(variants) == 47
+    v = json.loads((exp / "variants" / "SHQ_50.json").read_text())
+    assert v["num_real_train"] == 16 and v["num_synthetic_train"] == 8
+    table = pd.read_csv(exp / "results" / "metrics.csv")
+    assert sorted(table.variant) == ["SHQ_0", "SHQ_50"] and table.seed.tolist() == [0, 0]
+    for col in ("accuracy", "miou", "missing_class_iou"):
+        assert table[col].between(0, 1).all()
+    m = json.loads((exp / "unet" / "SHQ_50" / "seed0" / "metrics.json").read_text())
+    assert m["complete"] and m["num_test"] == 27 and len(m["per_image"]) == 27
+    for fig in ("fig15_accuracy", "fig16_miou", "fig17_missing_class_iou", "fig19_per_class"):
+        assert (exp / "results" / f"{fig}.png").is_file() and (exp / "results" / f"{fig}.pdf").is_file()
+    ranked = pd.read_csv(exp / "results" / "ranked.csv")
+    assert set(ranked.variant) == {"SHQ_0", "SHQ_50"}
+    assert ranked.loc[ranked.variant == "SHQ_50", "base"].item() == "SHQ_0"
+    assert "06_unet_training" in [t["notebook"] for t in timings]
+
+
+@pytest.mark.slow
+def test_study_resumes_after_sigkill(smoke_chain):
+    """Kill the batch with SIGKILL mid-run, restart it: it completes, finished runs are not redone,
+    and metrics.csv has exactly one complete row per run."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import pandas as pd
+
+    exp, _ = smoke_chain
+    done_before = exp / "unet" / "SHQ_0" / "seed0" / "metrics.json"
+    mtime = done_before.stat().st_mtime_ns
+    cmd = [sys.executable, "-m", "dualsynth.batch", "study", "--preset", "smoke", "--experiment", exp.name,
+           "--outputs-dir", str(exp.parent), "--variants", "SHQ_0,SHQ_50,SLQ_0", "--workers", "1"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    # wait until the new run (SLQ_0) is training: its checkpoint folder appears
+    target = exp / "unet" / "SLQ_0" / "seed0"
+    deadline = time.time() + 300
+    while time.time() < deadline and not any(target.glob("**/*")) and proc.poll() is None:
+        time.sleep(1)
+    assert proc.poll() is None, "the batch ended before it could be killed"
+    time.sleep(3)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (target / "metrics.json").exists(), "killed too late: the run had finished"
+    table = pd.read_csv(exp / "results" / "metrics.csv")
+    assert "SLQ_0" not in set(table.variant)
+    # restart: completes; SHQ_0 and SHQ_50 are skipped
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "2 already complete, 1 to run" in out.stdout
+    assert done_before.stat().st_mtime_ns == mtime, "a finished run was redone"
+    table = pd.read_csv(exp / "results" / "metrics.csv")
+    assert sorted(zip(table.variant, table.seed)) == [("SHQ_0", 0), ("SHQ_50", 0), ("SLQ_0", 0)]
+    assert table.missing_class_iou.notna().all()

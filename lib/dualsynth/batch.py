@@ -118,12 +118,29 @@ def _select(stages: str) -> list[str]:
 
 
 def run_chain(preset: str, experiment: str | None = None, data: str | None = None, stages: str = "all",
-              outputs_dir: str = "outputs", overrides: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
-    """Run the selected notebooks in order; stop at the first failure (later stages need its files)."""
+              outputs_dir: str = "outputs", overrides: Mapping[str, Any] | None = None,
+              variants: str = "all", seeds: Sequence[int] = (0,), workers: int = 1) -> list[dict[str, Any]]:
+    """Run the selected notebooks in order; stop at the first failure (later stages need its files).
+
+    Stage 06 is the study: ``06_unet_training`` for every variant in ``variants`` and every seed, on Dask
+    (:func:`run_study`); a failed run there is reported and stops the chain before 07.
+    """
     experiment = experiment or preset
     exp = experiment_dir(outputs_dir, experiment)
     timings = []
     for nb in _select(stages):
+        if nb == STUDY_NOTEBOOK:
+            print(f"[{time.strftime('%H:%M:%S')}] {nb}: study of {variants!r}, seeds {list(seeds)}, {workers} worker(s)",
+                  flush=True)
+            t0 = time.perf_counter()
+            summary = run_study(preset, experiment, variants, seeds, workers, outputs_dir=outputs_dir,
+                                overrides={k: v for k, v in (overrides or {}).items()
+                                           if k in notebook_parameters(nb)})
+            timings.append({"notebook": nb, "seconds": round(time.perf_counter() - t0, 1),
+                            "runs": summary["done"], "skipped": summary["skipped"]})
+            if summary["failed"]:
+                raise RuntimeError(f"{len(summary['failed'])} U-Net run(s) failed; see the logs under {exp / 'logs'}")
+            continue
         params = dict(preset_params(preset, nb))
         params["experiment"] = experiment
         params["outputs_dir"] = str(resolve_path(outputs_dir))
@@ -155,15 +172,27 @@ def _run_one(notebook: str, output: str, parameters: dict[str, Any], log_path: s
     os.environ.setdefault("DUALSYNTH_ROOT", root)
     t0 = time.perf_counter()
     Path(log_path).parent.mkdir(parents=True, exist_ok=True)
-    with open(log_path, "w", encoding="utf-8") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    with open(log_path, "w", encoding="utf-8") as log:
+        # file-descriptor level, so the kernel subprocess's TensorFlow messages land in the log too
+        os.dup2(log.fileno(), 1)
+        os.dup2(log.fileno(), 2)
         handler = logging.StreamHandler(log)
         pm_logger = logging.getLogger("papermill")
         pm_logger.addHandler(handler)
         pm_logger.setLevel(logging.INFO)
         try:
-            run_notebook(notebook, output, parameters, log_output=True, progress_bar=False)
+            with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+                run_notebook(notebook, output, parameters, log_output=True, progress_bar=False)
         finally:
             pm_logger.removeHandler(handler)
+            log.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            os.close(saved[0])
+            os.close(saved[1])
     return {"seconds": time.perf_counter() - t0}
 
 
@@ -319,6 +348,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ch.add_argument("--data", default=None, help="data YAML for 01_patching (default: the notebook's)")
     ch.add_argument("--stages", default="all", help="e.g. 01-04, 01,03 or all (default)")
     ch.add_argument("--outputs-dir", default="outputs")
+    ch.add_argument("--variants", default="all", help="variants of the study stage (06), as for 'study'")
+    ch.add_argument("--seeds", default="0", help="seeds of the study stage (06)")
+    ch.add_argument("--workers", type=int, default=1, help="Dask workers of the study stage (06)")
     st = sub.add_parser("study", help="run 06_unet_training for many variants and seeds on Dask (resumable)")
     st.add_argument("--preset", default="quick")
     st.add_argument("--experiment", default=None, help="outputs/<experiment>/ (default: the preset name)")
@@ -339,11 +371,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1 if summary["failed"] else 0
     if args.cmd == "chain":
         try:
-            timings = run_chain(args.preset, args.experiment, args.data, args.stages, args.outputs_dir)
+            timings = run_chain(args.preset, args.experiment, args.data, args.stages, args.outputs_dir,
+                                variants=args.variants, seeds=_parse_seeds(args.seeds), workers=args.workers)
         except ParamError as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
         total = sum(t["seconds"] for t in timings)
+        if timings:
+            from .io import atomic_write_json
+
+            exp = experiment_dir(args.outputs_dir, args.experiment or args.preset)
+            atomic_write_json(exp / "results" / "chain_timings.json", {"preset": args.preset, "stages": timings,
+                                                                        "total_seconds": round(total, 1)})
         print("stage times: " + ", ".join(f"{t['notebook']} {t['seconds']} s" for t in timings) + f"; total {total:.1f} s")
     return 0
 

@@ -325,6 +325,7 @@ NOTEBOOK_RULES: dict[str, dict[str, tuple]] = {
     "02_vqvae": {
         **_COMMON_RULES,
         "train_tier": (str, lambda v: v in ("SHQ", "SLQ", "BLQ", "BMQ"), "one of SHQ, SLQ, BLQ, BMQ"),
+        "mask_encoding": (str, lambda v: v in ("grey", "onehot"), "grey (the paper's) or onehot"),
         "num_embeddings": (int, lambda v: v >= 2, "K, an integer ≥ 2"),
         "embedding_dim": (int, _positive, "D, an integer ≥ 1"),
         "num_hiddens": (int, lambda v: v >= 2 and v % 2 == 0, "an even integer ≥ 2"),

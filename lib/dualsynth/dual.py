@@ -1,9 +1,15 @@
-"""Dual images: a micrograph's C channels plus one mask channel, as one float array.
+"""Dual images: a micrograph's C channels plus its mask, as one float array the generator learns.
 
-The generative model learns image and mask *jointly* from a (H, W, C+1) array:
-the micrograph scaled to [0, 1] and the mask as its palette grey level scaled to
-[0, 1] (e.g. NdFeB: matrix 0, Eta 1/3, oxide 2/3, Nd-rich 1).  ``split`` undoes
-this; the mask channel comes back as floats for the clean-up in ``synthesis``.
+Two mask encodings:
+
+* ``grey`` (the paper's): ONE mask channel holding each class's palette grey level scaled to [0, 1]
+  (e.g. NdFeB: matrix 0, Eta 1/3, oxide 2/3, Nd-rich 1) → (H, W, C+1).  Decoded masks need k-means and
+  clean-up; a blurred edge between two classes passes through the grey levels of the classes between them,
+  so thin structures of an extreme grey level come back rimmed with intermediate classes.
+* ``onehot`` (ours): one channel per class (K channels) → (H, W, C+K).  A decoded edge is a mixture of the
+  two classes it separates, and the class is the arg-max: no ordering artefacts.
+
+``split`` undoes either; the mask part comes back as floats for the clean-up in ``synthesis``.
 """
 from __future__ import annotations
 
@@ -11,11 +17,25 @@ import numpy as np
 
 from .palette import Palette
 
-__all__ = ["compose", "split", "compose_batch"]
+__all__ = ["ENCODINGS", "compose", "split", "compose_batch", "num_channels"]
+
+ENCODINGS = ("grey", "onehot")
 
 
-def compose(image: np.ndarray, mask: np.ndarray, palette: Palette) -> np.ndarray:
-    """``uint8 (H, W, C)`` image + class-index mask ``(H, W)`` → ``float32 (H, W, C+1)`` in [0, 1]."""
+def _check_encoding(encoding: str) -> None:
+    if encoding not in ENCODINGS:
+        raise ValueError(f"mask encoding must be one of {ENCODINGS}, got {encoding!r}")
+
+
+def num_channels(image_channels: int, num_classes: int, encoding: str = "grey") -> int:
+    """Channels of a dual image: C + 1 (grey) or C + K (onehot)."""
+    _check_encoding(encoding)
+    return image_channels + (1 if encoding == "grey" else num_classes)
+
+
+def compose(image: np.ndarray, mask: np.ndarray, palette: Palette, encoding: str = "grey") -> np.ndarray:
+    """``uint8 (H, W, C)`` image + class-index mask ``(H, W)`` → ``float32 (H, W, C+1 | C+K)`` in [0, 1]."""
+    _check_encoding(encoding)
     image = np.asarray(image)
     if image.ndim == 2:
         image = image[..., None]
@@ -25,23 +45,54 @@ def compose(image: np.ndarray, mask: np.ndarray, palette: Palette) -> np.ndarray
         raise ValueError(f"image must be uint8, got {image.dtype}")
     if mask.shape != image.shape[:2]:
         raise ValueError(f"image {image.shape[:2]} and mask {mask.shape} differ in size")
-    grey = palette.grey_unit[np.asarray(mask, dtype=np.intp)]
-    return np.concatenate([image.astype(np.float32) / 255.0, grey[..., None]], axis=-1)
+    idx = np.asarray(mask, dtype=np.intp)
+    if encoding == "grey":
+        m = palette.grey_unit[idx][..., None]
+    else:
+        m = np.eye(palette.num_classes, dtype=np.float32)[idx]
+    return np.concatenate([image.astype(np.float32) / 255.0, m.astype(np.float32)], axis=-1)
 
 
-def compose_batch(images: np.ndarray, masks: np.ndarray, palette: Palette) -> np.ndarray:
-    """Batched :func:`compose`: ``(N, H, W, C)`` + ``(N, H, W)`` → ``(N, H, W, C+1)``."""
+def compose_batch(images: np.ndarray, masks: np.ndarray, palette: Palette, encoding: str = "grey") -> np.ndarray:
+    """Batched :func:`compose`: ``(N, H, W, C)`` + ``(N, H, W)`` → ``(N, H, W, C+1 | C+K)``."""
     if len(images) != len(masks):
         raise ValueError(f"{len(images)} images but {len(masks)} masks")
     if len(images) == 0:
         raise ValueError("no images to compose")
-    return np.stack([compose(i, m, palette) for i, m in zip(images, masks)])
+    return np.stack([compose(i, m, palette, encoding) for i, m in zip(images, masks)])
 
 
-def split(dual: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``float (…, H, W, C+1)`` → (``uint8`` image ``(…, H, W, C)``, float mask channel ``(…, H, W)``)."""
+def split(dual: np.ndarray, image_channels: int | None = None, encoding: str = "grey") -> tuple[np.ndarray, np.ndarray]:
+    """Dual image(s) → (``uint8`` micrograph ``(…, H, W, C)``, float mask part).
+
+    The mask part is ``(…, H, W)`` for ``grey`` and ``(…, H, W, K)`` for ``onehot``.  ``image_channels`` (1 or 3)
+    is needed for ``onehot``; for ``grey`` it is the last axis minus one.
+    """
+    _check_encoding(encoding)
     dual = np.asarray(dual, dtype=np.float32)
-    if dual.ndim < 3 or dual.shape[-1] not in (2, 4):
-        raise ValueError(f"a dual image has 2 (grey) or 4 (RGB) channels in the last axis, got shape {dual.shape}")
-    image = np.clip(np.round(dual[..., :-1] * 255.0), 0, 255).astype(np.uint8)
-    return image, dual[..., -1]
+    if encoding == "grey":
+        if dual.ndim < 3 or dual.shape[-1] not in (2, 4):
+            raise ValueError(f"a grey-encoded dual image has 2 (grey) or 4 (RGB) channels in the last axis, got {dual.shape}")
+        c = dual.shape[-1] - 1
+    else:
+        if image_channels not in (1, 3):
+            raise ValueError(f"image_channels must be 1 or 3 to split a one-hot dual image, got {image_channels}")
+        c = image_channels
+        if dual.shape[-1] < c + 2:
+            raise ValueError(f"a one-hot dual image has C + K ≥ {c + 2} channels, got {dual.shape}")
+    image = np.clip(np.round(dual[..., :c] * 255.0), 0, 255).astype(np.uint8)
+    mask = dual[..., c]
+    if encoding == "onehot":
+        mask = dual[..., c:]
+    return image, mask
+
+
+def mask_as_grey(mask_part: np.ndarray, palette: Palette, encoding: str = "grey") -> np.ndarray:
+    """The decoded mask part as one grey channel in [0, 1] (for display and the raw PNG): as is for ``grey``,
+    the probability-weighted palette grey level for ``onehot``."""
+    _check_encoding(encoding)
+    if encoding == "grey":
+        return np.asarray(mask_part, np.float32)
+    p = np.clip(np.asarray(mask_part, np.float32), 0, None)
+    p = p / np.maximum(p.sum(-1, keepdims=True), 1e-6)
+    return (p * palette.grey_unit).sum(-1)

@@ -164,22 +164,32 @@ def plot_history(history: Mapping[str, Sequence[float]], x: str, columns: Sequen
     return fig
 
 
-def plot_reconstructions(inputs: np.ndarray, snapshots: Mapping[int, np.ndarray], max_images: int = 3) -> plt.Figure:
+def plot_reconstructions(inputs: np.ndarray, snapshots: Mapping[int, np.ndarray], max_images: int = 3,
+                         image_channels: int | None = None, palette: Palette | None = None,
+                         encoding: str = "grey") -> plt.Figure:
     """Dual images and their reconstructions at several training steps (paper Fig. 7).
 
-    Each row: input micrograph, input mask channel, then micrograph / mask channel at every snapshot step.
+    Each row: input micrograph, input mask (as grey levels), then micrograph / mask at every snapshot step.
+    ``image_channels`` and ``palette`` are needed for one-hot encoded masks.
     """
+    from .dual import mask_as_grey, split
+
+    def parts(x):
+        img, m = split(x, image_channels, encoding)
+        return img, (mask_as_grey(m, palette, encoding) if encoding == "onehot" else m)
+
     steps = sorted(snapshots)
     n = min(max_images, len(inputs))
     cols = 2 + 2 * len(steps)
     fig, axes = plt.subplots(n, cols, figsize=(1.7 * cols, 1.8 * n + 0.3), squeeze=False)
     for i in range(n):
-        show_image(axes[i, 0], (np.clip(inputs[i, ..., :-1], 0, 1) * 255).astype(np.uint8), "input" if i == 0 else None)
-        show_image(axes[i, 1], _grey_mask(inputs[i, ..., -1]), "input mask" if i == 0 else None)
+        img, m = parts(inputs[i])
+        show_image(axes[i, 0], img, "input" if i == 0 else None)
+        show_image(axes[i, 1], _grey_mask(m), "input mask" if i == 0 else None)
         for j, s in enumerate(steps):
-            rec = snapshots[s][i]
-            show_image(axes[i, 2 + 2 * j], (np.clip(rec[..., :-1], 0, 1) * 255).astype(np.uint8), f"step {s}" if i == 0 else None)
-            show_image(axes[i, 3 + 2 * j], _grey_mask(rec[..., -1]), "mask" if i == 0 else None)
+            img, m = parts(snapshots[s][i])
+            show_image(axes[i, 2 + 2 * j], img, f"step {s}" if i == 0 else None)
+            show_image(axes[i, 3 + 2 * j], _grey_mask(m), "mask" if i == 0 else None)
     fig.tight_layout()
     return fig
 

@@ -375,15 +375,36 @@ def _sorted_levels(palette) -> tuple[np.ndarray, np.ndarray]:
     return levels[order], order.astype(np.uint8)
 
 
-def clean_decoded(image: np.ndarray, mask_channel: np.ndarray, palette, min_object_px: int, seed: int = 0,
-                  use_kmeans: bool = True, codes: np.ndarray | None = None) -> SyntheticSample:
-    """Clean one decoded mask channel with the palette's grey levels (any order) into a :class:`SyntheticSample`."""
+def decoded_labels(mask_part: np.ndarray, palette, encoding: str = "grey") -> np.ndarray:
+    """Naive class labels of a decoded mask part: nearest grey level (``grey``) or arg-max (``onehot``); any batch shape."""
+    if encoding == "onehot":
+        return np.asarray(mask_part).argmax(-1).astype(np.uint8)
     levels, classes = _sorted_levels(palette)
-    res = clean_mask(mask_channel, levels, min_object_px, seed=seed, use_kmeans=use_kmeans)
-    naive = nearest_level_labels(mask_channel, levels)
+    flat = np.asarray(mask_part, np.float32)
+    return classes[_nearest(flat.reshape(-1), levels).reshape(flat.shape)]
+
+
+def clean_decoded(image: np.ndarray, mask_part: np.ndarray, palette, min_object_px: int, seed: int = 0,
+                  use_kmeans: bool = True, codes: np.ndarray | None = None, encoding: str = "grey") -> SyntheticSample:
+    """Clean one decoded mask part into a :class:`SyntheticSample`.
+
+    ``grey``: k-means on the mask channel with the palette's grey levels (any order), then small objects filled.
+    ``onehot``: the arg-max class (k-means does not apply), then small objects filled.
+    """
+    from .dual import mask_as_grey
+
+    if encoding == "onehot":
+        naive = decoded_labels(mask_part, palette, encoding)
+        cleaned, removed = remove_small_objects_fill(naive, min_object_px, palette.num_classes)
+        return SyntheticSample(image=image, raw=mask_as_grey(mask_part, palette, encoding), naive=naive,
+                               clustered=naive.copy(), cleaned=cleaned,
+                               changed_fraction=float(np.mean(cleaned != naive)), removed_objects=removed, codes=codes)
+    levels, classes = _sorted_levels(palette)
+    res = clean_mask(mask_part, levels, min_object_px, seed=seed, use_kmeans=use_kmeans)
+    naive = nearest_level_labels(mask_part, levels)
     return SyntheticSample(
         image=image,
-        raw=np.asarray(mask_channel, np.float32),
+        raw=np.asarray(mask_part, np.float32),
         naive=classes[naive],
         clustered=classes[res.clustered],
         cleaned=classes[res.cleaned],
@@ -395,7 +416,8 @@ def clean_decoded(image: np.ndarray, mask_channel: np.ndarray, palette, min_obje
 
 def generate_samples(generator, prior, num_samples: int, palette, *, code_shape: tuple[int, int],
                      temperature: float = 1.0, seed: int = 0, batch_size: int = 16, min_object_px: int = 200,
-                     use_kmeans: bool = True, progress: bool = True) -> list[SyntheticSample]:
+                     use_kmeans: bool = True, progress: bool = True, encoding: str = "grey",
+                     image_channels: int | None = None) -> list[SyntheticSample]:
     """Sample code maps from ``prior``, decode them with the VQ-VAE ``generator``, split and clean.
 
     Batches use seeds ``seed``, ``seed + 1``, … so a pool is reproducible and batches differ.
@@ -420,10 +442,10 @@ def generate_samples(generator, prior, num_samples: int, palette, *, code_shape:
         for b, start in enumerate(range(0, num_samples, batch_size)):
             n = min(batch_size, num_samples - start)
             codes = pixelcnn.sample_fast(prior, n, h, w, temperature=temperature, seed=seed + b, batch_size=n)
-            images, channels = split(vqvae.decode_codes(generator, codes))
+            images, parts = split(vqvae.decode_codes(generator, codes), image_channels, encoding)
             for i in range(n):
-                out.append(clean_decoded(images[i], channels[i], palette, min_object_px, seed=seed + start + i,
-                                         use_kmeans=use_kmeans, codes=codes[i]))
+                out.append(clean_decoded(images[i], parts[i], palette, min_object_px, seed=seed + start + i,
+                                         use_kmeans=use_kmeans, codes=codes[i], encoding=encoding))
                 bar.update(1)
     finally:
         bar.close()
