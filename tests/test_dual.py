@@ -33,3 +33,17 @@ def test_errors():
         compose(np.zeros((4, 4, 3), np.uint8), np.zeros((4, 4), np.uint8), NDFEB_PALETTE, "rgb")
     with pytest.raises(ValueError, match="image_channels"):
         split(np.zeros((4, 4, 7)), None, "onehot")
+
+
+def test_dihedral_gives_eight_distinct_aligned_copies(rng):
+    from dualsynth.dual import dihedral
+
+    img = rng.integers(0, 256, (2, 6, 6, 3), dtype=np.uint8)
+    mask = (img[..., 0] > 128).astype(np.uint8)
+    di, dm = dihedral(img, mask)
+    assert di.shape == (16, 6, 6, 3) and dm.shape == (16, 6, 6)
+    assert np.array_equal(di[:2], img)
+    assert len({di[k * 2].tobytes() for k in range(8)}) == 8
+    assert np.array_equal(dm, (di[..., 0] > 128).astype(np.uint8))  # masks move with their images
+    with pytest.raises(ValueError, match="square"):
+        dihedral(np.zeros((1, 4, 6, 1), np.uint8), np.zeros((1, 4, 6), np.uint8))

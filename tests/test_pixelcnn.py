@@ -330,3 +330,38 @@ def test_save_and_load_roundtrip(models, kind, tmp_path):
     assert np.abs(fresh(codes).numpy() - m(codes).numpy()).max() > 1e-3
     with pytest.raises(FileNotFoundError):
         pc.load_prior(tmp_path / "nothing")
+
+
+def test_fit_prior_resumes_and_keeps_best(tmp_path):
+    from dualsynth.pixelcnn import fit_prior, load_prior
+
+    train = _stripes(24, 6, 6, 4, seed=0)
+    val = _stripes(8, 6, 6, 4, seed=1)
+    m1 = pc.make_prior("pixelcnn", 4, hidden_channels=8, num_blocks=1, seed=0)
+    first = fit_prior(m1, train, val, tmp_path / "ck", steps=20, batch_size=8, eval_every=10, progress=False)
+    assert first["final_step"] == 20 and [r["step"] for r in first["history"]] == [10, 20]
+    # resume into a fresh model: continues from step 20 to 40, history without duplicates
+    m2 = pc.make_prior("pixelcnn", 4, hidden_channels=8, num_blocks=1, seed=5)
+    second = fit_prior(m2, train, val, tmp_path / "ck", steps=40, batch_size=8, eval_every=10, progress=False)
+    assert second["final_step"] == 40 and [r["step"] for r in second["history"]] == [10, 20, 30, 40]
+    best = min(second["history"], key=lambda r: r["val_nll"])
+    assert second["best_step"] == best["step"]
+    assert pc.evaluate_nll(load_prior(tmp_path / "ck" / "best"), val) == pytest.approx(best["val_nll"], rel=1e-4)
+    assert pc.evaluate_nll(m2, val) == pytest.approx(best["val_nll"], rel=1e-4)  # the model ends with the best weights
+    # already done: returns at once with the same record
+    again = fit_prior(pc.make_prior("pixelcnn", 4, hidden_channels=8, num_blocks=1), train, val, tmp_path / "ck",
+                      steps=40, batch_size=8, eval_every=10, progress=False)
+    assert again["final_step"] == 40 and len(again["history"]) == 4
+
+
+def test_fit_prior_early_stopping(tmp_path):
+    from dualsynth.pixelcnn import fit_prior
+
+    rng = np.random.default_rng(0)
+    train = rng.integers(0, 4, (4, 6, 6))  # pure noise: the validation NLL can only get worse with overfitting
+    val = rng.integers(0, 4, (8, 6, 6))
+    m = pc.make_prior("pixelcnn", 4, hidden_channels=32, num_blocks=2, seed=0)
+    r = fit_prior(m, train, val, tmp_path / "ck", steps=400, batch_size=4, learning_rate=1e-2, eval_every=10,
+                  patience=3, progress=False)
+    assert r["stopped_early"] and r["final_step"] < 400
+    assert r["final_step"] - r["best_step"] == 30

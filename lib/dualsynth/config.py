@@ -349,6 +349,8 @@ NOTEBOOK_RULES: dict[str, dict[str, tuple]] = {
         "batch_size": (int, _positive, "an integer ≥ 1"),
         "learning_rate": ((int, float), _positive, "a number > 0"),
         "eval_every": (int, _positive, "an integer ≥ 1"),
+        "patience": (int, _non_negative, "0 (no early stopping) or the number of evaluations without improvement"),
+        "augment_dihedral": (bool, None, "True or False"),
         "num_preview": (int, _non_negative, "an integer ≥ 0"),
         "temperature": ((int, float), _positive, "a number > 0"),
         "save_figures": (bool, None, "True or False"),

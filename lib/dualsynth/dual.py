@@ -96,3 +96,21 @@ def mask_as_grey(mask_part: np.ndarray, palette: Palette, encoding: str = "grey"
     p = np.clip(np.asarray(mask_part, np.float32), 0, None)
     p = p / np.maximum(p.sum(-1, keepdims=True), 1e-6)
     return (p * palette.grey_unit).sum(-1)
+
+
+def dihedral(images: np.ndarray, masks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The 8 rotations/reflections of every (image, mask) pair: ``(N, H, W, …)`` → ``(8N, H, W, …)``.
+
+    A micrograph's statistics do not depend on its orientation, so these are genuine extra examples of the
+    microstructure (used to give the prior 8× more code maps to learn from; patches must be square).
+    """
+    if images.shape[1] != images.shape[2]:
+        raise ValueError(f"dihedral augmentation needs square patches, got {images.shape[1:3]}")
+    outs_i, outs_m = [], []
+    for flip in (False, True):
+        im = images[:, :, ::-1] if flip else images
+        mk = masks[:, :, ::-1] if flip else masks
+        for k in range(4):
+            outs_i.append(np.rot90(im, k, axes=(1, 2)))
+            outs_m.append(np.rot90(mk, k, axes=(1, 2)))
+    return np.ascontiguousarray(np.concatenate(outs_i)), np.ascontiguousarray(np.concatenate(outs_m))

@@ -69,6 +69,7 @@ import os
 import time
 import warnings
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable, NamedTuple
 
 import numpy as np
@@ -1123,3 +1124,91 @@ def sample_fast(model, num_samples: int, height: int, width: int, *,
         stop = min(start + batch_size, num_samples)
         out[start:stop] = codes[:stop - start]
     return out
+
+
+# --------------------------------------------------------------------------- #
+# Checkpointed, resumable training with the best model kept
+# --------------------------------------------------------------------------- #
+def fit_prior(model, codes_train: np.ndarray, codes_val: np.ndarray, checkpoint_dir: str | os.PathLike, *,
+              steps: int, batch_size: int, learning_rate: float = 1e-3, seed: int = 0, eval_every: int = 50,
+              patience: int = 0, progress: bool = True) -> dict:
+    """:func:`train_prior` with checkpoints: resumable, keeps the model with the lowest validation NLL.
+
+    ``checkpoint_dir/last/`` holds model + optimizer + step (saved at every evaluation); ``best/`` the prior with
+    the lowest validation NLL (:func:`save_prior` format); ``history.csv`` one row per evaluation.  Calling again
+    with the same folder continues from ``last/`` up to ``steps`` in total (an interrupted and resumed run
+    reaches the same number of steps as an uninterrupted one).  ``patience`` > 0 stops when the validation NLL
+    has not improved for that many evaluations (small code-map sets overfit quickly).
+
+    Returns ``{"history": rows, "best_step", "best_val_nll", "final_step", "stopped_early"}``; ``model`` ends
+    with the BEST weights.
+    """
+    import csv
+
+    from .io import atomic_path
+
+    ckpt_dir = Path(checkpoint_dir)
+    (ckpt_dir / "last").mkdir(parents=True, exist_ok=True)
+    opt = snt.optimizers.Adam(learning_rate)
+    step_var = tf.Variable(0, dtype=tf.int64)
+    # create the optimizer's slots before restoring so they are restored too
+    model(tf.zeros((1, 2, 2), tf.int32))
+    ckpt = tf.train.Checkpoint(model=model, optimizer=opt, step=step_var)
+    manager = tf.train.CheckpointManager(ckpt, str(ckpt_dir / "last"), max_to_keep=1)
+    hist_path = ckpt_dir / "history.csv"
+    rows: list[dict] = []
+    if manager.latest_checkpoint:
+        saved = json.loads((ckpt_dir / "best" / _CONFIG).read_text()) if (ckpt_dir / "best" / _CONFIG).exists() else None
+        arch = {k: v for k, v in json.loads(json.dumps(model.config)).items() if k != "seed"}
+        if saved is not None and {k: v for k, v in saved.items() if k != "seed"} != arch:
+            raise ValueError(f"{ckpt_dir} holds a prior with config {saved}, not {model.config}; use another folder")
+        ckpt.restore(manager.latest_checkpoint)
+        if hist_path.exists():
+            with open(hist_path, newline="") as fh:
+                rows = [{k: float(v) for k, v in r.items()} for r in csv.DictReader(fh)]
+            rows = [r for r in rows if r["step"] <= int(step_var.numpy())]
+    done = int(step_var.numpy())
+    best = min(rows, key=lambda r: r["val_nll"]) if rows else None
+    since_best = 0 if best is None else sum(1 for r in rows if r["step"] > best["step"])
+    stopped = bool(patience and since_best >= patience)
+
+    def write_history():
+        with atomic_path(hist_path, suffix=".csv") as tmp:
+            with open(tmp, "w", newline="") as fh:
+                w = csv.DictWriter(fh, fieldnames=["step", "train_loss", "val_nll", "seconds"])
+                w.writeheader()
+                for r in rows:
+                    w.writerow({"step": int(r["step"]), **{k: r[k] for k in ("train_loss", "val_nll", "seconds")}})
+
+    def on_eval(rec: dict) -> bool:
+        nonlocal best, since_best, stopped
+        row = {"step": done + rec["step"], "train_loss": rec["train_loss"], "val_nll": rec["val_nll"],
+               "seconds": rec["seconds"]}
+        rows.append(row)
+        if best is None or row["val_nll"] < best["val_nll"]:
+            best, since_best = row, 0
+            save_prior(model, ckpt_dir / "best.tmp")
+            import shutil
+
+            shutil.rmtree(ckpt_dir / "best", ignore_errors=True)
+            os.replace(ckpt_dir / "best.tmp", ckpt_dir / "best")
+        else:
+            since_best += 1
+        step_var.assign(row["step"])
+        manager.save()
+        write_history()
+        if patience and since_best >= patience:
+            stopped = True
+            return True
+        return False
+
+    if done < steps and not stopped:
+        train_prior(model, codes_train, codes_val, steps=steps - done, batch_size=batch_size,
+                    learning_rate=learning_rate, seed=seed + done, log_every=eval_every, callback=on_eval,
+                    progress=progress, optimizer=opt)
+    best_model = load_prior(ckpt_dir / "best")
+    for v_best, v in zip(best_model.variables, model.variables):
+        v.assign(v_best)
+    return {"history": rows, "best_step": int(best["step"]) if best else None,
+            "best_val_nll": float(best["val_nll"]) if best else None, "final_step": int(step_var.numpy()),
+            "stopped_early": stopped}
