@@ -48,7 +48,7 @@ kernel: install
 	$(PY) -m ipykernel install --user --name dualsynth --display-name "Python (dualsynth)"
 
 bench: install
-	$(PY) bench/run_all.py
+	$(PY) bench/bench_sampler.py
 
 clean-outputs:
 	find outputs -mindepth 1 -maxdepth 1 ! -name .gitkeep -exec rm -rf {} +
