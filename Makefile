@@ -11,7 +11,7 @@ DATA ?= params/data/ndfeb_default.yaml
 STAGES ?= all
 VARIANTS ?= all
 SEEDS ?= 0
-WORKERS ?= 1
+WORKERS ?= 2
 PYTEST_ARGS ?=
 
 .PHONY: install run study test test-fast lab kernel bench clean-outputs strip-notebooks
