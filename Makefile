@@ -50,5 +50,9 @@ kernel: install
 bench: install
 	$(PY) bench/bench_sampler.py
 
+# notebooks are committed without outputs (cell tags kept)
+strip-notebooks: install
+	$(PY) -c "import glob, nbformat; [nbformat.write(nb, f) for f in glob.glob('notebooks/*.ipynb') for nb in [nbformat.read(f, as_version=4)] if [c.update(outputs=[], execution_count=None) for c in nb.cells if c.cell_type == 'code'] is not None]"
+
 clean-outputs:
 	find outputs -mindepth 1 -maxdepth 1 ! -name .gitkeep -exec rm -rf {} +

@@ -30,3 +30,4 @@ def ndfeb_palette():
     from dualsynth.palette import NDFEB_PALETTE
 
     return NDFEB_PALETTE
+

@@ -125,7 +125,7 @@ def test_smoke_03_pixelcnn(smoke_chain):
 
     exp, _ = smoke_chain
     codes = np.load(exp / "pixelcnn" / "codes.npz")
-    assert codes["train"].shape == (48, 16, 16) and codes["val"].shape == (12, 16, 16)
+    assert codes["train"].shape == (48 * 8, 16, 16) and codes["val"].shape == (12, 16, 16)  # 8 orientations
     assert codes["train"].min() >= 0 and codes["train"].max() < 10
     s = json.loads((exp / "pixelcnn" / "summary.json").read_text())
     assert s["steps"] == 30
@@ -193,13 +193,13 @@ def test_study_resumes_after_sigkill(smoke_chain):
     cmd = [sys.executable, "-m", "dualsynth.batch", "study", "--preset", "smoke", "--experiment", exp.name,
            "--outputs-dir", str(exp.parent), "--variants", "SHQ_0,SHQ_50,SLQ_0", "--workers", "1"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    # wait until the new run (SLQ_0) is training: its checkpoint folder appears
+    # wait until the new run (SLQ_0) has finished its first epoch (its epoch checkpoint is committed), then kill
     target = exp / "unet" / "SLQ_0" / "seed0"
-    deadline = time.time() + 300
-    while time.time() < deadline and not any(target.glob("**/*")) and proc.poll() is None:
-        time.sleep(1)
+    deadline = time.time() + 400
+    while time.time() < deadline and not (target / "checkpoint" / "state.json").exists() and proc.poll() is None:
+        time.sleep(0.5)
     assert proc.poll() is None, "the batch ended before it could be killed"
-    time.sleep(3)
+    assert (target / "checkpoint" / "state.json").exists(), "no epoch checkpoint appeared in time"
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     assert not (target / "metrics.json").exists(), "killed too late: the run had finished"
@@ -213,3 +213,8 @@ def test_study_resumes_after_sigkill(smoke_chain):
     table = pd.read_csv(exp / "results" / "metrics.csv")
     assert sorted(zip(table.variant, table.seed)) == [("SHQ_0", 0), ("SHQ_50", 0), ("SLQ_0", 0)]
     assert table.missing_class_iou.notna().all()
+    # the killed run resumed from its epoch checkpoint and still ran the preset's number of epochs
+    m = json.loads((target / "metrics.json").read_text())
+    assert m["epochs_run"] == 2
+    hist = (target / "history.csv").read_text().strip().splitlines()
+    assert [h.split(",")[0] for h in hist[1:]] == ["1", "2"]

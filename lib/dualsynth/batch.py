@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from .config import ParamError, experiment_dir, load_yaml, project_root, resolve_path
+from .config import ParamError, experiment_dir, load_yaml, project_root, resolve_outputs
 
 __all__ = ["NOTEBOOKS", "notebook_path", "notebook_parameters", "preset_params", "run_notebook", "run_chain", "main"]
 
@@ -143,7 +143,7 @@ def run_chain(preset: str, experiment: str | None = None, data: str | None = Non
             continue
         params = dict(preset_params(preset, nb))
         params["experiment"] = experiment
-        params["outputs_dir"] = str(resolve_path(outputs_dir))
+        params["outputs_dir"] = str(resolve_outputs(outputs_dir))
         if data is not None and "data_config" in notebook_parameters(nb):
             params["data_config"] = data
         for k, v in (overrides or {}).items():
@@ -235,14 +235,10 @@ def collect_metrics(experiment_path: str | os.PathLike) -> "pd.DataFrame":
 
 def write_metrics_csv(experiment_path: str | os.PathLike) -> Path:
     """Rebuild ``results/metrics.csv`` from the per-run files (never appended), atomically."""
-    from .io import atomic_path
+    from .io import write_csv
 
     exp = Path(experiment_path)
-    df = collect_metrics(exp)
-    target = exp / "results" / "metrics.csv"
-    with atomic_path(target, suffix=".csv") as tmp:
-        df.to_csv(tmp, index=False)
-    return target
+    return write_csv(collect_metrics(exp), exp / "results" / "metrics.csv")
 
 
 def run_study(preset: str, experiment: str | None = None, variants: str | Sequence[str] | None = "all",
@@ -274,7 +270,7 @@ def run_study(preset: str, experiment: str | None = None, variants: str | Sequen
     tf_threads = int(threads_per_worker) if threads_per_worker else max(1, cores // max(1, workers))
     base = dict(preset_params(preset, STUDY_NOTEBOOK))
     base.update(overrides or {})
-    base.update({"experiment": experiment, "outputs_dir": str(resolve_path(outputs_dir)), "tf_threads": tf_threads})
+    base.update({"experiment": experiment, "outputs_dir": str(resolve_outputs(outputs_dir)), "tf_threads": tf_threads})
     summary = {"total": len(runs), "skipped": len(runs) - len(todo), "done": 0, "failed": [], "seconds": {}}
     print(f"study {experiment}: {len(runs)} runs ({len(chosen)} variants × {len(seeds)} seeds), "
           f"{summary['skipped']} already complete, {len(todo)} to run", flush=True)

@@ -29,6 +29,7 @@ __all__ = [
     "ParamError",
     "project_root",
     "resolve_path",
+    "resolve_outputs",
     "load_yaml",
     "DataConfig",
     "TierSpec",
@@ -67,6 +68,15 @@ def resolve_path(path: str | os.PathLike, base: str | os.PathLike | None = None)
     if p.is_absolute():
         return p
     return (Path(base) if base is not None else project_root()) / p
+
+
+def resolve_outputs(outputs_dir: str | os.PathLike) -> Path:
+    """The outputs folder: ``$DUALSYNTH_OUTPUTS`` replaces the default ``outputs`` (the test suite uses this to run
+    the notebooks with their defaults into a temporary folder); any other value is resolved as a path."""
+    env = os.environ.get("DUALSYNTH_OUTPUTS")
+    if env and str(outputs_dir) == "outputs":
+        return Path(env).resolve()
+    return resolve_path(outputs_dir)
 
 
 def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
@@ -143,7 +153,7 @@ class DataConfig:
 
 
 def load_data_config(path: str | os.PathLike) -> DataConfig:
-    """Read and validate a data YAML (``params/data/*.yaml``); relative data paths are taken from the YAML's folder's project root."""
+    """Read and validate a data YAML (``params/data/*.yaml``); relative data paths are taken from the project root."""
     path = resolve_path(path)
     raw = load_yaml(path)
     unknown = set(raw) - _DATA_KEYS
@@ -234,7 +244,7 @@ def experiment_dir(outputs_dir: str | os.PathLike, experiment: str, *subdirs: st
     """``<outputs_dir>/<experiment>/<subdirs…>``, created and checked writable."""
     if not experiment_name_ok(experiment):
         raise ParamError(f"experiment={experiment!r}: use letters, digits, '_', '-' or '.' (it becomes a folder name)")
-    path = resolve_path(outputs_dir) / experiment
+    path = resolve_outputs(outputs_dir) / experiment
     for s in subdirs:
         path = path / s
     try:
@@ -415,7 +425,9 @@ def start_stage(name: str, namespace: Mapping[str, Any]) -> Stage:
     params = validate_params({k: namespace[k] for k in rules if k in namespace}, rules, where=f"parameters of {name}")
     exp = experiment_dir(params["outputs_dir"], params["experiment"])
     set_seed(params["seed"])
-    write_run_record(exp / "runs", name, params)
+    # one record per run: the study runs 06 many times (variant × seed) in parallel
+    tag = name if "variant" not in params else f"{name}-{params['variant']}-seed{params['seed']}"
+    write_run_record(exp / "runs", tag, params)
     return Stage(name, params, exp)
 
 

@@ -33,6 +33,7 @@ __all__ = [
     "atomic_write_json",
     "read_json",
     "atomic_save_npz",
+    "write_csv",
     "IMAGE_SUFFIXES",
 ]
 
@@ -110,6 +111,13 @@ def atomic_save_npz(path: str | os.PathLike, **arrays: np.ndarray) -> Path:
     with atomic_path(path, suffix=".npz") as tmp:
         with open(tmp, "wb") as fh:
             np.savez_compressed(fh, **arrays)
+    return Path(path)
+
+
+def write_csv(df, path: str | os.PathLike) -> Path:
+    """A pandas DataFrame to CSV (no index), atomically."""
+    with atomic_path(path, suffix=".csv") as tmp:
+        df.to_csv(tmp, index=False)
     return Path(path)
 
 

@@ -233,8 +233,7 @@ def load_sources(cfg: DataConfig, patch_size: int, seed: int, progress: bool = F
     """Read or generate the large images a data YAML describes, with HQ and LQ masks."""
     src = cfg.source
     kind = cfg.kind
-    base = cfg.path.parent if cfg.path is not None else None
-    root = resolve_path(".")
+    root = resolve_path(".")  # data paths in a data YAML are relative to the project root
     if kind == "generated":
         from . import microstructure
 
@@ -340,6 +339,8 @@ def prepare_dataset(
     used = {e["id"] for t in plan["tiers"].values() for sp in t.values() for e in sp} | {e["id"] for e in plan["test"]}
     needs_lq = {e["id"] for t in plan["tiers"].values() for sp in t.values() for e in sp if e["mask"] == "lq"}
 
+    # an older manifest must not point at a mix of old and new patch files while they are rewritten
+    (out_dir / "manifest.json").unlink(missing_ok=True)
     records: dict[str, dict[str, Any]] = {}
     iterator: Iterable[Patch] = all_patches
     if progress:

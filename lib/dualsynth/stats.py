@@ -88,7 +88,7 @@ def _per_image(experiment_path, variant: str, seeds) -> dict[int, list[float]]:
 def ranked_table(summary, runs, experiment_path, metric: str = "missing_class_iou", alpha: float = 0.05):
     """Variants ranked by mean ``metric`` with CI, the gain over the base set and a paired Wilcoxon test.
 
-    The paired test pools seeds: pairs are (seed, test image) for seeds both variants have.
+    The paired test pairs test images, each image's score averaged over the seeds both variants have.
     """
     import pandas as pd
 
@@ -106,7 +106,9 @@ def ranked_table(summary, runs, experiment_path, metric: str = "missing_class_io
             a, b = _per_image(experiment_path, name, seeds), _per_image(experiment_path, base, seeds)
             common = [s for s in seeds if s in a and s in b and len(a[s]) == len(b[s])]
             if common:
-                t = paired_test(np.concatenate([a[s] for s in common]), np.concatenate([b[s] for s in common]))
+                # pairs are test images: each image's score averaged over the common seeds (seeds are not
+                # independent samples of the test set, so they are not pooled as extra pairs)
+                t = paired_test(np.mean([a[s] for s in common], axis=0), np.mean([b[s] for s in common], axis=0))
                 row["paired_p"] = t["p_value"]
                 row["significant"] = bool(np.isfinite(t["p_value"]) and t["p_value"] < alpha)
         rows.append(row)

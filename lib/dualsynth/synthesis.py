@@ -463,6 +463,8 @@ def write_pool(samples: Sequence[SyntheticSample], out_dir, seed: int = 0, extra
     from .io import atomic_write_json, write_png
 
     out_dir = Path(out_dir)
+    # an older pool.json must not point at a mix of old and new files while they are rewritten
+    (out_dir / "pool.json").unlink(missing_ok=True)
     order = np.random.default_rng(seed).permutation(len(samples))
     items = []
     for rank, idx in enumerate(order):

@@ -30,7 +30,6 @@ import csv
 import json
 import math
 import os
-import tempfile
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -40,6 +39,8 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 import sonnet as snt
 import tensorflow as tf
+
+from .io import atomic_save_npz, atomic_write_text
 
 __all__ = [
     "ResidualStack",
@@ -473,7 +474,7 @@ def _write_history_csv(path: Path, rows: Sequence[Mapping[str, float]]) -> None:
     lines = [",".join(HISTORY_COLUMNS)]
     for r in rows:
         lines.append(",".join(fmt(c, r[c]) for c in HISTORY_COLUMNS))
-    _atomic_write_text(path, "\n".join(lines) + "\n")
+    atomic_write_text(path, "\n".join(lines) + "\n")
 
 
 def _read_history_csv(path: Path) -> list[dict[str, float]]:
@@ -491,45 +492,11 @@ def _read_history_csv(path: Path) -> list[dict[str, float]]:
     return rows
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", newline="") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-
-
-def _atomic_save_npz(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-
-
 def _save_snapshots(path: Path, inputs: np.ndarray, snapshots: Mapping[int, np.ndarray]) -> None:
     arrays = {"inputs": inputs}
     for step, rec in snapshots.items():
         arrays[f"step_{int(step)}"] = rec
-    _atomic_save_npz(path, arrays)
+    atomic_save_npz(path, **arrays)
 
 
 def _load_snapshots(path: Path, max_step: int) -> dict[int, np.ndarray]:
@@ -795,7 +762,7 @@ def train_vqvae(
         else:
             # Fresh run (no checkpoint yet): files of an earlier run that never
             # reached its first evaluation are stale and get overwritten.
-            _atomic_write_text(
+            atomic_write_text(
                 ckpt_dir / _CONFIG_FILE, json.dumps(model.config, indent=2, sort_keys=True) + "\n"
             )
     start = int(step_var.numpy())
