@@ -155,6 +155,8 @@ class UNetConfig:
     ``reduce_lr_factor`` = 0.5 is our choice (the paper does not state it; the
     Keras default 0.1 drops the rate too fast for patience 5 over 200 epochs).
     ``steps_per_epoch`` ``None`` means ``max(1, len(train) // batch_size)``.
+    ``bn_momentum`` ``None`` keeps the encoder's BatchNormalization momentum (0.99); a lower value (e.g. 0.9)
+    is needed for short schedules, whose moving statistics otherwise stay near their initial values.
     ``seed`` fixes weight initialisation, shuffling and augmentation.
     """
 
@@ -173,6 +175,7 @@ class UNetConfig:
     augment: bool = False
     seed: int = 0
     steps_per_epoch: int | None = None
+    bn_momentum: float | None = None
 
     def __post_init__(self) -> None:
         def _int(name: str, lo: int) -> None:
@@ -211,6 +214,11 @@ class UNetConfig:
             raise ValueError(f"UNetConfig.focal_weight must be a finite number >= 0, got {self.focal_weight!r}")
         self.focal_weight = w
         self.augment = bool(self.augment)
+        if self.bn_momentum is not None:
+            m = float(self.bn_momentum)
+            if not (0.0 <= m < 1.0):
+                raise ValueError(f"UNetConfig.bn_momentum must be in [0, 1) or None, got {self.bn_momentum!r}")
+            self.bn_momentum = m
         if isinstance(self.encoder_weights, os.PathLike):
             self.encoder_weights = os.fspath(self.encoder_weights)
         _resolve_encoder_weights(self.encoder_weights, check_file=False)
@@ -336,6 +344,13 @@ def build_unet(cfg: UNetConfig, input_size: int | None = None, *, seed: int | No
         activation="softmax",
         encoder_weights="imagenet" if kind == "imagenet" else None,
     )
+    if cfg.bn_momentum is not None:
+        # Keras' BatchNormalization keeps 0.99 of its moving statistics per step: after a few hundred steps
+        # (a short CPU schedule) they are still close to their initial values, and inference-mode predictions
+        # collapse to the majority class.  A lower momentum lets them follow the data within a few dozen steps.
+        for layer in base.submodules:
+            if isinstance(layer, tf.keras.layers.BatchNormalization):
+                layer.momentum = cfg.bn_momentum
     core = tf.keras.Model(base.inputs, base.outputs, name="unet")
     image = tf.keras.Input(shape=(*hw, cfg.in_channels), name="image")
     x = InputAdapter(cfg.in_channels, matrix, offset, name="input_adapter")(image)
