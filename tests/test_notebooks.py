@@ -218,3 +218,29 @@ def test_study_resumes_after_sigkill(smoke_chain):
     assert m["epochs_run"] == 2
     hist = (target / "history.csv").read_text().strip().splitlines()
     assert [h.split(",")[0] for h in hist[1:]] == ["1", "2"]
+
+
+@pytest.mark.slow
+@pytest.mark.realdata
+def test_generative_chain_on_grey_real_data(tmp_path):
+    """01 → 04 at smoke scale on a real grey-scale SEM dataset (2-channel dual images)."""
+    import numpy as np
+
+    from conftest import shared_dataset
+
+    shared_dataset("nasa_super")
+    batch.run_chain("smoke", experiment="nasa", data="params/data/nasa_super.yaml", stages="01-04",
+                    outputs_dir=str(tmp_path))
+    exp = tmp_path / "nasa"
+    m = json.loads((exp / "patches" / "manifest.json").read_text())
+    assert m["channels"] == 1 and [c["name"] for c in m["data"]["classes"]][0] == "matrix"
+    cfg = json.loads((exp / "vqvae" / "checkpoint" / "config.json").read_text())
+    assert cfg["in_channels"] == 2  # grey micrograph + mask channel
+    pool = json.loads((exp / "synthetic" / "pool.json").read_text())
+    from dualsynth.io import read_image
+
+    img = read_image(exp / "synthetic" / pool["items"][0]["image"])
+    assert img.shape == (64, 64, 1)
+    q = json.loads((exp / "synthetic" / "quality.json").read_text())
+    assert set(q["class_fractions"]["synthetic (cleaned)"]) == {"matrix", "gamma_prime", "small_gamma_prime"}
+    assert np.isclose(sum(q["class_fractions"]["real BMQ train"].values()), 1)

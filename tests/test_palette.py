@@ -62,3 +62,14 @@ def test_from_dict_and_validation():
     with pytest.raises(PaletteError, match="unknown keys"):
         Palette.from_dict([{"name": "a", "color": [0, 0, 0], "gray": 3}, {"name": "b", "color": [1, 1, 1]}])
     assert evenly_spaced_grey_levels(4) == (0, 85, 170, 255)
+
+
+def test_auto_reads_rgb_mask_with_grey_class_colours():
+    p = Palette(("a", "b"), ((0, 0, 0), (128, 128, 128)), (0, 255))
+    rgb = np.zeros((3, 3, 3), np.uint8)
+    rgb[1, 1] = 128
+    assert p.to_index(rgb).tolist() == [[0, 0, 0], [0, 1, 0], [0, 0, 0]]
+    # the same classes as grey levels stored in three equal channels still read as grey levels
+    grey = np.zeros((3, 3, 3), np.uint8)
+    grey[1, 1] = 255
+    assert p.to_index(grey).tolist() == [[0, 0, 0], [0, 1, 0], [0, 0, 0]]

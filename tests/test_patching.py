@@ -177,3 +177,8 @@ def test_real_dataset_patching(name, tmp_path):
     test_sources = {m.data["patches"][e["id"]]["source"] for e in m.data["test"]}
     train_sources = {m.data["patches"][e["id"]]["source"] for e in m.entries("BLQ", "train") + m.entries("BLQ", "val")}
     assert test_sources and not (test_sources & train_sources)
+
+
+def test_manifest_missing_says_what_to_run(tmp_path):
+    with pytest.raises(DataError, match=r"manifest\.json: file not found; run 01_patching"):
+        Manifest.load(tmp_path / "patches")

@@ -1,4 +1,4 @@
-"""Running the notebooks with papermill: the chain 01 → 07, and (later) batches over variants and seeds.
+"""Running the notebooks with papermill: the chain 01 → 07 and the study (06 over variants × seeds on Dask).
 
 ``python -m dualsynth.batch chain --preset quick`` runs the numbered notebooks in
 order, each with ``params/presets/<preset>/<notebook>.yaml`` plus the
@@ -126,9 +126,12 @@ def run_chain(preset: str, experiment: str | None = None, data: str | None = Non
     (:func:`run_study`); a failed run there is reported and stops the chain before 07.
     """
     experiment = experiment or preset
+    selected = _select(stages)
+    for nb in selected:  # refuse a bad preset before anything is written
+        preset_params(preset, nb)
     exp = experiment_dir(outputs_dir, experiment)
     timings = []
-    for nb in _select(stages):
+    for nb in selected:
         if nb == STUDY_NOTEBOOK:
             print(f"[{time.strftime('%H:%M:%S')}] {nb}: study of {variants!r}, seeds {list(seeds)}, {workers} worker(s)",
                   flush=True)

@@ -167,6 +167,11 @@ class Palette:
                     np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 1], rgb[..., 2])
                 ):
                     return self.rgb_to_index(rgb, source)
+                if rgb.shape[2] == 3:
+                    try:  # achromatic class colours (e.g. a class drawn grey) are still palette colours
+                        return self.rgb_to_index(rgb, source)
+                    except PaletteError:
+                        pass
                 mask = rgb[..., 0]  # grey stored as RGB(A) with equal channels
             if mask.ndim == 2 and mask.size and mask.max() < self.num_classes and mask.min() >= 0:
                 return mask.astype(np.uint8)

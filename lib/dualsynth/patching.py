@@ -407,7 +407,10 @@ class Manifest:
     @classmethod
     def load(cls, patches_dir: str | os.PathLike) -> "Manifest":
         p = Path(patches_dir)
-        return cls(p / "manifest.json" if p.is_dir() else p)
+        p = p / "manifest.json" if p.is_dir() or p.suffix != ".json" else p
+        if not p.is_file():
+            raise DataError(f"{p}: file not found; run 01_patching for this experiment first")
+        return cls(p)
 
     @property
     def patch_size(self) -> int:
