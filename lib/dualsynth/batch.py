@@ -104,13 +104,7 @@ def _select(stages: str) -> list[str]:
     if stages in ("all", ""):
         chosen = list(NOTEBOOKS)
     else:
-        wanted: list[str] = []
-        for part in stages.split(","):
-            if "-" in part:
-                a, b = part.split("-", 1)
-                wanted += [f"{i:02d}" for i in range(int(a), int(b) + 1)]
-            else:
-                wanted.append(f"{int(part):02d}")
+        wanted = [f"{i:02d}" for i in _int_ranges(stages)]
         chosen = [n for n in NOTEBOOKS if n[:2] in wanted]
         if not chosen:
             raise ParamError(f"--stages {stages!r} selects no notebook; use e.g. 01-04, 01,02 or all")
@@ -322,17 +316,23 @@ def run_study(preset: str, experiment: str | None = None, variants: str | Sequen
     return summary
 
 
-def _parse_seeds(text: str) -> list[int]:
-    seeds: list[int] = []
+def _int_ranges(text: str) -> list[int]:
+    """``"0,2-4"`` → ``[0, 2, 3, 4]`` (used for --stages and --seeds)."""
+    out: list[int] = []
     for part in str(text).split(","):
         part = part.strip()
         if not part:
             continue
         if "-" in part:
             a, b = part.split("-", 1)
-            seeds += list(range(int(a), int(b) + 1))
+            out += list(range(int(a), int(b) + 1))
         else:
-            seeds.append(int(part))
+            out.append(int(part))
+    return out
+
+
+def _parse_seeds(text: str) -> list[int]:
+    seeds = _int_ranges(text)
     if not seeds or min(seeds) < 0:
         raise ParamError(f"--seeds {text!r}: give seeds ≥ 0 like 0,1,2 or 0-4")
     return list(dict.fromkeys(seeds))

@@ -72,16 +72,13 @@ def base_of(variant: str) -> str | None:
 
 
 def _per_image(experiment_path, variant: str, seeds) -> dict[int, list[float]]:
-    from pathlib import Path
-
-    from .io import read_json
-    from .variants import metrics_complete, run_dir
+    from .variants import load_run_metrics
 
     out = {}
     for s in seeds:
-        f = run_dir(Path(experiment_path) / "unet", variant, int(s)) / "metrics.json"
-        if metrics_complete(f):
-            out[int(s)] = [r["missing_class_iou"] for r in read_json(f)["per_image"]]
+        m = load_run_metrics(experiment_path, variant, int(s))
+        if m is not None:
+            out[int(s)] = [r["missing_class_iou"] for r in m["per_image"]]
     return out
 
 

@@ -237,13 +237,20 @@ def metrics_complete(path: str | Path) -> bool:
     return bool(data.get("complete")) and "missing_class_iou" in data
 
 
+def load_run_metrics(experiment_path: str | Path, variant: str, seed: int) -> dict[str, Any] | None:
+    """A run's ``metrics.json`` if it is complete, else ``None``."""
+    f = run_dir(Path(experiment_path) / "unet", variant, seed) / "metrics.json"
+    return read_json(f) if metrics_complete(f) else None
+
+
 def load_predictions(experiment_path: str | Path, variant: str, seed: int):
     """A finished run's test predictions ``uint8 (N, H, W)`` and its per-image scores, or ``(None, None)``."""
     import numpy as np
 
     d = run_dir(Path(experiment_path) / "unet", variant, seed)
-    if not (metrics_complete(d / "metrics.json") and (d / "predictions.npz").is_file()):
+    metrics = load_run_metrics(experiment_path, variant, seed)
+    if metrics is None or not (d / "predictions.npz").is_file():
         return None, None
     with np.load(d / "predictions.npz") as z:
         preds = z["predictions"]
-    return preds, read_json(d / "metrics.json")["per_image"]
+    return preds, metrics["per_image"]
