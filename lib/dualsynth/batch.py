@@ -123,6 +123,10 @@ def run_chain(preset: str, experiment: str | None = None, data: str | None = Non
     selected = _select(stages)
     for nb in selected:  # refuse a bad preset before anything is written
         preset_params(preset, nb)
+    unknown = sorted(set(overrides or {}) - {k for nb in selected for k in notebook_parameters(nb)})
+    if unknown:
+        raise ParamError(f"override(s) {', '.join(unknown)} are not parameters of any selected notebook "
+                         f"({', '.join(selected)}); see each notebook's `parameters` cell")
     exp = experiment_dir(outputs_dir, experiment)
     timings = []
     for nb in selected:
@@ -265,6 +269,9 @@ def run_study(preset: str, experiment: str | None = None, variants: str | Sequen
     todo = [r for r in runs if not r["done"]]
     cores = os.cpu_count() or 1
     tf_threads = int(threads_per_worker) if threads_per_worker else max(1, cores // max(1, workers))
+    unknown = sorted(set(overrides or {}) - set(notebook_parameters(STUDY_NOTEBOOK)))
+    if unknown:
+        raise ParamError(f"override(s) {', '.join(unknown)} are not parameters of {STUDY_NOTEBOOK}")
     base = dict(preset_params(preset, STUDY_NOTEBOOK))
     base.update(overrides or {})
     base.update({"experiment": experiment, "outputs_dir": str(resolve_outputs(outputs_dir)), "tf_threads": tf_threads})
@@ -338,6 +345,22 @@ def _parse_seeds(text: str) -> list[int]:
     return list(dict.fromkeys(seeds))
 
 
+def _parse_overrides(items: Sequence[str]) -> dict[str, Any]:
+    """``["epochs=3", "mask_encoding=onehot"]`` → ``{"epochs": 3, "mask_encoding": "onehot"}`` (values read as YAML)."""
+    import yaml
+
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ParamError(f"--set {item!r}: expected KEY=VALUE, e.g. --set epochs=3")
+        try:
+            out[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError as e:
+            raise ParamError(f"--set {item!r}: the value is not valid YAML ({e})") from e
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m dualsynth.batch", description=__doc__.split("\n\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -350,6 +373,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ch.add_argument("--variants", default="all", help="variants of the study stage (06), as for 'study'")
     ch.add_argument("--seeds", default="0", help="seeds of the study stage (06)")
     ch.add_argument("--workers", type=int, default=1, help="Dask workers of the study stage (06)")
+    ch.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a notebook parameter for every stage that declares it (YAML value; repeatable)")
     st = sub.add_parser("study", help="run 06_unet_training for many variants and seeds on Dask (resumable)")
     st.add_argument("--preset", default="quick")
     st.add_argument("--experiment", default=None, help="outputs/<experiment>/ (default: the preset name)")
@@ -359,11 +384,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     st.add_argument("--threads", type=int, default=None, help="TensorFlow threads per run (default: cores / workers)")
     st.add_argument("--scheduler", default=None, help="address of an existing Dask scheduler instead of a LocalCluster")
     st.add_argument("--outputs-dir", default="outputs")
+    st.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a parameter of 06_unet_training (YAML value; repeatable)")
     args = ap.parse_args(argv)
+    try:
+        overrides = _parse_overrides(args.overrides)
+    except ParamError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     if args.cmd == "study":
         try:
             summary = run_study(args.preset, args.experiment, args.variants, _parse_seeds(args.seeds), args.workers,
-                                args.threads, args.scheduler, args.outputs_dir)
+                                args.threads, args.scheduler, args.outputs_dir, overrides=overrides)
         except ParamError as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
@@ -371,7 +403,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.cmd == "chain":
         try:
             timings = run_chain(args.preset, args.experiment, args.data, args.stages, args.outputs_dir,
-                                variants=args.variants, seeds=_parse_seeds(args.seeds), workers=args.workers)
+                                variants=args.variants, seeds=_parse_seeds(args.seeds), workers=args.workers,
+                                overrides=overrides)
         except ParamError as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
