@@ -36,3 +36,19 @@ def test_paired_test_detects_shift(rng):
     assert noise["p_value"] > 0.001
     with pytest.raises(ValueError, match="equal lengths"):
         paired_test([1, 2], [1])
+
+
+def test_seed_gain_pairs_seeds_and_marks():
+    from dualsynth.stats import seed_gain, significance_marks
+
+    runs = pd.DataFrame({"variant": ["B"] * 3 + ["V"] * 4, "seed": [0, 1, 2, 0, 1, 2, 3],
+                         "m": [0.5, 0.6, 0.7, 0.52, 0.63, 0.74, 0.99]})
+    g = seed_gain(runs, "V", "B", "m")  # seed 3 has no base run: left out
+    assert g["seeds"] == [0, 1, 2] and g["n"] == 3
+    assert g["mean"] == pytest.approx(0.03) and g["std"] == pytest.approx(0.01)
+    assert g["half_width"] == pytest.approx(4.302653 * 0.01 / np.sqrt(3), rel=1e-5)
+    one = seed_gain(runs[runs.seed == 0], "V", "B", "m")
+    assert one["n"] == 1 and one["mean"] == pytest.approx(0.02) and np.isnan(one["ci_low"])
+    ranked = pd.DataFrame({"variant": ["V", "W", "X", "B"], "gain_vs_base": [0.03, -0.05, 0.01, np.nan],
+                           "significant": [True, True, False, np.nan]})
+    assert significance_marks(ranked) == {"V": "*", "W": "v"}

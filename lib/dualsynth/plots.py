@@ -332,12 +332,16 @@ def _errbar(ax, x, y, lo, hi, **kw):
 
 
 def plot_metric_vs_percent(summary, metric: str, label: str | None = None, big_train: int = 48,
-                           ax: plt.Axes | None = None, legend: bool = True) -> plt.Figure:
+                           ax: plt.Axes | None = None, legend: bool = True,
+                           marks: Mapping[str, str] | None = None) -> plt.Figure:
     """A metric against % synthetic (paper Figs. 15–17).
 
     Mixed variants as lines per base tier, the base models (0 %) as horizontal lines of the same colour,
     synthetic-only variants as dotted lines with their image counts on a top axis, BMQ_aug as a grey line.
-    ``summary``: a DataFrame from :func:`dualsynth.stats.summarise` (columns ``metric``, ``metric_ci_low/high``).
+    ``summary``: a DataFrame from :func:`dualsynth.stats.summarise` (columns ``metric``, ``metric_ci_low/high``);
+    error bars are its confidence intervals over seeds (none with one seed).  ``marks``: variant → a symbol drawn
+    above its point (e.g. from :func:`dualsynth.stats.significance_marks`: significantly better / worse than its
+    base in the paired test).
     """
     fig = ax.figure if ax is not None else plt.figure(figsize=(7.2, 4.2))
     ax = ax or fig.add_subplot(111)
@@ -360,6 +364,15 @@ def plot_metric_vs_percent(summary, metric: str, label: str | None = None, big_t
     aug = summary[summary.group == "augment"]
     if len(aug):
         ax.axhline(float(aug[metric].iloc[0]), color="0.4", ls="-.", lw=1, label="BMQ + augmentation")
+    shown = summary[summary.variant.isin(list(marks or {})) & summary.group.isin(["mixed", "synthetic"])]
+    for r in shown.itertuples():
+        hi = getattr(r, hi_col, float("nan")) if hi_col in summary else float("nan")
+        y = hi if np.isfinite(hi) else getattr(r, metric)
+        ax.annotate(marks[r.variant], (r.percent, y), textcoords="offset points", xytext=(0, 3), ha="center",
+                    fontsize=11, fontweight="bold", color=TIER_LINE_COLORS.get(r.variant.split("_")[0], "k"))
+    if len(shown):
+        ax.plot([], [], ls="none", marker="$*$", color="k",
+                label="* / v: significantly better / worse than its base (paired Wilcoxon)")
     ax.set_xlabel("synthetic images added [% of the base training set]")
     ax.set_ylabel(label or metric)
     if percents:
@@ -387,5 +400,32 @@ def plot_per_class(summary, class_names: Sequence[str], big_train: int = 48) -> 
         ax.set_title(name, fontsize=10)
     for j in range(n, rows * cols):
         axes[j // cols, j % cols].axis("off")
+    fig.tight_layout()
+    return fig
+
+
+def plot_similarity(sim: Mapping[str, Any], title: str = "") -> plt.Figure:
+    """Synthetic vs real per class: mean two-point correlation S2(r) (top) and per-patch fraction histograms
+    (bottom).  ``sim``: a dict from :func:`dualsynth.quality.similarity_report`."""
+    names = list(sim["class_names"])
+    cur = sim["curves"]
+    fig, axes = plt.subplots(2, len(names), figsize=(3.2 * len(names), 5.6), squeeze=False)
+    for i, name in enumerate(names):
+        ax = axes[0, i]
+        ax.plot(cur["r"], cur["s2_real"][name], "k-", label="real")
+        ax.plot(cur["r"], cur["s2_synthetic"][name], "C3--", label="synthetic")
+        ax.set_title(name, fontsize=10)
+        ax.set_xlabel("r [px]", fontsize=8)
+        ax.grid(alpha=0.3)
+        ax = axes[1, i]
+        real, syn = np.asarray(cur["fractions_real"][name]), np.asarray(cur["fractions_synthetic"][name])
+        bins = np.linspace(0, max(real.max(), syn.max(), 1e-3), 16)
+        ax.hist(real, bins=bins, density=True, color="k", alpha=0.35, label="real")
+        ax.hist(syn, bins=bins, density=True, histtype="step", color="C3", lw=1.5, label="synthetic")
+        ax.set_xlabel("fraction per patch", fontsize=8)
+    axes[0, 0].set_ylabel("S2(r)")
+    axes[1, 0].set_ylabel("density")
+    axes[0, 0].legend(fontsize=7)
+    fig.suptitle(title or f"synthetic ({sim['n_synthetic']}) vs real ({sim['n_real']}) patches", fontsize=10)
     fig.tight_layout()
     return fig

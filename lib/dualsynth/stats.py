@@ -6,7 +6,7 @@ from typing import Sequence
 import numpy as np
 from scipy import stats as sps
 
-__all__ = ["mean_ci", "summarise", "paired_test"]
+__all__ = ["mean_ci", "summarise", "paired_test", "seed_gain", "significance_marks", "ranked_table"]
 
 
 def mean_ci(values: Sequence[float], confidence: float = 0.95) -> dict[str, float]:
@@ -108,8 +108,29 @@ def ranked_table(summary, runs, experiment_path, metric: str = "missing_class_io
                 t = paired_test(np.mean([a[s] for s in common], axis=0), np.mean([b[s] for s in common], axis=0))
                 row["paired_p"] = t["p_value"]
                 row["significant"] = bool(np.isfinite(t["p_value"]) and t["p_value"] < alpha)
+            g = seed_gain(runs, name, base, metric)
+            row.update({"gain_n": g["n"], "gain_ci_low": g["ci_low"], "gain_ci_high": g["ci_high"]})
         rows.append(row)
     return pd.DataFrame(rows).sort_values(metric, ascending=False, kind="stable").reset_index(drop=True)
+
+
+def seed_gain(runs, variant: str, base: str, metric: str = "missing_class_iou", confidence: float = 0.95) -> dict:
+    """Gain of ``variant`` over ``base`` per seed both have (variant − base, same seed), with :func:`mean_ci`.
+
+    ``n`` is the number of common seeds; with one seed the interval is NaN (say n=1, no interval).
+    """
+    a = runs.loc[runs.variant == variant].groupby("seed")[metric].mean()
+    b = runs.loc[runs.variant == base].groupby("seed")[metric].mean()
+    common = sorted(set(a.index) & set(b.index))
+    return {**mean_ci([float(a[s] - b[s]) for s in common], confidence), "seeds": [int(s) for s in common]}
+
+
+def significance_marks(ranked, up: str = "*", down: str = "v") -> dict[str, str]:
+    """Variant → mark for a significant paired difference from its base: ``up`` if better, ``down`` if worse."""
+    if "significant" not in ranked:
+        return {}
+    sig = ranked[ranked["significant"].fillna(False).astype(bool)]
+    return {str(r.variant): (up if r.gain_vs_base > 0 else down) for r in sig.itertuples()}
 
 
 def pick_variants(spec: str, summary, metric: str = "missing_class_iou") -> list[str]:

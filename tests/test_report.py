@@ -1,0 +1,97 @@
+"""The results statement (dualsynth.report) on small fake experiment folders."""
+import json
+
+import numpy as np
+import pytest
+
+from dualsynth import report
+from dualsynth.io import atomic_write_json
+from dualsynth.variants import parse_variant
+
+CLASSES = [{"name": "matrix", "color": [0, 0, 0], "grey": 0}, {"name": "pores", "color": [255, 255, 255], "grey": 255}]
+
+
+def fake_experiment(root, name, scores, similarity=None):
+    """``scores``: {variant: {seed: (per-image Missing Class IoU list, per-class {name: score})}}."""
+    exp = root / name
+    patches = {f"p{i}": {"fractions_hq": [0.95, 0.05]} for i in range(6)}
+    atomic_write_json(exp / "patches" / "manifest.json", {
+        "format": 1, "data": {"name": f"data-{name}", "classes": CLASSES}, "patch_size": 32, "channels": 1,
+        "patches": patches, "tiers": {"BMQ": {"train": [{"id": k, "mask": "hq"} for k in patches], "val": []}},
+        "test": []})
+    for variant, seeds in scores.items():
+        v = parse_variant(variant)
+        for seed, (per_image, per_class) in seeds.items():
+            mci = float(np.mean(per_image))
+            atomic_write_json(exp / "unet" / variant / f"seed{seed}" / "metrics.json", {
+                "variant": variant, "seed": seed, "group": v.group, "tier": v.tier, "percent": v.percent,
+                "augment": False, "num_real_train": 48, "num_synthetic_train": 0, "num_test": len(per_image),
+                "accuracy": mci, "miou": mci, "miou_dataset": mci, "missing_class_iou": mci, "per_class": per_class,
+                "per_image": [{"missing_class_iou": s} for s in per_image], "complete": True})
+    if similarity is not None:
+        atomic_write_json(exp / "synthetic" / "quality.json", {"similarity": similarity})
+    return exp
+
+
+def similarity(syn_pores):
+    m = lambda s, r: {"synthetic_vs_real": s, "real_vs_real": r}  # noqa: E731
+    return {"n_real": 6, "n_real_halves": [3, 3], "n_synthetic": 12,
+            "measures": {"class_fraction_w1": m(0.04, 0.01), "s2_rms": m(0.002, 0.002)},
+            "class_fractions": {"real": {"matrix": 0.95, "pores": 0.05},
+                                "synthetic": {"matrix": 1 - syn_pores, "pores": syn_pores}}}
+
+
+@pytest.fixture
+def helps(tmp_path, rng):
+    base = rng.uniform(0.6, 0.8, 20)
+    # BMQ_50 is better by 0.04 / 0.05 / 0.06 on seeds 0 / 1 / 2; BMQ_100 exists for seed 0 only and is worse
+    scores = {"BMQ_0": {s: (base + 0.01 * s, {"matrix": 0.9, "pores": 0.5}) for s in range(3)},
+              "BMQ_50": {s: (base + 0.01 * s + 0.04 + 0.01 * s, {"matrix": 0.9, "pores": 0.6}) for s in range(3)},
+              "BMQ_100": {0: (base - 0.1, {"matrix": 0.85, "pores": 0.3})}}
+    return fake_experiment(tmp_path, "good", scores, similarity(0.045))
+
+
+def test_helps_with_seed_interval_and_missing_seeds(helps):
+    rep = report.experiment_report(helps)
+    json.dumps(rep, allow_nan=False)
+    assert rep["seeds_per_variant"] == {"BMQ_0": [0, 1, 2], "BMQ_50": [0, 1, 2], "BMQ_100": [0]}
+    g = rep["largest_gain"]
+    assert g["variant"] == "BMQ_50" and g["base"] == "BMQ_0" and g["gain_n"] == 3
+    assert g["gain"] == pytest.approx(0.05)
+    # per-seed gains 0.04, 0.05, 0.06: half width t(0.975, 2) · 0.01 / √3 = 0.024841
+    assert (g["gain_ci_low"], g["gain_ci_high"]) == pytest.approx((0.05 - 0.024841, 0.05 + 0.024841), abs=1e-5)
+    assert g["p_value"] < 1e-3 and g["significant"]
+    assert g["per_class"]["pores"]["gain"] == pytest.approx(0.1)
+    assert rep["rare_classes"] == ["pores"]
+    assert rep["verdict"] is True and rep["statement"].startswith("Synthetic data helps on data-good")
+    assert rep["significantly_better"] == 1 and rep["significantly_worse"] == 1
+
+
+def test_does_not_help_names_the_under_reproduced_class(tmp_path, rng):
+    base = rng.uniform(0.6, 0.8, 20)
+    scores = {"SHQ_0": {0: (base, {"matrix": 0.9, "pores": 0.6})},
+              "SHQ_100": {0: (base - 0.05 + rng.normal(0, 0.01, 20), {"matrix": 0.9, "pores": 0.3})}}
+    rep = report.experiment_report(fake_experiment(tmp_path, "bad", scores, similarity(0.005)))
+    assert rep["verdict"] is False
+    g = rep["largest_gain"]
+    assert g["gain_n"] == 1 and g["gain_ci_low"] is None and g["gain"] < 0
+    text = rep["statement"]
+    assert "does not help on data-bad" in text and "n=1 seed, no interval" in text
+    assert "under-reproduces pores (0.5% of synthetic pixels vs 5.0% real)" in text
+    assert "class_fraction_w1 0.04 vs real-vs-real 0.01" in text and "s2_rms" not in text  # equal to its baseline
+    assert "pores (rare) loses most" in text
+
+
+def test_no_runs_and_cli_table(helps, tmp_path, capsys):
+    empty = fake_experiment(tmp_path, "empty", {})
+    rep = report.experiment_report(empty)
+    assert rep["runs"] == 0 and rep["verdict"] is None
+    out = tmp_path / "reports"
+    assert report.main([str(helps), str(empty), "--out-dir", str(out)]) == 0
+    printed = capsys.readouterr().out
+    rows = [line for line in printed.splitlines() if line.startswith("| data-")]
+    assert len(rows) == 2 and "| yes |" in rows[0] and "BMQ_50 +0.050 [+0.025, +0.075]" in rows[0]
+    md = (out / "good" / "report.md").read_text()
+    assert "| pores (rare) |" in md and "class_fraction_w1" in md
+    assert json.loads((out / "empty" / "report.json").read_text())["runs"] == 0
+    assert not (helps / "results").exists()  # --out-dir: nothing written into the experiment
