@@ -149,6 +149,10 @@ def test_smoke_04_synthesis(smoke_chain):
     assert abs(sum(q["class_fractions"]["synthetic (cleaned)"].values()) - 1) < 1e-6
     assert 0 <= q["pretest"]["missing_class_iou_synthetic"] <= 1
     assert 0 <= q["pretest"]["missing_class_iou_real_test"] <= 1
+    sim = q["similarity"]
+    assert set(sim["measures"]) == {"class_fraction_w1", "s2_rms", "kid", "boundary_disagreement"}
+    assert sim["n_real"] == 48 and sim["n_synthetic"] == 144 and sim["class_names"][0] == "matrix"
+    assert (exp / "synthetic" / "figures" / "similarity.png").is_file()
     assert [t["notebook"] for t in timings][:4] == ["01_patching", "02_vqvae", "03_pixelcnn", "04_synthesis"]
 
 
@@ -172,6 +176,10 @@ def test_smoke_05_to_07(smoke_chain):
     ranked = pd.read_csv(exp / "results" / "ranked.csv")
     assert set(ranked.variant) == {"SHQ_0", "SHQ_50"}
     assert ranked.loc[ranked.variant == "SHQ_50", "base"].item() == "SHQ_0"
+    rep = json.loads((exp / "results" / "report.json").read_text())
+    assert rep["largest_gain"]["variant"] == "SHQ_50" and rep["largest_gain"]["gain_n"] == 1
+    assert rep["verdict"] in (True, False) and rep["similarity"]["measures"]
+    assert "## ndfeb_default" in (exp / "results" / "report.md").read_text()
     assert "06_unet_training" in [t["notebook"] for t in timings]
 
 
@@ -244,3 +252,6 @@ def test_generative_chain_on_grey_real_data(tmp_path):
     q = json.loads((exp / "synthetic" / "quality.json").read_text())
     assert set(q["class_fractions"]["synthetic (cleaned)"]) == {"matrix", "gamma_prime", "small_gamma_prime"}
     assert np.isclose(sum(q["class_fractions"]["real BMQ train"].values()), 1)
+    sim = q["similarity"]
+    assert sim["class_names"] == ["matrix", "gamma_prime", "small_gamma_prime"] and sim["n_real"] == 40
+    assert set(sim["measures"]) == {"class_fraction_w1", "s2_rms", "kid", "boundary_disagreement"}

@@ -163,7 +163,7 @@ def _pixel_features(image: np.ndarray) -> np.ndarray:
                                                           num_sigma=4)], axis=-1)
 
 
-def fit_pixel_classifier(images, masks, max_pixels_per_class: int = 4000, seed: int = 0):
+def fit_pixel_classifier(images, masks, max_pixels_per_class: int = 2500, seed: int = 0):
     """A random forest on per-pixel multiscale features (intensity, edges, texture), fitted on real patches.
 
     Up to ``max_pixels_per_class`` pixels of each class are drawn, so rare classes are learnt too.
@@ -179,7 +179,7 @@ def fit_pixel_classifier(images, masks, max_pixels_per_class: int = 4000, seed: 
         idx = rng.choice(idx, min(len(idx), max_pixels_per_class), replace=False)
         X.append(feats.reshape(-1, feats.shape[-1])[idx])
         y.append(np.full(len(idx), c))
-    clf = RandomForestClassifier(n_estimators=40, max_depth=14, n_jobs=1, random_state=seed)
+    clf = RandomForestClassifier(n_estimators=25, max_depth=14, n_jobs=1, random_state=seed)
     return clf.fit(np.concatenate(X), np.concatenate(y))
 
 
