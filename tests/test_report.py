@@ -65,6 +65,13 @@ def test_helps_with_seed_interval_and_missing_seeds(helps):
     assert rep["rare_classes"] == ["pores"]
     assert rep["verdict"] is True and rep["statement"].startswith("Synthetic data helps on data-good")
     assert rep["significantly_better"] == 1 and rep["significantly_worse"] == 1
+    # BMQ_100 has seed 0 only: its gain is against the base's seed 0 (-0.1), not the base's 3-seed mean (-0.11)
+    from dualsynth import batch, stats
+
+    runs = batch.collect_metrics(helps)
+    ranked = stats.ranked_table(stats.summarise(runs, ["missing_class_iou"]), runs, helps).set_index("variant")
+    assert ranked.loc["BMQ_100", "gain_vs_base"] == pytest.approx(-0.1) and ranked.loc["BMQ_100", "gain_n"] == 1
+    assert rep["mean_class_gain_with_synthetic"]["pores"] == pytest.approx((0.1 - 0.2) / 2)
 
 
 def test_does_not_help_names_the_under_reproduced_class(tmp_path, rng):

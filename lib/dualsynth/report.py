@@ -61,24 +61,24 @@ def _real_fractions(manifest, tier: str) -> dict[str, float]:
     return dict(zip(manifest.class_names, fr.mean(0).tolist()))
 
 
-def _gain_row(runs, summary, ranked, variant: str, classes: Sequence[str]) -> dict[str, Any]:
+def _gain_row(runs, ranked, variant: str, classes: Sequence[str]) -> dict[str, Any]:
+    """The variant against its base on the seeds both have: scores, gain with its interval, paired p, per class."""
     from .stats import seed_gain
 
     r = ranked.set_index("variant").loc[variant]
     base = r["base"]
     g = seed_gain(runs, variant, base, METRIC)
-    s = summary.set_index("variant")
+
+    def score(v, col):
+        return _num(runs.loc[(runs.variant == v) & runs.seed.isin(g["seeds"]), col].mean())
+
     per_class = {}
-    for c in classes:
-        col = f"mciou_{c}"
-        if col in s:
-            gc = seed_gain(runs, variant, base, col)
-            per_class[c] = {"base": _num(s.loc[base, col]), "variant": _num(s.loc[variant, col]),
-                            "gain": _num(s.loc[variant, col] - s.loc[base, col]),
-                            "ci_low": _num(gc["ci_low"]), "ci_high": _num(gc["ci_high"])}
-    return {"variant": variant, "base": base, METRIC: _num(r[METRIC]), "seeds": int(r["seeds"]),
-            "base_score": _num(s.loc[base, METRIC]), "base_seeds": int(s.loc[base, f"{METRIC}_n"]),
-            "gain": _num(r.get("gain_vs_base")), "gain_n": int(g["n"]), "gain_ci_low": _num(g["ci_low"]),
+    for c in (c for c in classes if f"mciou_{c}" in runs):
+        gc = seed_gain(runs, variant, base, f"mciou_{c}")
+        per_class[c] = {"base": score(base, f"mciou_{c}"), "variant": score(variant, f"mciou_{c}"),
+                        "gain": _num(gc["mean"]), "ci_low": _num(gc["ci_low"]), "ci_high": _num(gc["ci_high"])}
+    return {"variant": variant, "base": base, METRIC: score(variant, METRIC), "base_score": score(base, METRIC),
+            "seeds": g["seeds"], "gain": _num(g["mean"]), "gain_n": int(g["n"]), "gain_ci_low": _num(g["ci_low"]),
             "gain_ci_high": _num(g["ci_high"]), "p_value": _num(r.get("paired_p")),
             "significant": isinstance(r.get("significant"), (bool, np.bool_)) and bool(r.get("significant")),
             "per_class": per_class}
@@ -165,22 +165,20 @@ def experiment_report(experiment_dir: str | os.PathLike, alpha: float = 0.05, ra
     best = ranked.iloc[0]
     out["best"] = {"variant": best.variant, METRIC: _num(best[METRIC]), "seeds": int(best.seeds),
                    "ci_low": _num(best.ci_low), "ci_high": _num(best.ci_high)}
-    with_syn = ranked[ranked.group.isin(["mixed", "synthetic"]) & ranked.get("gain_vs_base").notna()] \
-        if "gain_vs_base" in ranked else ranked.iloc[:0]
+    with_syn = ranked[ranked.group.isin(["mixed", "synthetic"]) & ranked.get("gain_vs_base").notna()
+                      & ranked.get("gain_n").fillna(0).gt(0)] if "gain_n" in ranked else ranked.iloc[:0]
     sig = with_syn.get("significant", None)
     sig = sig.fillna(False).astype(bool) if sig is not None else with_syn.variant.map(lambda _: False)
     n_better = int((sig & (with_syn.gain_vs_base > 0)).sum())
     n_worse = int((sig & (with_syn.gain_vs_base < 0)).sum())
     g = None
     if len(with_syn):
-        g = _gain_row(runs, summary, ranked, with_syn.sort_values("gain_vs_base", ascending=False).variant.iloc[0],
-                      classes)
-    s = summary.set_index("variant")
-    class_gain = {}
-    for c in classes:
-        col = f"mciou_{c}"
-        d = [s.loc[v, col] - s.loc[b, col] for v, b in zip(with_syn.variant, with_syn.base) if col in s]
-        class_gain[c] = _num(np.nanmean(d)) if len(d) and np.isfinite(d).any() else None
+        g = _gain_row(runs, ranked, with_syn.sort_values("gain_vs_base", ascending=False).variant.iloc[0], classes)
+    class_gain = {}  # per class, the seed-matched gain averaged over all variants with synthetic data
+    for c in (c for c in classes if f"mciou_{c}" in runs):
+        d = np.array([stats.seed_gain(runs, v, b, f"mciou_{c}")["mean"] for v, b in zip(with_syn.variant,
+                                                                                          with_syn.base)])
+        class_gain[c] = _num(np.nanmean(d)) if np.isfinite(d).any() else None
     out.update(largest_gain=g, variants_with_synthetic=int(len(with_syn)), significantly_better=n_better,
                significantly_worse=n_worse, mean_gain_with_synthetic=_num(with_syn.gain_vs_base.mean())
                if len(with_syn) else None, mean_class_gain_with_synthetic=class_gain)
@@ -211,7 +209,7 @@ def report_markdown(rep: dict[str, Any]) -> str:
             ci = (f"[{_f(g['gain_ci_low'], '{:+.3f}')}, {_f(g['gain_ci_high'], '{:+.3f}')}]"
                   if g["gain_ci_low"] is not None else "n=1, no interval")
             lines += [f"Largest gain from synthetic data: **{g['variant']}** {_f(g[METRIC])} vs {g['base']} "
-                      f"{_f(g['base_score'])}: {_f(g['gain'], '{:+.3f}')} ({ci}; Wilcoxon p = "
+                      f"{_f(g['base_score'])} on seeds {g['seeds']}: {_f(g['gain'], '{:+.3f}')} ({ci}; Wilcoxon p = "
                       f"{_f(g['p_value'], '{:.3g}')}). Mean gain over all {rep['variants_with_synthetic']} variants "
                       f"with synthetic data: {_f(rep['mean_gain_with_synthetic'], '{:+.3f}')}.", "",
                       f"| class | real fraction (HQ) | {g['base']} | {g['variant']} | gain [95 % CI] | "

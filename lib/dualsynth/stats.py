@@ -85,6 +85,9 @@ def _per_image(experiment_path, variant: str, seeds) -> dict[int, list[float]]:
 def ranked_table(summary, runs, experiment_path, metric: str = "missing_class_iou", alpha: float = 0.05):
     """Variants ranked by mean ``metric`` with CI, the gain over the base set and a paired Wilcoxon test.
 
+    The gain and its interval (``gain_n``, ``gain_ci_low/high``) are over the seeds the variant and its base both
+    have (:func:`seed_gain`); without a common seed the gain is the difference of the means.
+
     The paired test pairs test images, each image's score averaged over the seeds both variants have.
     """
     import pandas as pd
@@ -110,6 +113,8 @@ def ranked_table(summary, runs, experiment_path, metric: str = "missing_class_io
                 row["significant"] = bool(np.isfinite(t["p_value"]) and t["p_value"] < alpha)
             g = seed_gain(runs, name, base, metric)
             row.update({"gain_n": g["n"], "gain_ci_low": g["ci_low"], "gain_ci_high": g["ci_high"]})
+            if g["n"]:  # on the seeds both have, like the paired test (equal to the difference of means otherwise)
+                row["gain_vs_base"] = g["mean"]
         rows.append(row)
     return pd.DataFrame(rows).sort_values(metric, ascending=False, kind="stable").reset_index(drop=True)
 
