@@ -396,6 +396,7 @@ NOTEBOOK_RULES: dict[str, dict[str, tuple]] = {
         "steps_per_epoch": (int, _non_negative, "0 (training images / batch size, the paper's) or a fixed number"),
         "bn_momentum": ((float, type(None)), lambda v: v is None or 0 <= v < 1,
                         "None (the encoder's 0.99) or a momentum in [0, 1), e.g. 0.9 for short schedules"),
+        "mixed_precision": (bool, None, "True (float16 compute, for GPUs) or False (float32, the default)"),
         "tf_threads": (int, _non_negative, "0 (TensorFlow's default) or the number of threads"),
         "save_figures": (bool, None, "True or False"),
     },

@@ -158,6 +158,9 @@ class UNetConfig:
     ``bn_momentum`` ``None`` keeps the encoder's BatchNormalization momentum (0.99); a lower value (e.g. 0.9)
     is needed for short schedules, whose moving statistics otherwise stay near their initial values.
     ``seed`` fixes weight initialisation, shuffling and augmentation.
+    ``mixed_precision`` builds the model under the Keras ``mixed_float16`` policy (float16 compute, float32
+    weights, loss scaling, softmax and outputs in float32): for GPUs with tensor cores; off by default, and slower
+    on CPUs (see BENCHMARKS.md).
     """
 
     num_classes: int
@@ -176,6 +179,7 @@ class UNetConfig:
     seed: int = 0
     steps_per_epoch: int | None = None
     bn_momentum: float | None = None
+    mixed_precision: bool = False
 
     def __post_init__(self) -> None:
         def _int(name: str, lo: int) -> None:
@@ -214,6 +218,7 @@ class UNetConfig:
             raise ValueError(f"UNetConfig.focal_weight must be a finite number >= 0, got {self.focal_weight!r}")
         self.focal_weight = w
         self.augment = bool(self.augment)
+        self.mixed_precision = bool(self.mixed_precision)
         if self.bn_momentum is not None:
             m = float(self.bn_momentum)
             if not (0.0 <= m < 1.0):
@@ -337,11 +342,23 @@ def build_unet(cfg: UNetConfig, input_size: int | None = None, *, seed: int | No
     if seed is not None:
         tf.keras.utils.set_random_seed(int(seed))
     matrix, offset = _encoder_affine(cfg.encoder)
+    if cfg.mixed_precision:
+        previous_policy = tf.keras.mixed_precision.global_policy()
+        tf.keras.mixed_precision.set_global_policy("mixed_float16")
+        try:
+            return _build_unet(cfg, hw, kind, path, matrix, offset)
+        finally:
+            tf.keras.mixed_precision.set_global_policy(previous_policy)
+    return _build_unet(cfg, hw, kind, path, matrix, offset)
+
+
+def _build_unet(cfg: UNetConfig, hw: tuple, kind: str, path: Path | None, matrix, offset) -> tf.keras.Model:
+    mixed = cfg.mixed_precision
     base = sm.Unet(
         cfg.encoder,
         input_shape=(*hw, 3),
         classes=cfg.num_classes,
-        activation="softmax",
+        activation="linear" if mixed else "softmax",  # mixed: the softmax below, in float32
         encoder_weights="imagenet" if kind == "imagenet" else None,
     )
     if cfg.bn_momentum is not None:
@@ -353,8 +370,11 @@ def build_unet(cfg: UNetConfig, input_size: int | None = None, *, seed: int | No
                 layer.momentum = cfg.bn_momentum
     core = tf.keras.Model(base.inputs, base.outputs, name="unet")
     image = tf.keras.Input(shape=(*hw, cfg.in_channels), name="image")
-    x = InputAdapter(cfg.in_channels, matrix, offset, name="input_adapter")(image)
-    model = tf.keras.Model(image, core(x), name=f"unet_{cfg.encoder}")
+    x = InputAdapter(cfg.in_channels, matrix, offset, name="input_adapter", dtype="float32")(image)
+    y = core(x)
+    if mixed:
+        y = tf.keras.layers.Activation("softmax", dtype="float32", name="softmax_float32")(y)
+    model = tf.keras.Model(image, y, name=f"unet_{cfg.encoder}")
     if kind == "h5":
         assert path is not None
         load_weights_h5(model, path)
@@ -936,7 +956,9 @@ def _read_history_csv(path: Path) -> dict[str, list[float]]:
 
 def _check_resumable(out: Path, what: str, config: Mapping[str, Any], fingerprint: str,
                      cfg: UNetConfig, data_fingerprint: str) -> None:
-    diff = [k for k, v in cfg.to_dict().items() if k not in _RESUME_MAY_DIFFER and config.get(k) != v]
+    defaults = {f.name: f.default for f in dataclasses.fields(UNetConfig)}  # keys added later: their default
+    diff = [k for k, v in cfg.to_dict().items()
+            if k not in _RESUME_MAY_DIFFER and config.get(k, defaults.get(k)) != v]
     if diff:
         changes = ", ".join(f"{k}: {config.get(k)!r} -> {getattr(cfg, k)!r}" for k in diff)
         raise ValueError(f"{out} holds a {what} with another config ({changes}); use another out_dir or resume=False")

@@ -640,6 +640,27 @@ def _reconstruct(model: VQVAE, images: np.ndarray) -> np.ndarray:
     return model._eval_graph(tf.convert_to_tensor(images))[0].numpy().astype(np.float32)
 
 
+def make_train_step(model: VQVAE, optimizer, data_variance: float, jit_compile: bool = False):
+    """The compiled optimizer step of :func:`train_vqvae`: ``x -> (loss, recon_mse, vq_loss, perplexity)``.
+
+    ``jit_compile=True`` compiles it with XLA (bench/bench_vqvae.py measures both; see BENCHMARKS.md).
+    """
+    var = float(data_variance)
+
+    @tf.function(jit_compile=jit_compile)
+    def train_step(x):
+        with tf.GradientTape() as tape:
+            out = model(x, is_training=True)
+            recon_mse = tf.reduce_mean(tf.square(out["x_recon"] - x))
+            loss = recon_mse / var + out["vq_loss"]
+        params = model.trainable_variables
+        grads = tape.gradient(loss, params)
+        optimizer.apply_gradients(zip(grads, params))
+        return loss, recon_mse, out["vq_loss"], out["perplexity"]
+
+    return train_step
+
+
 def train_vqvae(
     model: VQVAE,
     train_images: np.ndarray,
@@ -785,16 +806,7 @@ def train_vqvae(
 
     writer = tf.summary.create_file_writer(str(tensorboard_dir)) if tensorboard_dir is not None else None
 
-    @tf.function
-    def train_step(x):
-        with tf.GradientTape() as tape:
-            out = model(x, is_training=True)
-            recon_mse = tf.reduce_mean(tf.square(out["x_recon"] - x))
-            loss = recon_mse / var + out["vq_loss"]
-        params = model.trainable_variables
-        grads = tape.gradient(loss, params)
-        optimizer.apply_gradients(zip(grads, params))
-        return loss, recon_mse, out["vq_loss"], out["perplexity"]
+    train_step = make_train_step(model, optimizer, var)
 
     train_tensor = tf.constant(train_images)
 
