@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from .config import ParamError, experiment_dir, load_yaml, project_root, resolve_outputs
+from .io import DataError
 
 __all__ = ["NOTEBOOKS", "notebook_path", "notebook_parameters", "preset_params", "run_notebook", "run_chain", "main"]
 
@@ -198,14 +199,25 @@ def _run_one(notebook: str, output: str, parameters: dict[str, Any], log_path: s
 
 
 def study_runs(experiment_path: Path, variant_names: Sequence[str], seeds: Sequence[int]) -> list[dict[str, Any]]:
-    """Every (variant, seed) run with its folder and whether its ``metrics.json`` is complete."""
-    from .variants import metrics_complete, run_dir
+    """Every (variant, seed) run with its folder, whether its ``metrics.json`` is complete, and whether that
+    complete run was made from other data than ``variants/<variant>.json`` now lists (``stale``: its recorded
+    ``inputs_fingerprint`` differs; a run recorded before fingerprints existed is trusted)."""
+    from .io import read_json
+    from .variants import inputs_fingerprint, load_variant, metrics_complete, run_dir
 
     out = []
     for v in variant_names:
+        current = None
         for s in seeds:
             d = run_dir(experiment_path / "unet", v, s)
-            out.append({"variant": v, "seed": int(s), "dir": d, "done": metrics_complete(d / "metrics.json")})
+            done = metrics_complete(d / "metrics.json")
+            stale = False
+            if done:
+                recorded = read_json(d / "metrics.json").get("inputs_fingerprint")
+                if recorded is not None:
+                    current = current or inputs_fingerprint(load_variant(experiment_path / "variants" / f"{v}.json"))
+                    stale = recorded != current
+            out.append({"variant": v, "seed": int(s), "dir": d, "done": done, "stale": stale})
     return out
 
 
@@ -266,6 +278,12 @@ def run_study(preset: str, experiment: str | None = None, variants: str | Sequen
     if missing:
         raise ParamError(f"variants {missing[:5]} have no file in {exp / 'variants'}; run 05_datasets with them")
     runs = study_runs(exp, chosen, seeds)
+    stale = [str(r["dir"]) for r in runs if r["stale"]]
+    if stale:
+        raise DataError(
+            f"{len(stale)} finished run(s) were trained on other data than {exp / 'variants'} now lists (04_synthesis "
+            f"or 05_datasets was re-run since), e.g. {stale[0]}; their results would be mixed with new ones. "
+            f"Delete {exp / 'unet'} (or those run folders) or pass a new experiment name")
     todo = [r for r in runs if not r["done"]]
     cores = os.cpu_count() or 1
     tf_threads = int(threads_per_worker) if threads_per_worker else max(1, cores // max(1, workers))
@@ -396,7 +414,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             summary = run_study(args.preset, args.experiment, args.variants, _parse_seeds(args.seeds), args.workers,
                                 args.threads, args.scheduler, args.outputs_dir, overrides=overrides)
-        except ParamError as e:
+        except (ParamError, DataError) as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
         return 1 if summary["failed"] else 0

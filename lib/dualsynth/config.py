@@ -257,8 +257,19 @@ def experiment_dir(outputs_dir: str | os.PathLike, experiment: str, *subdirs: st
 
 
 # --------------------------------------------------------------------------- seeds and records
-def set_seed(seed: int, deterministic_ops: bool = False) -> None:
-    """Seed Python, NumPy and (if loaded) TensorFlow; optionally enable TF op determinism."""
+#: Set to 1 to run every stage with TensorFlow op determinism (same seed -> same bytes on CPU; slower).
+DETERMINISTIC_ENV = "DUALSYNTH_DETERMINISTIC"
+
+
+def deterministic_requested() -> bool:
+    return os.environ.get(DETERMINISTIC_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def set_seed(seed: int, deterministic_ops: bool | None = None) -> None:
+    """Seed Python, NumPy and (if loaded) TensorFlow; enable TF op determinism if asked
+    (``deterministic_ops``, by default when ``$DUALSYNTH_DETERMINISTIC=1``)."""
+    if deterministic_ops is None:
+        deterministic_ops = deterministic_requested()
     random.seed(seed)
     np.random.seed(seed % (2**32))
     if "tensorflow" in sys.modules:
@@ -296,7 +307,8 @@ def run_record(extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
         "python": sys.version.split()[0],
         "platform": platform.platform(),
         "versions": versions,
-        "git_commit": _git_commit(project_root()),
+        "git_commit": _git_commit(project_root()) or "unknown",
+        "op_determinism": deterministic_requested(),
     }
     if extra:
         rec.update(extra)

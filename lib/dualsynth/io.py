@@ -12,12 +12,16 @@ a killed run never leaves one behind.
 from __future__ import annotations
 
 import contextlib
+import csv
+import hashlib
+import io
 import json
 import os
+import shutil
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -34,6 +38,13 @@ __all__ = [
     "read_json",
     "atomic_save_npz",
     "write_csv",
+    "write_rows_csv",
+    "read_rows_csv",
+    "fingerprint",
+    "guard_inputs",
+    "stale_inputs_message",
+    "replace_dir",
+    "recover_dir",
     "IMAGE_SUFFIXES",
 ]
 
@@ -119,6 +130,114 @@ def write_csv(df, path: str | os.PathLike) -> Path:
     with atomic_path(path, suffix=".csv") as tmp:
         df.to_csv(tmp, index=False)
     return Path(path)
+
+
+def write_rows_csv(path: str | os.PathLike, columns: Sequence[str], rows: Iterable[Mapping[str, Any]],
+                   int_columns: Sequence[str] = ()) -> Path:
+    """Training-history rows (mappings with at least ``columns``) as CSV, atomically.
+
+    ``int_columns`` are written as integers, every other value as ``repr(float)`` (reads back bit-exact).
+    """
+    ints = set(int_columns)
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(columns)
+    for r in rows:
+        writer.writerow([int(r[c]) if c in ints else repr(float(r[c])) for c in columns])
+    return atomic_write_text(path, buf.getvalue())
+
+
+def read_rows_csv(path: str | os.PathLike, columns: Sequence[str], int_columns: Sequence[str] = ()) -> list[dict[str, Any]]:
+    """Rows written by :func:`write_rows_csv`; a :class:`DataError` names the file if a column is missing."""
+    path = Path(path)
+    ints = set(int_columns)
+    with open(path, newline="", encoding="utf-8") as fh:
+        reader = csv.DictReader(fh)
+        missing = set(columns) - set(reader.fieldnames or ())
+        if missing:
+            raise DataError(f"{path}: missing history columns {sorted(missing)}; delete the file's folder to start again")
+        return [{c: int(float(r[c])) if c in ints else float(r[c]) for c in columns} for r in reader]
+
+
+# --------------------------------------------------------------------------- input fingerprints
+INPUTS_FILE = "inputs.json"
+
+
+def fingerprint(*parts: Any) -> str:
+    """SHA-256 of arrays (shape, dtype and bytes), bytes, strings and files (a ``Path``: its contents)."""
+    h = hashlib.sha256()
+    for part in parts:
+        if isinstance(part, Path):
+            h.update(b"file:")
+            with open(part, "rb") as fh:
+                for chunk in iter(lambda: fh.read(1 << 20), b""):
+                    h.update(chunk)
+        elif isinstance(part, (bytes, bytearray)):
+            h.update(b"bytes:" + bytes(part))
+        elif isinstance(part, str):
+            h.update(b"str:" + part.encode("utf-8"))
+        else:
+            a = np.ascontiguousarray(part)
+            h.update(repr((a.shape, str(a.dtype))).encode())
+            h.update(a.data)
+        h.update(b"|")
+    return h.hexdigest()
+
+
+def stale_inputs_message(folder: str | os.PathLike, what: str) -> str:
+    return (f"{folder} holds a {what} made from other data than this run's (an earlier stage was re-run, e.g. "
+            f"01_patching with another seed), so it cannot be resumed or reused: delete {folder} "
+            "or pass a new experiment name")
+
+
+def guard_inputs(folder: str | os.PathLike, digest: str, what: str, resuming: bool) -> None:
+    """Refuse to resume ``folder`` when ``<folder>/inputs.json`` records other inputs; record ``digest`` otherwise.
+
+    A folder saved before fingerprints existed (no ``inputs.json``) is trusted and gets one.
+    """
+    f = Path(folder) / INPUTS_FILE
+    if resuming and f.is_file():
+        if read_json(f).get("fingerprint") != digest:
+            raise DataError(stale_inputs_message(folder, what))
+        return
+    atomic_write_json(f, {"fingerprint": digest})
+
+
+# --------------------------------------------------------------------------- folders replaced as a whole
+def _aside(target: Path) -> tuple[Path, Path]:
+    return target.with_name(target.name + ".tmp"), target.with_name(target.name + ".old")
+
+
+def replace_dir(tmp: str | os.PathLike, target: str | os.PathLike) -> Path:
+    """Put the complete folder ``tmp`` (``<target>.tmp``) in place of ``target``: two renames, then clean up.
+
+    A kill between the renames leaves ``<target>.old`` and a complete ``<target>.tmp`` and no ``target``;
+    :func:`recover_dir` finishes the swap.
+    """
+    tmp, target = Path(tmp), Path(target)
+    _, old = _aside(target)
+    if old.exists():
+        shutil.rmtree(old)
+    if target.exists():
+        os.replace(target, old)
+    os.replace(tmp, target)
+    shutil.rmtree(old, ignore_errors=True)
+    return target
+
+
+def recover_dir(target: str | os.PathLike) -> Path:
+    """Finish or undo an interrupted :func:`replace_dir` of ``target`` (call before reading it)."""
+    target = Path(target)
+    tmp, old = _aside(target)
+    if not target.exists() and old.exists():
+        if tmp.exists():  # killed between the two renames: tmp is complete
+            os.replace(tmp, target)
+        else:
+            os.replace(old, target)
+    if target.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        shutil.rmtree(tmp, ignore_errors=True)  # killed while tmp was written: it is incomplete
+    return target
 
 
 # --------------------------------------------------------------------------- reading

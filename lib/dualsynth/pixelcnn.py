@@ -673,20 +673,39 @@ _WEIGHTS = "weights"
 _CONFIG = "prior.json"
 
 
-def save_prior(model, path: str | os.PathLike) -> str:
-    """Save weights (``tf.train.Checkpoint``) and ``model.config`` into directory ``path``."""
-    path = os.fspath(path)
-    os.makedirs(path, exist_ok=True)
-    prefix = tf.train.Checkpoint(model=model).write(os.path.join(path, _WEIGHTS))
-    tmp = os.path.join(path, _CONFIG + ".tmp")
-    with open(tmp, "w") as fh:
-        json.dump(model.config, fh, indent=2)
-    os.replace(tmp, os.path.join(path, _CONFIG))
-    return prefix
+def save_prior(model, path: str | os.PathLike, step: int | None = None) -> str:
+    """Save weights (``tf.train.Checkpoint``) and ``model.config`` as directory ``path``, atomically.
+
+    The files are written to ``<path>.tmp`` and the folder is then put in place of ``path``
+    (:func:`dualsynth.io.replace_dir`), so a reader never sees a half-written prior; ``step`` (the training
+    step of these weights) is recorded in ``step.json``.
+    """
+    import shutil
+
+    from .io import atomic_write_json, replace_dir
+
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    tf.train.Checkpoint(model=model).write(str(tmp / _WEIGHTS))
+    if step is not None:
+        atomic_write_json(tmp / "step.json", {"step": int(step)})
+    atomic_write_json(tmp / _CONFIG, model.config)  # last: a folder with prior.json is complete
+    replace_dir(tmp, path)
+    return str(path / _WEIGHTS)
+
+
+def _saved_step(path: Path) -> int | None:
+    f = Path(path) / "step.json"
+    return int(json.loads(f.read_text())["step"]) if f.is_file() and (Path(path) / _CONFIG).is_file() else None
 
 
 def load_prior(path: str | os.PathLike):
     """Rebuild a prior saved by :func:`save_prior` (config + weights)."""
+    from .io import recover_dir
+
+    recover_dir(path)
     path = os.fspath(path)
     cfg_file = os.path.join(path, _CONFIG)
     if not os.path.exists(cfg_file):
@@ -1143,12 +1162,11 @@ def fit_prior(model, codes_train: np.ndarray, codes_val: np.ndarray, checkpoint_
     Returns ``{"history": rows, "best_step", "best_val_nll", "final_step", "stopped_early"}``; ``model`` ends
     with the BEST weights.
     """
-    import csv
-
-    from .io import atomic_path
+    from .io import fingerprint, guard_inputs, read_rows_csv, recover_dir, write_rows_csv
 
     ckpt_dir = Path(checkpoint_dir)
     (ckpt_dir / "last").mkdir(parents=True, exist_ok=True)
+    recover_dir(ckpt_dir / "best")  # a kill between the two renames of the best-folder swap
     opt = snt.optimizers.Adam(learning_rate)
     step_var = tf.Variable(0, dtype=tf.int64)
     # create the optimizer's slots before restoring so they are restored too
@@ -1156,56 +1174,64 @@ def fit_prior(model, codes_train: np.ndarray, codes_val: np.ndarray, checkpoint_
     ckpt = tf.train.Checkpoint(model=model, optimizer=opt, step=step_var)
     manager = tf.train.CheckpointManager(ckpt, str(ckpt_dir / "last"), max_to_keep=1)
     hist_path = ckpt_dir / "history.csv"
+    columns = ("step", "train_loss", "val_nll", "seconds")
+    guard_inputs(ckpt_dir, fingerprint(np.asarray(codes_train), np.asarray(codes_val)), "prior checkpoint",
+                 resuming=manager.latest_checkpoint is not None)
     rows: list[dict] = []
     if manager.latest_checkpoint:
         saved = json.loads((ckpt_dir / "best" / _CONFIG).read_text()) if (ckpt_dir / "best" / _CONFIG).exists() else None
         arch = {k: v for k, v in json.loads(json.dumps(model.config)).items() if k != "seed"}
         if saved is not None and {k: v for k, v in saved.items() if k != "seed"} != arch:
-            raise ValueError(f"{ckpt_dir} holds a prior with config {saved}, not {model.config}; use another folder")
+            raise ValueError(f"{ckpt_dir} holds a prior with config {saved}, not {model.config}; delete {ckpt_dir} "
+                             "or pass a new experiment name")
         ckpt.restore(manager.latest_checkpoint)
-        if hist_path.exists():
-            with open(hist_path, newline="") as fh:
-                rows = [{k: float(v) for k, v in r.items()} for r in csv.DictReader(fh)]
-            rows = [r for r in rows if r["step"] <= int(step_var.numpy())]
+        if hist_path.exists():  # written before 'last' (the commit point): rows after it are dropped
+            rows = [r for r in read_rows_csv(hist_path, columns, int_columns=("step",))
+                    if r["step"] <= int(step_var.numpy())]
     done = int(step_var.numpy())
     best = min(rows, key=lambda r: r["val_nll"]) if rows else None
     since_best = 0 if best is None else sum(1 for r in rows if r["step"] > best["step"])
     stopped = bool(patience and since_best >= patience)
 
-    def write_history():
-        with atomic_path(hist_path, suffix=".csv") as tmp:
-            with open(tmp, "w", newline="") as fh:
-                w = csv.DictWriter(fh, fieldnames=["step", "train_loss", "val_nll", "seconds"])
-                w.writeheader()
-                for r in rows:
-                    w.writerow({"step": int(r["step"]), **{k: r[k] for k in ("train_loss", "val_nll", "seconds")}})
+    def save_best(step: int) -> None:
+        save_prior(model, ckpt_dir / "best", step=step)
+
+    # killed after committing the best step but before the best folder was replaced: the restored weights
+    # ('last', the same step) are the best ones
+    if best is not None and best["step"] == done and _saved_step(ckpt_dir / "best") != done:
+        save_best(done)
 
     def on_eval(rec: dict) -> bool:
         nonlocal best, since_best, stopped
         row = {"step": done + rec["step"], "train_loss": rec["train_loss"], "val_nll": rec["val_nll"],
                "seconds": rec["seconds"]}
         rows.append(row)
-        if best is None or row["val_nll"] < best["val_nll"]:
+        improved = best is None or row["val_nll"] < best["val_nll"]
+        if improved:
             best, since_best = row, 0
-            save_prior(model, ckpt_dir / "best.tmp")
-            import shutil
-
-            shutil.rmtree(ckpt_dir / "best", ignore_errors=True)
-            os.replace(ckpt_dir / "best.tmp", ckpt_dir / "best")
         else:
             since_best += 1
+        # order: history -> last (commit point) -> best; a resume repairs each kill point in between
+        write_rows_csv(hist_path, columns, rows, int_columns=("step",))
         step_var.assign(row["step"])
         manager.save()
-        write_history()
+        if improved:
+            save_best(row["step"])
         if patience and since_best >= patience:
             stopped = True
             return True
         return False
 
     if done < steps and not stopped:
-        train_prior(model, codes_train, codes_val, steps=steps - done, batch_size=batch_size,
-                    learning_rate=learning_rate, seed=seed + done, log_every=eval_every, callback=on_eval,
-                    progress=progress, optimizer=opt)
+        try:
+            train_prior(model, codes_train, codes_val, steps=steps - done, batch_size=batch_size,
+                        learning_rate=learning_rate, seed=seed + done, log_every=eval_every, callback=on_eval,
+                        progress=progress, optimizer=opt)
+        except FloatingPointError as e:
+            raise FloatingPointError(
+                f"{e} (counted from step {done}); training stopped. The last good checkpoint in {ckpt_dir / 'last'} "
+                f"(step {int(step_var.numpy())}) and the best prior in {ckpt_dir / 'best'} are kept; "
+                "lower learning_rate and run again") from e
     best_model = load_prior(ckpt_dir / "best")
     for v_best, v in zip(best_model.variables, model.variables):
         v.assign(v_best)

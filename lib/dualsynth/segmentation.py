@@ -67,7 +67,6 @@ as ``dualsynth.segmentation``).
 """
 from __future__ import annotations
 
-import csv
 import dataclasses
 import hashlib
 import io as _io
@@ -88,7 +87,8 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 import dualsynth  # noqa: F401  (sets TF_USE_LEGACY_KERAS / SM_FRAMEWORK before TF)
-from dualsynth.io import atomic_path, atomic_write_json, atomic_write_text
+from dualsynth.io import (DataError, atomic_path, atomic_write_json, read_rows_csv, stale_inputs_message,
+                          write_rows_csv)
 from dualsynth.metrics import evaluate as _evaluate_masks
 
 import tensorflow as tf  # noqa: E402
@@ -883,9 +883,8 @@ class _Recorder(tf.keras.callbacks.Callback):
         self.stopped_early = bool(self.model.stop_training)
         if self.out is None:
             return
-        if self.es.best_epoch == epoch:
-            with atomic_path(self.out / WEIGHTS_FILE) as tmp:
-                self.model.save_weights(str(tmp), save_format="h5")
+        # Order: checkpoint + state.json (the commit point) -> model.h5 -> history.csv.  A resume rewrites
+        # model.h5 (when the committed epoch is the best) and history.csv from the committed state.
         _save_checkpoint(self.out, self.model, epoch + 1, {
             **self.meta,
             "epochs_done": epoch + 1,
@@ -896,6 +895,8 @@ class _Recorder(tf.keras.callbacks.Callback):
             "next_lr": float(tf.keras.backend.get_value(self.model.optimizer.learning_rate)),
             "history": self.history,
         })
+        if self.es.best_epoch == epoch:
+            _save_best_weights(self.out, self.model)
         _write_history_csv(self.out / HISTORY_FILE, self.history)
 
 
@@ -924,13 +925,23 @@ class _TqdmEpochs(tf.keras.callbacks.Callback):
 
 
 def _write_history_csv(path: Path, history: Mapping[str, Sequence[float]]) -> None:
-    buf = _io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(HISTORY_COLUMNS)
-    for i in range(len(history.get("epoch", []))):
-        writer.writerow([int(history["epoch"][i]) if k == "epoch" else repr(float(history[k][i]))
-                         for k in HISTORY_COLUMNS])
-    atomic_write_text(path, buf.getvalue())
+    n = len(history.get("epoch", []))
+    write_rows_csv(path, HISTORY_COLUMNS, [{k: history[k][i] for k in HISTORY_COLUMNS} for i in range(n)],
+                   int_columns=("epoch",))
+
+
+def _save_best_weights(out: Path, model: tf.keras.Model) -> None:
+    with atomic_path(out / WEIGHTS_FILE) as tmp:
+        model.save_weights(str(tmp), save_format="h5")
+
+
+def _delete_checkpoint(out: Path) -> None:
+    """Remove ``checkpoint/`` as a whole: renamed aside first (atomic), so a kill never leaves half of it."""
+    trash = out / f".{CHECKPOINT_DIR}.deleting"
+    if (out / CHECKPOINT_DIR).exists():
+        shutil.rmtree(trash, ignore_errors=True)
+        os.replace(out / CHECKPOINT_DIR, trash)
+    shutil.rmtree(trash, ignore_errors=True)
 
 
 def _save_checkpoint(out: Path, model: tf.keras.Model, epochs_done: int, state: dict) -> None:
@@ -949,9 +960,8 @@ def _save_checkpoint(out: Path, model: tf.keras.Model, epochs_done: int, state: 
 
 
 def _read_history_csv(path: Path) -> dict[str, list[float]]:
-    with open(path, newline="", encoding="utf-8") as fh:
-        rows = list(csv.DictReader(fh))
-    return {k: [int(r[k]) if k == "epoch" else float(r[k]) for r in rows] for k in HISTORY_COLUMNS}
+    rows = read_rows_csv(path, HISTORY_COLUMNS, int_columns=("epoch",))
+    return {k: [r[k] for r in rows] for k in HISTORY_COLUMNS}
 
 
 def _check_resumable(out: Path, what: str, config: Mapping[str, Any], fingerprint: str,
@@ -963,7 +973,7 @@ def _check_resumable(out: Path, what: str, config: Mapping[str, Any], fingerprin
         changes = ", ".join(f"{k}: {config.get(k)!r} -> {getattr(cfg, k)!r}" for k in diff)
         raise ValueError(f"{out} holds a {what} with another config ({changes}); use another out_dir or resume=False")
     if fingerprint != data_fingerprint:
-        raise ValueError(f"{out} holds a {what} trained on other data; use another out_dir or resume=False")
+        raise DataError(stale_inputs_message(out, what) + " (or call train_unet with resume=False)")
 
 
 def _read_state(out: Path) -> dict | None:
@@ -1035,10 +1045,10 @@ def train_unet(
     state = None
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
+        if not resume or (out / f".{CHECKPOINT_DIR}.deleting").exists():
+            _delete_checkpoint(out)  # also finishes a deletion that was interrupted
         if resume:
             state = _read_state(out)
-        elif (out / CHECKPOINT_DIR).exists():
-            shutil.rmtree(out / CHECKPOINT_DIR)
         if state is None and resume and (out / HISTORY_FILE).exists():
             summary_file = out / SUMMARY_FILE
             if not (summary_file.is_file() and (out / WEIGHTS_FILE).is_file()):
@@ -1055,8 +1065,8 @@ def train_unet(
                     "to train again or use another out_dir"
                 )
             return _finished_result(out, cfg, summary, t_start)
-        if state is None:
-            for stale in (out / WEIGHTS_FILE, out / HISTORY_FILE, out / SUMMARY_FILE):
+        if state is None:  # history.csv first: it marks a run that has results
+            for stale in (out / HISTORY_FILE, out / SUMMARY_FILE, out / WEIGHTS_FILE):
                 stale.unlink(missing_ok=True)
     if state is not None:
         _check_resumable(out, "checkpoint", state["config"], state["fingerprint"], cfg, fingerprint)
@@ -1070,14 +1080,22 @@ def train_unet(
 
     best_weights = None
     if state:
-        if (out / WEIGHTS_FILE).is_file():
-            load_weights_h5(model, out / WEIGHTS_FILE, strict=True)
-            best_weights = model.get_weights()
         model.optimizer.build(model.trainable_variables)
         status = tf.train.Checkpoint(model=model, optimizer=model.optimizer).read(
             str(out / CHECKPOINT_DIR / state["checkpoint"] / "ckpt"))
         status.assert_existing_objects_matched()
         model.optimizer.learning_rate.assign(float(state["next_lr"]))
+        if int(state["best_epoch"]) == initial_epoch:
+            # the committed epoch is the best one: its weights are the checkpoint's (model.h5 may not have
+            # been written before a kill)
+            _save_best_weights(out, model)
+            best_weights = model.get_weights()
+        elif (out / WEIGHTS_FILE).is_file():
+            current = model.get_weights()
+            load_weights_h5(model, out / WEIGHTS_FILE, strict=True)
+            best_weights = model.get_weights()
+            model.set_weights(current)
+        _write_history_csv(out / HISTORY_FILE, history)  # a kill may have come before it was written
 
     finished = state is not None and (state["stopped_early"] or initial_epoch >= cfg.epochs)
     guard = _NanGuard()
@@ -1136,7 +1154,7 @@ def train_unet(
             "stopped_early": stopped_early,
         })
         if not keep_checkpoint:
-            shutil.rmtree(out / CHECKPOINT_DIR, ignore_errors=True)
+            _delete_checkpoint(out)
     return result
 
 

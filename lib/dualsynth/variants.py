@@ -14,6 +14,7 @@ of every larger one's.  Validation and test sets are always real.
 """
 from __future__ import annotations
 
+import functools
 import math
 import re
 from dataclasses import dataclass
@@ -235,6 +236,29 @@ def metrics_complete(path: str | Path) -> bool:
     except (DataError, OSError):
         return False
     return bool(data.get("complete")) and "missing_class_iou" in data
+
+
+def inputs_fingerprint(variant_data: dict[str, Any]) -> str:
+    """Fingerprint of what a run of this variant trains and is scored on: the variant file's content and the
+    bytes of every image and mask it lists (a re-generated synthetic pool changes it even under the same names)."""
+    import json
+
+    from .io import fingerprint
+
+    files = [Path(e[k]) for split in ("train", "val", "test") for e in variant_data[split] for k in ("image", "mask")]
+    return fingerprint(json.dumps(variant_data, sort_keys=True), *[_file_digest(f) for f in files])
+
+
+def _file_digest(path: Path) -> str:
+    st = path.stat()
+    return _cached_digest(str(path), st.st_mtime_ns, st.st_size)
+
+
+@functools.lru_cache(maxsize=4096)
+def _cached_digest(path: str, mtime_ns: int, size: int) -> str:
+    from .io import fingerprint
+
+    return fingerprint(Path(path))
 
 
 def load_run_metrics(experiment_path: str | Path, variant: str, seed: int) -> dict[str, Any] | None:

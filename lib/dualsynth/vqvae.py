@@ -26,7 +26,6 @@ this module does so itself when imported as ``dualsynth.vqvae``.
 """
 from __future__ import annotations
 
-import csv
 import json
 import math
 import os
@@ -40,7 +39,7 @@ import numpy as np
 import sonnet as snt
 import tensorflow as tf
 
-from .io import atomic_save_npz, atomic_write_text
+from .io import atomic_save_npz, atomic_write_text, fingerprint, guard_inputs, read_rows_csv, write_rows_csv
 
 __all__ = [
     "ResidualStack",
@@ -466,30 +465,11 @@ class VQVAEHistory:
 
 
 def _write_history_csv(path: Path, rows: Sequence[Mapping[str, float]]) -> None:
-    def fmt(col, val):
-        if col == "step":
-            return str(int(val))
-        return repr(float(val))
-
-    lines = [",".join(HISTORY_COLUMNS)]
-    for r in rows:
-        lines.append(",".join(fmt(c, r[c]) for c in HISTORY_COLUMNS))
-    atomic_write_text(path, "\n".join(lines) + "\n")
+    write_rows_csv(path, HISTORY_COLUMNS, rows, int_columns=("step",))
 
 
 def _read_history_csv(path: Path) -> list[dict[str, float]]:
-    rows: list[dict[str, float]] = []
-    with open(path, newline="") as f:
-        reader = csv.DictReader(f)
-        missing = set(HISTORY_COLUMNS) - set(reader.fieldnames or ())
-        if missing:
-            raise ValueError(f"{path}: missing history columns {sorted(missing)}")
-        for rec in reader:
-            row: dict[str, float] = {"step": int(rec["step"])}
-            for c in HISTORY_COLUMNS[1:]:
-                row[c] = float(rec[c])
-            rows.append(row)
-    return rows
+    return read_rows_csv(path, HISTORY_COLUMNS, int_columns=("step",))
 
 
 def _save_snapshots(path: Path, inputs: np.ndarray, snapshots: Mapping[int, np.ndarray]) -> None:
@@ -759,6 +739,9 @@ def train_vqvae(
         ckpt_dir.mkdir(parents=True, exist_ok=True)
         last_manager = tf.train.CheckpointManager(ckpt, str(ckpt_dir / _LAST_DIR), max_to_keep=2)
         best_manager = tf.train.CheckpointManager(ckpt, str(ckpt_dir / _BEST_DIR), max_to_keep=1)
+        # the training data's fingerprint: a checkpoint made from other patches is never resumed
+        guard_inputs(ckpt_dir, fingerprint(train_images, val_images), "VQ-VAE checkpoint",
+                     resuming=last_manager.latest_checkpoint is not None)
         if last_manager.latest_checkpoint:
             saved = _read_config(ckpt_dir)
             problems = [

@@ -1,0 +1,190 @@
+"""Bad input caught before hours of work (issue 7, "Reliability"): each test is one row of the README's fault table.
+
+Most bad-input rows are tested beside their code (test_io.py, test_patching.py, test_variants.py, …); this file
+holds the rest: stale checkpoints and runs (their inputs changed), a prior of another configuration, a NaN prior
+loss, unwritable output folders, one validation call per notebook, and the run record.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import ROOT
+from dualsynth import config
+from dualsynth.io import DataError, write_png
+
+
+def _stripes(n, seed, k=4, size=6):
+    rng = np.random.default_rng(seed)
+    return np.repeat(rng.integers(0, k, (n, 1, size)), size, axis=1).astype(np.int32)
+
+
+# --------------------------------------------------------------------------- validation at the start of each notebook
+@pytest.mark.parametrize("nb", sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb")), ids=lambda p: p.stem)
+def test_every_notebook_validates_its_parameters_first(nb):
+    """The code cell after the parameters cell calls config.start_stage (the one validation function) before
+    anything reads or writes data."""
+    cells = [c for c in json.loads(nb.read_text())["cells"] if c["cell_type"] == "code"]
+    src = "".join(cells[1]["source"])
+    call = f'config.start_stage("{nb.stem}", globals())'
+    assert call in src, f"{nb.name}: the first cell after the parameters must call {call}"
+    before = [ln.split("#")[0].strip() for ln in src[:src.index(call)].splitlines()[:-1]]  # the lines above it
+    assert all(not ln or ln.startswith(("import ", "from ")) for ln in before), f"{nb.name}: code before {call}"
+
+
+# --------------------------------------------------------------------------- stale inputs: refuse, name the folder
+def test_prior_checkpoint_from_other_codes_refused(tmp_path):
+    """03 re-run after 01/02 changed: the prior checkpoint was trained on other code maps → refused."""
+    from dualsynth import pixelcnn as pc
+
+    make = lambda: pc.make_prior("pixelcnn", 4, hidden_channels=8, num_blocks=1, seed=0)  # noqa: E731
+    pc.fit_prior(make(), _stripes(16, 0), _stripes(4, 1), tmp_path / "ck", steps=10, batch_size=8, eval_every=10,
+                 progress=False)
+    with pytest.raises(DataError, match=r"ck holds a prior checkpoint made from other data.*delete .*ck or pass a "
+                                         r"new experiment name"):
+        pc.fit_prior(make(), _stripes(16, 7), _stripes(4, 1), tmp_path / "ck", steps=20, batch_size=8,
+                     eval_every=10, progress=False)
+
+
+def test_prior_checkpoint_of_other_config_refused(tmp_path):
+    from dualsynth import pixelcnn as pc
+
+    pc.fit_prior(pc.make_prior("pixelcnn", 4, hidden_channels=8, num_blocks=1), _stripes(16, 0), _stripes(4, 1),
+                 tmp_path / "ck", steps=10, batch_size=8, eval_every=10, progress=False)
+    with pytest.raises(ValueError, match=r"holds a prior with config .*delete .*ck or pass a new experiment name"):
+        pc.fit_prior(pc.make_prior("pixelcnn", 4, hidden_channels=16, num_blocks=1), _stripes(16, 0),
+                     _stripes(4, 1), tmp_path / "ck", steps=20, batch_size=8, eval_every=10, progress=False)
+
+
+def test_prior_nan_loss_stops_and_keeps_checkpoint(tmp_path, monkeypatch):
+    """The prior's loss becomes NaN (weights poisoned, as after a divergence): training stops with a message naming
+    the last good checkpoint, which stays loadable."""
+    import tensorflow as tf
+
+    from dualsynth import pixelcnn as pc
+
+    make = lambda: pc.make_prior("pixelcnn", 4, hidden_channels=8, num_blocks=1)  # noqa: E731
+    kw = dict(batch_size=8, eval_every=10, progress=False)
+    pc.fit_prior(make(), _stripes(16, 0), _stripes(4, 1), tmp_path / "ck", steps=10, **kw)
+    real = pc.train_prior
+
+    def poisoned(model, *a, **k):
+        for v in model.trainable_variables:
+            v.assign(tf.fill(v.shape, float("nan")))
+        return real(model, *a, **k)
+
+    monkeypatch.setattr(pc, "train_prior", poisoned)
+    with pytest.raises(FloatingPointError, match=r"loss became nan.*last good checkpoint .*last \(step 10\).*"
+                                                 r"lower learning_rate"):
+        pc.fit_prior(make(), _stripes(16, 0), _stripes(4, 1), tmp_path / "ck", steps=40, **kw)
+    monkeypatch.undo()
+    again = pc.fit_prior(make(), _stripes(16, 0), _stripes(4, 1), tmp_path / "ck", steps=20, **kw)
+    assert [r["step"] for r in again["history"]] == [10, 20]
+    assert np.isfinite(pc.evaluate_nll(pc.load_prior(tmp_path / "ck" / "best"), _stripes(4, 1)))
+
+
+@pytest.mark.slow
+def test_vqvae_checkpoint_from_other_patches_refused(tmp_path):
+    """02 re-run after 01 was re-run with another seed: the VQ-VAE checkpoint is refused, not resumed."""
+    from dualsynth import vqvae as vq
+
+    rng = np.random.default_rng(0)
+    x, other = rng.random((4, 16, 16, 2)).astype(np.float32), rng.random((4, 16, 16, 2)).astype(np.float32)
+    make = lambda: vq.VQVAE(in_channels=2, num_embeddings=4, embedding_dim=4, num_hiddens=8,  # noqa: E731
+                            num_residual_hiddens=4, num_residual_layers=1)
+    vq.train_vqvae(make(), x, x, steps=2, batch_size=2, eval_every=2, checkpoint_dir=tmp_path / "ck", progress=False)
+    with pytest.raises(DataError, match=r"ck holds a VQ-VAE checkpoint made from other data.*pass a new experiment"):
+        vq.train_vqvae(make(), other, x, steps=4, batch_size=2, eval_every=2, checkpoint_dir=tmp_path / "ck",
+                       progress=False)
+    # the same data resumes
+    h = vq.train_vqvae(make(), x, x, steps=4, batch_size=2, eval_every=2, checkpoint_dir=tmp_path / "ck",
+                       progress=False)
+    assert h.resumed_from_step == 2 and h.final_step == 4
+
+
+def _fake_study(exp: Path, fingerprint: str | None) -> Path:
+    """An experiment with variant SHQ_0 (one real pair per split) and a finished run of it."""
+    from dualsynth import variants as V
+
+    pair = {"image": str(exp / "i.png"), "mask": str(exp / "m.png"), "source": "real", "id": "i"}
+    write_png(exp / "i.png", np.zeros((4, 4), np.uint8))
+    write_png(exp / "m.png", np.zeros((4, 4), np.uint8))
+    data = {"variant": "SHQ_0", "group": "base", "tier": "SHQ", "percent": 0, "augment": False, "num_real_train": 1,
+            "num_synthetic_train": 0, "train": [pair], "val": [pair], "test": [pair]}
+    (exp / "variants").mkdir(parents=True)
+    (exp / "variants" / "SHQ_0.json").write_text(json.dumps(data))
+    run = V.run_dir(exp / "unet", "SHQ_0", 0)
+    run.mkdir(parents=True)
+    rec = {"variant": "SHQ_0", "seed": 0, "complete": True, "missing_class_iou": 0.5,
+           "inputs_fingerprint": fingerprint or V.inputs_fingerprint(data)}
+    (run / "metrics.json").write_text(json.dumps(rec))
+    return run
+
+
+def test_study_refuses_finished_runs_made_from_other_data(tmp_path):
+    """06 (batch) after 04/05 were re-run: a finished run whose variant files changed is not silently kept."""
+    from dualsynth import batch
+
+    run = _fake_study(tmp_path / "e", None)
+    assert batch.study_runs(tmp_path / "e", ["SHQ_0"], [0])[0] == {"variant": "SHQ_0", "seed": 0, "dir": run,
+                                                                   "done": True, "stale": False}
+    write_png(tmp_path / "e" / "i.png", np.full((4, 4), 9, np.uint8))  # e.g. a re-generated synthetic image
+    with pytest.raises(DataError, match=r"1 finished run\(s\) were trained on other data .*seed0.*Delete .*unet"):
+        batch.run_study("smoke", "e", "SHQ_0", outputs_dir=str(tmp_path), progress=False)
+
+
+# --------------------------------------------------------------------------- output folders
+def test_output_folder_not_creatable(tmp_path):
+    (tmp_path / "file").write_text("x")
+    params = {**_defaults("05_datasets"), "outputs_dir": str(tmp_path / "file")}
+    with pytest.raises(DataError, match=r"cannot create output folder .*file.*choose another outputs_dir"):
+        config.start_stage("05_datasets", params)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders; "
+                                              "test_output_folder_not_creatable covers this case as root")
+def test_output_folder_read_only(tmp_path):
+    ro = tmp_path / "ro"
+    (ro / "smoke").mkdir(parents=True)
+    ro.chmod(0o500)
+    (ro / "smoke").chmod(0o500)
+    try:
+        with pytest.raises(DataError, match=r"output folder .*smoke is not writable; choose another outputs_dir"):
+            config.start_stage("05_datasets", {**_defaults("05_datasets"), "outputs_dir": str(ro)})
+    finally:
+        (ro / "smoke").chmod(0o700)
+        ro.chmod(0o700)
+
+
+def test_output_folder_not_writable_simulated(tmp_path, monkeypatch):
+    """As root permissions do not block writes; os.access answering 'no' stands for a read-only folder."""
+    real = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode, *a, **k: False if mode == os.W_OK else real(p, mode, *a, **k))
+    with pytest.raises(DataError, match=r"output folder .*smoke is not writable; choose another outputs_dir"):
+        config.start_stage("05_datasets", {**_defaults("05_datasets"), "outputs_dir": str(tmp_path)})
+
+
+def _defaults(nb: str) -> dict:
+    from dualsynth import batch
+
+    return batch.notebook_parameters(nb)
+
+
+# --------------------------------------------------------------------------- the run record
+def test_run_record_versions_and_commit(tmp_path, monkeypatch):
+    rec = config.run_record()
+    for dist in ("tensorflow", "dm-sonnet", "segmentation-models", "numpy"):
+        assert rec["versions"][dist], dist
+    assert rec["python"] and rec["git_commit"] not in (None, "")
+    params = {**_defaults("05_datasets"), "outputs_dir": str(tmp_path / "o")}
+    monkeypatch.setenv("DUALSYNTH_ROOT", str(tmp_path))  # outside any git work tree
+    monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path.parent))
+    assert config.run_record()["git_commit"] == "unknown"
+    stage = config.start_stage("05_datasets", params)
+    written = json.loads((stage.experiment_dir / "runs" / "run_05_datasets.json").read_text())
+    assert written["versions"]["tensorflow"] and written["git_commit"] == "unknown"
+    assert written["params"]["outputs_dir"] == str(tmp_path / "o")

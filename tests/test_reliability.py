@@ -1,0 +1,293 @@
+"""Interruption, atomic writes and reproducibility (issue 7, "Reliability").
+
+Each test here is one row of the README's fault table.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import ROOT
+
+#: Reproducibility tolerance of U-Net metrics across two runs with the same seed (README, "Fault table"): on CPU with
+#: op determinism the runs are bit-identical; the tolerance only absorbs float printing/summing differences.
+METRIC_TOL = 1e-6
+
+
+# --------------------------------------------------------------------------- reproducibility
+def _chain(outputs: Path, experiment: str) -> subprocess.Popen:
+    """The smoke chain 01 → 06 (one variant, small pool, no pre-test or figures, one epoch) in a subprocess with TF op
+    determinism (``DUALSYNTH_DETERMINISTIC=1`` reaches every notebook kernel and Dask worker)."""
+    cmd = [sys.executable, "-m", "dualsynth.batch", "chain", "--preset", "smoke", "--experiment", experiment,
+           "--outputs-dir", str(outputs), "--stages", "01-06", "--variants", "SHQ_0", "--workers", "1",
+           "--set", "pool_size=16", "--set", "pretest=false", "--set", "variants=SHQ_0,SHQ_50", "--set", "epochs=1",
+           "--set", "augment_dihedral=false", "--set", "save_figures=false"]
+    env = {**os.environ, "DUALSYNTH_DETERMINISTIC": "1"}
+    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.slow
+def test_same_seed_same_outputs(tmp_path):
+    """Two smoke chains with the same seed (run side by side) give identical patches, tiers, splits, code maps,
+    synthetic pool and variant lists, and U-Net metrics equal within METRIC_TOL; each run records its versions."""
+    procs = {name: _chain(tmp_path, name) for name in ("a", "b")}
+    for name, proc in procs.items():
+        out, _ = proc.communicate(timeout=900)
+        assert proc.returncode == 0, f"chain {name} failed:\n{out[-3000:]}"
+    a, b = tmp_path / "a", tmp_path / "b"
+    # patches: images and masks byte for byte; tiers and splits
+    assert _files(a / "patches" / "images") == _files(b / "patches" / "images")
+    assert _files(a / "patches" / "masks") == _files(b / "patches" / "masks")
+    ma, mb = (json.loads((e / "patches" / "manifest.json").read_text()) for e in (a, b))
+    assert ma["tiers"] == mb["tiers"] and ma["test"] == mb["test"]
+    # the generator: code maps of the training patches and the synthetic pool, byte for byte
+    with np.load(a / "pixelcnn" / "codes.npz") as ca, np.load(b / "pixelcnn" / "codes.npz") as cb:
+        for k in ("train", "val"):
+            np.testing.assert_array_equal(ca[k], cb[k])
+    for sub in ("images", "masks", "raw"):
+        assert _files(a / "synthetic" / sub) == _files(b / "synthetic" / sub), f"synthetic/{sub} differ"
+    assert (a / "synthetic" / "pool.json").read_text() == (b / "synthetic" / "pool.json").read_text()
+    va, vb = ((e / "variants" / "SHQ_50.json").read_text().replace(str(e), "<exp>") for e in (a, b))
+    assert va == vb
+    # the U-Net: metrics equal within the stated tolerance
+    ra, rb = (json.loads((e / "unet" / "SHQ_0" / "seed0" / "metrics.json").read_text()) for e in (a, b))
+    for k in ("accuracy", "miou", "miou_dataset", "missing_class_iou"):
+        assert abs(ra[k] - rb[k]) <= METRIC_TOL, (k, ra[k], rb[k])
+    # versions and the commit are recorded with every run
+    rec = json.loads((a / "runs" / "run_06_unet_training-SHQ_0-seed0.json").read_text())
+    for dist in ("tensorflow", "dm-sonnet", "segmentation-models", "numpy"):
+        assert rec["versions"][dist], dist
+    assert rec["python"] and rec["git_commit"] and rec["op_determinism"] is True
+
+
+# --------------------------------------------------------------------------- atomic writes under SIGKILL
+_WRITER = r"""
+import sys, numpy as np
+from dualsynth.io import atomic_save_npz, atomic_write_json
+target, kind = sys.argv[1], sys.argv[2]
+n = 0
+while True:  # rewrite a big file forever; the parent kills this process with SIGKILL at a random moment
+    if kind == "json":
+        atomic_write_json(target, {"n": n, "data": list(range(200_000)), "complete": True})
+    else:
+        atomic_save_npz(target, n=np.array(n), data=np.arange(1_000_000) + n)
+    n += 1
+    print(n, flush=True)
+"""
+
+
+def _read_complete(path: Path, kind: str) -> int:
+    """Read the file as a later stage would; a partial file raises."""
+    if kind == "json":
+        d = json.loads(path.read_text())
+        assert d["complete"] and len(d["data"]) == 200_000
+        return d["n"]
+    with np.load(path) as z:
+        n = int(z["n"])
+        assert z["data"].shape == (1_000_000,) and int(z["data"][-1]) == 999_999 + n
+        return n
+
+
+@pytest.mark.parametrize("kind", ["json", "npz"])
+def test_killed_writer_never_leaves_partial_file(tmp_path, kind):
+    """A process rewriting a big JSON / npz with io.atomic_* is SIGKILLed while a reader polls the file: every read
+    sees a complete version, and after the kill the file is the last complete one."""
+    target = tmp_path / f"metrics.{kind}"
+    proc = subprocess.Popen([sys.executable, "-c", _WRITER, str(target), kind], cwd=ROOT, stdout=subprocess.PIPE,
+                            text=True)
+    seen = []
+    try:
+        for line in proc.stdout:  # each line: one more complete write
+            if target.exists():
+                seen.append(_read_complete(target, kind))
+            if int(line) >= 4:
+                break
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    assert seen and seen == sorted(seen)
+    last = _read_complete(target, kind)
+    assert last >= max(seen)
+    # whatever the kill interrupted is a hidden temporary file, never the target
+    assert {p.name for p in tmp_path.iterdir() if not p.name.startswith(".")} == {target.name}
+
+
+# --------------------------------------------------------------------------- kill points of the trainers
+class Killed(BaseException):
+    """Stands for SIGKILL at a point between two writes: nothing after it runs (not caught by `except Exception`)."""
+
+
+def _kill_on(monkeypatch, owner, name: str, when, before: bool = True):
+    """Replace ``owner.name`` so that the call for which ``when(*args, **kw)`` is true raises Killed
+    (before the real call, or after it with before=False); other calls go through.  Returns the list of kills."""
+    real = getattr(owner, name)
+    kills = []
+
+    def wrapper(*args, **kw):
+        hit = not kills and when(*args, **kw)
+        if hit and before:
+            kills.append(name)
+            raise Killed(name)
+        out = real(*args, **kw)
+        if hit:
+            kills.append(name)
+            raise Killed(name)
+        return out
+
+    monkeypatch.setattr(owner, name, wrapper)
+    return kills
+
+
+def _stripes(n, h, w, k, seed):
+    rng = np.random.default_rng(seed)
+    base = rng.integers(0, k, (n, 1, w))
+    return np.repeat(base, h, axis=1).astype(np.int32)
+
+
+@pytest.fixture(scope="module")
+def prior_uninterrupted(tmp_path_factory):
+    from dualsynth import pixelcnn as pc
+
+    train, val = _stripes(24, 6, 6, 4, seed=0), _stripes(8, 6, 6, 4, seed=1)
+    model = pc.make_prior("pixelcnn", 4, hidden_channels=8, num_blocks=1, seed=0)
+    return pc.fit_prior(model, train, val, tmp_path_factory.mktemp("prior") / "full", steps=40, batch_size=8,
+                        eval_every=10, progress=False)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("point", ["history", "last", "best_swap"])
+def test_prior_kill_points(tmp_path, monkeypatch, point, prior_uninterrupted):
+    """fit_prior killed at each point of an evaluation (history.csv written / 'last' committed / between the two
+    renames of the best-folder swap) resumes to the same step count as an uninterrupted run, with a history
+    without gaps or duplicates and best/ holding the lowest-NLL weights."""
+    from dualsynth import io as dio
+    from dualsynth import pixelcnn as pc
+
+    train, val = _stripes(24, 6, 6, 4, seed=0), _stripes(8, 6, 6, 4, seed=1)
+    kw = dict(steps=40, batch_size=8, eval_every=10, progress=False)
+
+    def make():
+        return pc.make_prior("pixelcnn", 4, hidden_channels=8, num_blocks=1, seed=0)
+
+    full = prior_uninterrupted
+    ck = tmp_path / "ck"
+    with monkeypatch.context() as mp:
+        if point == "history":  # killed while writing history.csv of the 2nd evaluation
+            kills = _kill_on(mp, dio, "write_rows_csv", lambda path, cols, rows, **_: len(rows) == 2)
+        elif point == "last":  # 'last' committed at step 20, killed before best/ was replaced
+            kills = _kill_on(mp, pc, "save_prior", lambda model, path, step=None: (step or 0) > 10)
+        else:  # the 2nd save of best/: renamed aside, killed before best.tmp took its place
+            real, kills = dio.replace_dir, []
+
+            def replace_dir(tmp, target):
+                if Path(target).name != "best" or not (Path(target) / "step.json").exists() or kills:
+                    return real(tmp, target)
+                os.replace(target, Path(str(target) + ".old"))
+                kills.append("between renames")
+                raise Killed("between renames")
+
+            mp.setattr(dio, "replace_dir", replace_dir)
+        with pytest.raises(Killed):
+            pc.fit_prior(make(), train, val, ck, **kw)
+        assert kills
+    if point == "best_swap":
+        assert not (ck / "best").exists() and (ck / "best.old").exists() and (ck / "best.tmp").exists()
+    resumed = pc.fit_prior(make(), train, val, ck, **kw)
+    assert resumed["final_step"] == full["final_step"] == 40
+    assert [r["step"] for r in resumed["history"]] == [10, 20, 30, 40]
+    best = min(resumed["history"], key=lambda r: r["val_nll"])
+    assert resumed["best_step"] == best["step"]
+    assert pc.evaluate_nll(pc.load_prior(ck / "best"), val) == pytest.approx(best["val_nll"], rel=1e-4)
+    assert not (ck / "best.old").exists() and not (ck / "best.tmp").exists()
+
+
+@pytest.mark.slow
+def test_vqvae_kill_before_history_resumes_to_same_steps(tmp_path, monkeypatch):
+    """train_vqvae killed after committing 'last' but before history.csv: the resume re-evaluates that step and
+    ends at the same step with the same evaluations as an uninterrupted run."""
+    from dualsynth import vqvae as vq
+
+    rng = np.random.default_rng(0)
+    x = rng.random((8, 16, 16, 2)).astype(np.float32)
+
+    def make():
+        import tensorflow as tf
+
+        tf.random.set_seed(3)
+        return vq.VQVAE(in_channels=2, num_embeddings=4, embedding_dim=4, num_hiddens=8, num_residual_hiddens=4,
+                        num_residual_layers=1)
+
+    kw = dict(steps=30, batch_size=4, eval_every=10, progress=False)
+    full = vq.train_vqvae(make(), x, x, checkpoint_dir=tmp_path / "full", **kw)
+    with monkeypatch.context() as mp:
+        kills = _kill_on(mp, vq, "_write_history_csv", lambda path, rows: len(rows) == 2)
+        with pytest.raises(Killed):
+            vq.train_vqvae(make(), x, x, checkpoint_dir=tmp_path / "ck", **kw)
+        assert kills
+    assert vq.checkpoint_step(tmp_path / "ck", "last") == 20
+    resumed = vq.train_vqvae(make(), x, x, checkpoint_dir=tmp_path / "ck", **kw)
+    assert resumed.resumed_from_step == 20
+    assert resumed.final_step == full.final_step == 30
+    assert list(resumed.steps) == list(full.steps) == [10, 20, 30]
+    assert vq.checkpoint_step(tmp_path / "ck", "best") == resumed.best_step
+
+
+@pytest.mark.slow
+def test_unet_kill_points_resume_to_same_epochs(tmp_path, monkeypatch):
+    """train_unet killed (1) after committing epoch 1 but before model.h5, (2) after model.h5 but before history.csv
+    of epoch 2, (3) after train_summary.json while checkpoint/ is being deleted: each restart continues, the run
+    ends with the preset's 3 epochs (as uninterrupted), history.csv has each epoch once, and model.h5 holds the
+    returned (best) weights."""
+    import tensorflow as tf
+
+    from dualsynth import segmentation as seg
+
+    rng = np.random.default_rng(0)
+    masks = np.zeros((6, 32, 32), np.uint8)
+    masks[:, 8:20, 8:20] = 1
+    imgs = (np.where(masks == 1, 190, 40) + rng.integers(0, 40, masks.shape)).astype(np.uint8)[..., None]
+    train, val = (imgs[:4], masks[:4]), (imgs[4:], masks[4:])
+    cfg = seg.UNetConfig(num_classes=2, in_channels=1, encoder="resnet18", epochs=3)
+    out = tmp_path / "run"
+    before = tf.config.optimizer.get_experimental_options().get("disable_meta_optimizer", False)
+    tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": True})  # as test_segmentation.py
+    try:
+        with monkeypatch.context() as mp:
+            kills = _kill_on(mp, seg, "_save_best_weights", lambda out_, model: True)
+            with pytest.raises(Killed):
+                seg.train_unet(cfg, train, val, out, progress=False, keep_checkpoint=False)
+        assert kills and json.loads((out / "checkpoint" / "state.json").read_text())["epochs_done"] == 1
+        assert not (out / "model.h5").exists()
+        with monkeypatch.context() as mp:
+            kills = _kill_on(mp, seg, "_write_history_csv", lambda path, h: len(h["epoch"]) == 2)
+            with pytest.raises(Killed):
+                seg.train_unet(cfg, train, val, out, progress=False, keep_checkpoint=False)
+        assert kills and (out / "model.h5").exists()
+        assert len((out / "history.csv").read_text().splitlines()) == 1 + 1  # epoch 2 not yet in history.csv
+        with monkeypatch.context() as mp:  # checkpoint/ renamed aside, killed before it was removed
+            kills = _kill_on(mp, seg.shutil, "rmtree", lambda path, **kw: str(path).endswith(".deleting")
+                             and Path(path).exists())
+            with pytest.raises(Killed):
+                seg.train_unet(cfg, train, val, out, progress=False, keep_checkpoint=False)
+            assert kills
+        assert (out / "train_summary.json").exists() and not (out / "checkpoint").exists()
+        done = seg.train_unet(cfg, train, val, out, progress=False, keep_checkpoint=False)
+    finally:
+        tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": before})
+    assert done.epochs_run == 3 and done.history["epoch"] == [1, 2, 3]
+    assert [int(r.split(",")[0]) for r in (out / "history.csv").read_text().splitlines()[1:]] == [1, 2, 3]
+    assert not any(p.name.startswith(".checkpoint") for p in out.iterdir())
+    np.testing.assert_array_equal(seg.predict_proba(seg.load_unet(out), val[0]),
+                                  seg.predict_proba(done.model, val[0]))
