@@ -47,8 +47,13 @@ lab: install
 kernel: install
 	$(PY) -m ipykernel install --user --name dualsynth --display-name "Python (dualsynth)"
 
+# benchmarks (not tests): bench/results/*.json, tables in BENCHMARKS.md (about an hour on 2 CPU cores)
 bench: install
 	$(PY) bench/bench_sampler.py
+	$(PY) bench/bench_vqvae.py
+	$(PY) bench/bench_unet.py
+	$(PY) bench/bench_study.py
+	$(PY) bench/render.py
 
 # notebooks are committed without outputs (cell tags kept)
 strip-notebooks: install

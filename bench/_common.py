@@ -136,3 +136,15 @@ def forward_flops(fn, input_spec) -> int | None:
     except Exception as e:  # pragma: no cover - profiler quirks
         print(f"FLOP count failed: {e}", file=sys.stderr)
         return None
+
+
+def arg_parser(doc: str, out: str):
+    """The options every benchmark script has: --quick, --out, --repeats and the hidden --child."""
+    import argparse
+
+    ap = argparse.ArgumentParser(description=doc.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="tiny sizes: checks that the script works")
+    ap.add_argument("--out", default=out, help="JSON output (default: %(default)s)")
+    ap.add_argument("--repeats", type=int, default=None, help="timed repetitions (default 3)")
+    ap.add_argument("--child", help=argparse.SUPPRESS)
+    return ap

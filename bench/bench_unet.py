@@ -24,7 +24,6 @@ Output: ``bench/results/unet.json``.  Usage: ``python bench/bench_unet.py [--qui
 """
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import time
@@ -173,11 +172,7 @@ TASKS = {"train": _train_task, "eval": _eval_task, "scaling": _scaling_task}
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--quick", action="store_true", help="tiny sizes: checks that the script works")
-    ap.add_argument("--out", default=OUT)
-    ap.add_argument("--repeats", type=int, default=None)
-    ap.add_argument("--child", help=argparse.SUPPRESS)
+    ap = C.arg_parser(__doc__, OUT)
     args = ap.parse_args(argv)
     if args.child:
         task = __import__("json").loads(args.child)
@@ -204,7 +199,7 @@ def main(argv=None):
     sizes = [32, 64, 128] if q else [128, 256, 512]
     print(f"scaling with patch size {sizes} ...", flush=True)
     sc = C.run_child(__file__, dict(kind="scaling", encoder=encoder, sizes=sizes, batch=batch,
-                                    steps=2 if q else 4, repeats=3))
+                                    steps=2, repeats=3))
     sc["fit"] = C.fit_exponent([r["size"] for r in sc["results"]], [r["seconds_per_step"] for r in sc["results"]])
     print(f"  seconds/step {[round(r['seconds_per_step'], 3) for r in sc['results']]}; "
           f"exponent {sc['fit']['exponent']}", flush=True)

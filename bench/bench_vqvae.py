@@ -15,7 +15,7 @@
 * pipeline_only = iterating ``train_vqvae``'s dataset (indices -> gather -> prefetch) without compute.
 
 Every (intra-op, inter-op) TensorFlow thread setting runs in its own fresh process (TensorFlow takes thread
-settings only before its first op): 0/0 = TensorFlow's default, then 1/1, 1/2, 2/1, 2/2.  In one process the
+settings only before its first op): 0/0 = TensorFlow's default, then 1/1, 1/2, 2/1, 2/2 (XLA only at 0/0).  In one process the
 loops are timed round-robin (pipeline, compute, compute_xla, pipeline, ...) ``repeats`` times after one
 warm-up each; images/s are medians over the rounds, ratios medians of the per-round ratios.  Peak memory:
 ``ru_maxrss`` of that process (TensorFlow runtime included).
@@ -28,7 +28,6 @@ Output: ``bench/results/vqvae.json``.  Usage: ``python bench/bench_vqvae.py [--q
 """
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import time
@@ -158,12 +157,8 @@ def _scaling_task(task: dict) -> dict:
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--quick", action="store_true", help="tiny sizes: checks that the script works")
-    ap.add_argument("--out", default=OUT)
-    ap.add_argument("--repeats", type=int, default=None)
+    ap = C.arg_parser(__doc__, OUT)
     ap.add_argument("--threads", default="0/0,1/1,1/2,2/1,2/2", help="intra/inter settings, 0 = TF default")
-    ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:
         task = __import__("json").loads(args.child)
@@ -171,7 +166,7 @@ def main(argv=None):
         return None
     q = args.quick
     size, batch = (64, 4) if q else (256, 8)
-    steps = 3 if q else 8
+    steps = 3 if q else 4
     repeats = args.repeats or (3 if q else 3)
     model = QUICK_MODEL if q else PAPER_MODEL
     settings = [tuple(int(v) for v in s.split("/")) for s in args.threads.split(",")]
@@ -181,7 +176,7 @@ def main(argv=None):
     runs = []
     for n, (intra, inter) in enumerate(settings):
         task = dict(threads=[intra, inter], size=size, batch=batch, steps=steps, repeats=repeats,
-                    n_train=4 * batch if q else 64, model=model, flops=(n == 0))
+                    n_train=4 * batch if q else 64, model=model, flops=(n == 0), xla=(n == 0))
         print(f"threads intra={intra} inter={inter} ...", flush=True)
         r = C.run_child(__file__, task)
         ips = r["images_per_s"]
@@ -192,7 +187,7 @@ def main(argv=None):
         runs.append(r)
     sizes = [32, 64, 128] if q else [128, 256, 512]
     print(f"scaling with patch size {sizes} ...", flush=True)
-    scaling = C.run_child(__file__, dict(kind="scaling", sizes=sizes, batch=batch, steps=2 if q else 4,
+    scaling = C.run_child(__file__, dict(kind="scaling", sizes=sizes, batch=batch, steps=2,
                                          repeats=3, model=model))
     scaling["fit"] = C.fit_exponent([r["size"] for r in scaling["results"]],
                                     [r["seconds_per_step"] for r in scaling["results"]])
