@@ -23,12 +23,13 @@ METRIC_TOL = 1e-6
 
 # --------------------------------------------------------------------------- reproducibility
 def _chain(outputs: Path, experiment: str) -> subprocess.Popen:
-    """The smoke chain 01 → 06 (one variant, small pool, no pre-test or figures, one epoch) in a subprocess with TF op
+    """The smoke chain 01 → 06 (one variant, small pool, no pre-test or figures, one epoch of a ResNet18 U-Net —
+    its graph optimises much faster than EfficientNet's) in a subprocess with TF op
     determinism (``DUALSYNTH_DETERMINISTIC=1`` reaches every notebook kernel and Dask worker)."""
     cmd = [sys.executable, "-m", "dualsynth.batch", "chain", "--preset", "smoke", "--experiment", experiment,
            "--outputs-dir", str(outputs), "--stages", "01-06", "--variants", "SHQ_0", "--workers", "1",
            "--set", "pool_size=16", "--set", "pretest=false", "--set", "variants=SHQ_0,SHQ_50", "--set", "epochs=1",
-           "--set", "augment_dihedral=false", "--set", "save_figures=false"]
+           "--set", "augment_dihedral=false", "--set", "save_figures=false", "--set", "encoder=resnet18"]
     env = {**os.environ, "DUALSYNTH_DETERMINISTIC": "1"}
     return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
@@ -291,3 +292,31 @@ def test_unet_kill_points_resume_to_same_epochs(tmp_path, monkeypatch):
     assert not any(p.name.startswith(".checkpoint") for p in out.iterdir())
     np.testing.assert_array_equal(seg.predict_proba(seg.load_unet(out), val[0]),
                                   seg.predict_proba(done.model, val[0]))
+
+
+def test_prior_folder_swap_killed_between_renames_is_finished_on_load(tmp_path, monkeypatch):
+    """save_prior writes <path>.tmp, then swaps folders by two renames; killed between them, load_prior finishes the
+    swap and returns the NEW weights; killed while <path>.tmp was written, the old prior stays."""
+    from dualsynth import io as dio
+    from dualsynth import pixelcnn as pc
+
+    codes = _stripes(2, 6, 6, 4, seed=0)
+    old, new = (pc.make_prior("pixelcnn", 4, hidden_channels=8, num_blocks=1, seed=s) for s in (0, 1))
+    pc.save_prior(old, tmp_path / "prior")
+
+    def first_rename_only(tmp, target):
+        os.replace(target, Path(str(target) + ".old"))
+        raise Killed("between renames")
+
+    with monkeypatch.context() as mp:
+        mp.setattr(dio, "replace_dir", first_rename_only)
+        with pytest.raises(Killed):
+            pc.save_prior(new, tmp_path / "prior")
+    assert not (tmp_path / "prior").exists()
+    np.testing.assert_array_equal(pc.load_prior(tmp_path / "prior")(codes).numpy(), new(codes).numpy())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["prior"]
+    with monkeypatch.context() as mp:  # killed while the weights of <path>.tmp were written
+        mp.setattr(dio, "atomic_write_json", lambda *a, **k: (_ for _ in ()).throw(Killed("writing")))
+        with pytest.raises(Killed):
+            pc.save_prior(old, tmp_path / "prior")
+    np.testing.assert_array_equal(pc.load_prior(tmp_path / "prior")(codes).numpy(), new(codes).numpy())

@@ -705,7 +705,8 @@ def load_prior(path: str | os.PathLike):
     """Rebuild a prior saved by :func:`save_prior` (config + weights)."""
     from .io import recover_dir
 
-    recover_dir(path)
+    if not os.path.exists(path):  # only finish a swap killed between its renames; never touch a live folder
+        recover_dir(path)
     path = os.fspath(path)
     cfg_file = os.path.join(path, _CONFIG)
     if not os.path.exists(cfg_file):
