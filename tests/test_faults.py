@@ -89,7 +89,8 @@ def test_prior_nan_loss_stops_and_keeps_checkpoint(tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_vqvae_checkpoint_from_other_patches_refused(tmp_path):
-    """02 re-run after 01 was re-run with another seed: the VQ-VAE checkpoint is refused, not resumed."""
+    """02 re-run after 01 was re-run with another seed: the VQ-VAE checkpoint is refused, not resumed; 03 run
+    after 01 without 02: the generator is refused."""
     from dualsynth import vqvae as vq
 
     rng = np.random.default_rng(0)
@@ -104,6 +105,10 @@ def test_vqvae_checkpoint_from_other_patches_refused(tmp_path):
     h = vq.train_vqvae(make(), x, x, steps=4, batch_size=2, eval_every=2, checkpoint_dir=tmp_path / "ck",
                        progress=False)
     assert h.resumed_from_step == 2 and h.final_step == 4
+    # 03 after 01 was re-run but 02 was not: the generator was made from other patches
+    vq.check_trained_on(tmp_path / "ck", x, x)
+    with pytest.raises(DataError, match=r"VQ-VAE in .*ck was trained on other patches.*re-run 02_vqvae"):
+        vq.check_trained_on(tmp_path / "ck", other, x)
 
 
 def _fake_study(exp: Path, fingerprint: str | None) -> Path:

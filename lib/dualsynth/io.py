@@ -42,6 +42,7 @@ __all__ = [
     "read_rows_csv",
     "fingerprint",
     "guard_inputs",
+    "recorded_inputs",
     "stale_inputs_message",
     "replace_dir",
     "recover_dir",
@@ -190,17 +191,23 @@ def stale_inputs_message(folder: str | os.PathLike, what: str) -> str:
             "or pass a new experiment name")
 
 
+def recorded_inputs(folder: str | os.PathLike) -> str | None:
+    """The input fingerprint recorded in ``<folder>/inputs.json`` (None for a folder saved without one)."""
+    f = Path(folder) / INPUTS_FILE
+    return read_json(f).get("fingerprint") if f.is_file() else None
+
+
 def guard_inputs(folder: str | os.PathLike, digest: str, what: str, resuming: bool) -> None:
     """Refuse to resume ``folder`` when ``<folder>/inputs.json`` records other inputs; record ``digest`` otherwise.
 
     A folder saved before fingerprints existed (no ``inputs.json``) is trusted and gets one.
     """
-    f = Path(folder) / INPUTS_FILE
-    if resuming and f.is_file():
-        if read_json(f).get("fingerprint") != digest:
+    recorded = recorded_inputs(folder)
+    if resuming and recorded is not None:
+        if recorded != digest:
             raise DataError(stale_inputs_message(folder, what))
         return
-    atomic_write_json(f, {"fingerprint": digest})
+    atomic_write_json(Path(folder) / INPUTS_FILE, {"fingerprint": digest})
 
 
 # --------------------------------------------------------------------------- folders replaced as a whole

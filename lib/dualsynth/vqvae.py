@@ -529,6 +529,23 @@ def checkpoint_step(checkpoint_dir: str | Path, which: str = "best") -> int:
     return int(tf.train.load_variable(path, "step/.ATTRIBUTES/VARIABLE_VALUE"))
 
 
+def check_trained_on(checkpoint_dir: str | Path, train_images: np.ndarray, val_images: np.ndarray) -> None:
+    """Raise :class:`~dualsynth.io.DataError` if the VQ-VAE in ``checkpoint_dir`` was trained on other dual images
+    than these (e.g. 01_patching was re-run with another seed after 02_vqvae); a checkpoint saved without a
+    fingerprint passes."""
+    from .io import DataError, recorded_inputs
+
+    checkpoint_dir = Path(checkpoint_dir)
+    in_channels = int(_read_config(checkpoint_dir)["in_channels"])
+    digest = fingerprint(_check_images(train_images, in_channels, "train_images"),
+                         _check_images(val_images, in_channels, "val_images"))
+    recorded = recorded_inputs(checkpoint_dir)
+    if recorded is not None and recorded != digest:
+        raise DataError(f"the VQ-VAE in {checkpoint_dir} was trained on other patches than the experiment's "
+                        f"manifest now lists (01_patching was re-run after 02_vqvae): re-run 02_vqvae after deleting "
+                        f"{checkpoint_dir.parent}, or pass a new experiment name")
+
+
 def load_vqvae(
     checkpoint_dir: str | Path,
     which: str = "best",
