@@ -193,3 +193,28 @@ def test_run_record_versions_and_commit(tmp_path, monkeypatch):
     written = json.loads((stage.experiment_dir / "runs" / "run_05_datasets.json").read_text())
     assert written["versions"]["tensorflow"] and written["git_commit"] == "unknown"
     assert written["params"]["outputs_dir"] == str(tmp_path / "o")
+
+
+@pytest.mark.slow
+def test_synthesis_refuses_prior_of_another_generator(tmp_path):
+    """04 after 02 was re-run but 03 was not: the prior was trained on another VQ-VAE's code maps → refused."""
+    from dualsynth import pixelcnn as pc
+    from dualsynth import vqvae as vq
+    from dualsynth.palette import NDFEB_PALETTE
+    from dualsynth.synthesis import generate_samples
+
+    rng = np.random.default_rng(0)
+    for name in ("g1", "g2"):
+        x = rng.random((4, 16, 16, 2)).astype(np.float32)
+        vq.train_vqvae(vq.VQVAE(in_channels=2, num_embeddings=4, embedding_dim=4, num_hiddens=8,
+                                num_residual_hiddens=4, num_residual_layers=1),
+                       x, x, steps=2, batch_size=2, eval_every=2, checkpoint_dir=tmp_path / name, progress=False)
+    g1, g2 = vq.load_vqvae(tmp_path / "g1"), vq.load_vqvae(tmp_path / "g2")
+    assert g1.checkpoint_id == vq.load_vqvae(tmp_path / "g1").checkpoint_id != g2.checkpoint_id
+    pc.save_prior(pc.make_prior("pixelcnn", 4, hidden_channels=8, num_blocks=1), tmp_path / "pixelcnn" / "prior",
+                  generator_id=g1.checkpoint_id)
+    prior = pc.load_prior(tmp_path / "pixelcnn" / "prior")
+    assert prior.generator_id == g1.checkpoint_id
+    with pytest.raises(DataError, match=r"prior in .*pixelcnn was trained on the code maps of another VQ-VAE than the "
+                                        r"one in .*g2 .*re-run 03_pixelcnn after deleting .*pixelcnn"):
+        generate_samples(g2, prior, 1, NDFEB_PALETTE, code_shape=(4, 4), progress=False, image_channels=1)

@@ -294,6 +294,7 @@ def test_unet_kill_points_resume_to_same_epochs(tmp_path, monkeypatch):
                                   seg.predict_proba(done.model, val[0]))
 
 
+@pytest.mark.slow
 def test_prior_folder_swap_killed_between_renames_is_finished_on_load(tmp_path, monkeypatch):
     """save_prior writes <path>.tmp, then swaps folders by two renames; killed between them, load_prior finishes the
     swap and returns the NEW weights; killed while <path>.tmp was written, the old prior stays."""

@@ -673,12 +673,13 @@ _WEIGHTS = "weights"
 _CONFIG = "prior.json"
 
 
-def save_prior(model, path: str | os.PathLike, step: int | None = None) -> str:
+def save_prior(model, path: str | os.PathLike, step: int | None = None, generator_id: str | None = None) -> str:
     """Save weights (``tf.train.Checkpoint``) and ``model.config`` as directory ``path``, atomically.
 
     The files are written to ``<path>.tmp`` and the folder is then put in place of ``path``
     (:func:`dualsynth.io.replace_dir`), so a reader never sees a half-written prior; ``step`` (the training
-    step of these weights) is recorded in ``step.json``.
+    step of these weights) is recorded in ``step.json``, ``generator_id`` (``checkpoint_id`` of the VQ-VAE whose
+    code maps trained it) in ``generator.json``.
     """
     import shutil
 
@@ -691,6 +692,8 @@ def save_prior(model, path: str | os.PathLike, step: int | None = None) -> str:
     tf.train.Checkpoint(model=model).write(str(tmp / _WEIGHTS))
     if step is not None:
         atomic_write_json(tmp / "step.json", {"step": int(step)})
+    if generator_id is not None:
+        atomic_write_json(tmp / "generator.json", {"generator_id": generator_id})
     atomic_write_json(tmp / _CONFIG, model.config)  # last: a folder with prior.json is complete
     replace_dir(tmp, path)
     return str(path / _WEIGHTS)
@@ -717,6 +720,9 @@ def load_prior(path: str | os.PathLike):
     num_embeddings = cfg.pop("num_embeddings")
     model = make_prior(kind, num_embeddings, **cfg)
     tf.train.Checkpoint(model=model).read(os.path.join(path, _WEIGHTS)).assert_consumed()
+    model.saved_in = path
+    gen = os.path.join(path, "generator.json")
+    model.generator_id = json.loads(Path(gen).read_text())["generator_id"] if os.path.exists(gen) else None
     return model
 
 

@@ -25,6 +25,7 @@ nor any model code.
 from __future__ import annotations
 
 import heapq
+from pathlib import Path
 from typing import Sequence
 from dataclasses import dataclass
 
@@ -435,6 +436,14 @@ def generate_samples(generator, prior, num_samples: int, palette, *, code_shape:
             f"the prior models K={prior.num_embeddings} codes but the VQ-VAE has K={k_gen}; "
             f"re-run 03_pixelcnn after 02_vqvae"
         )
+    made_by, this_one = getattr(prior, "generator_id", None), getattr(generator, "checkpoint_id", None)
+    if made_by and this_one and made_by != this_one:
+        from .io import DataError
+
+        folder = Path(getattr(prior, "saved_in", "the prior folder")).parent
+        raise DataError(f"the prior in {folder} was trained on the code maps of another VQ-VAE than the one in "
+                        f"{getattr(generator, 'checkpoint_dir', 'the generator folder')} (02_vqvae was re-run after "
+                        f"03_pixelcnn): re-run 03_pixelcnn after deleting {folder}, or pass a new experiment name")
     h, w = code_shape
     out: list[SyntheticSample] = []
     bar = tqdm(total=num_samples, desc="synthesising", unit="image", disable=not progress)

@@ -577,6 +577,9 @@ def load_vqvae(
     status = ckpt.restore(path)
     status.expect_partial()  # optimizer / step are not needed here
     status.assert_existing_objects_matched()
+    # which weights these are (their files' bytes): a prior records it, synthesis checks it
+    model.checkpoint_dir = str(checkpoint_dir)
+    model.checkpoint_id = fingerprint(*[Path(f) for f in sorted(Path(path).parent.glob(Path(path).name + ".*"))])
     return model
 
 
