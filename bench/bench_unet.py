@@ -145,6 +145,7 @@ def _eval_task(task: dict) -> dict:
                 speedup_batched=C.median([o / b for b, o in zip(times["batched"], times["one_by_one"])]),
                 max_abs_probability_difference=float(np.abs(p8 - p1).max()),
                 same_predicted_classes=bool((p8.argmax(-1) == p1.argmax(-1)).all()),
+                pixels_with_other_class=int((p8.argmax(-1) != p1.argmax(-1)).sum()), pixels=int(p8[..., 0].size),
                 batch_size_default=8, peak_rss_mb=C.peak_rss_mb())
 
 

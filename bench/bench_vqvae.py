@@ -159,6 +159,7 @@ def _scaling_task(task: dict) -> dict:
 def main(argv=None):
     ap = C.arg_parser(__doc__, OUT)
     ap.add_argument("--threads", default="0/0,1/1,1/2,2/1,2/2", help="intra/inter settings, 0 = TF default")
+    ap.add_argument("--steps", type=int, default=None, help="timed steps per loop and repeat (default 4)")
     args = ap.parse_args(argv)
     if args.child:
         task = __import__("json").loads(args.child)
@@ -166,7 +167,7 @@ def main(argv=None):
         return None
     q = args.quick
     size, batch = (64, 4) if q else (256, 8)
-    steps = 3 if q else 4
+    steps = args.steps or (3 if q else 4)
     repeats = args.repeats or (3 if q else 3)
     model = QUICK_MODEL if q else PAPER_MODEL
     settings = [tuple(int(v) for v in s.split("/")) for s in args.threads.split(",")]

@@ -88,7 +88,9 @@ def render_unet(d: dict) -> str:
               f"{ev['speedup_batched']:.2f}× |",
               f"| one by one (`batch_size=1`) | {_n(ev['images_per_s']['one_by_one'])} | 1 |", "",
               f"Largest difference of the probabilities batched vs one by one {ev['max_abs_probability_difference']:.1e}"
-              f"; same predicted classes: {ev['same_predicted_classes']}; peak RSS {ev['peak_rss_mb']:,.0f} MB. "
+              f"; same predicted classes: {ev['same_predicted_classes']}"
+              + (f" ({ev['pixels_with_other_class']} of {ev['pixels']:,} pixels differ)" if "pixels" in ev else "")
+              + f"; peak RSS {ev['peak_rss_mb']:,.0f} MB. "
               f"Forward pass {s['forward_gflops_per_image']:.1f} GFLOP per image, training step ≈ "
               f"{s['train_step_gflops_estimate']:.0f} GFLOP.", "",
               "Compute-only step vs patch size: " + ", ".join(
