@@ -37,6 +37,7 @@ def test_every_notebook_validates_its_parameters_first(nb):
 
 
 # --------------------------------------------------------------------------- stale inputs: refuse, name the folder
+@pytest.mark.slow
 def test_prior_checkpoint_from_other_codes_refused(tmp_path):
     """03 re-run after 01/02 changed: the prior checkpoint was trained on other code maps → refused."""
     from dualsynth import pixelcnn as pc
@@ -50,6 +51,7 @@ def test_prior_checkpoint_from_other_codes_refused(tmp_path):
                      eval_every=10, progress=False)
 
 
+@pytest.mark.slow
 def test_prior_checkpoint_of_other_config_refused(tmp_path):
     from dualsynth import pixelcnn as pc
 
@@ -60,6 +62,7 @@ def test_prior_checkpoint_of_other_config_refused(tmp_path):
                      _stripes(4, 1), tmp_path / "ck", steps=20, batch_size=8, eval_every=10, progress=False)
 
 
+@pytest.mark.slow
 def test_prior_nan_loss_stops_and_keeps_checkpoint(tmp_path, monkeypatch):
     """The prior's loss becomes NaN (weights poisoned, as after a divergence): training stops with a message naming
     the last good checkpoint, which stays loadable."""
