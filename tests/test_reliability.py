@@ -31,7 +31,8 @@ def _chain(outputs: Path, experiment: str) -> subprocess.Popen:
            "--set", "pool_size=16", "--set", "pretest=false", "--set", "variants=SHQ_0,SHQ_50", "--set", "epochs=1",
            "--set", "augment_dihedral=false", "--set", "save_figures=false", "--set", "encoder=resnet18"]
     env = {**os.environ, "DUALSYNTH_DETERMINISTIC": "1"}
-    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    with open(outputs / f"{experiment}.log", "w") as log:  # a file, not a pipe: a full pipe would stall the run
+        return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
 
 
 def _files(folder: Path) -> dict[str, bytes]:
@@ -44,8 +45,7 @@ def test_same_seed_same_outputs(tmp_path):
     synthetic pool and variant lists, and U-Net metrics equal within METRIC_TOL; each run records its versions."""
     procs = {name: _chain(tmp_path, name) for name in ("a", "b")}
     for name, proc in procs.items():
-        out, _ = proc.communicate(timeout=900)
-        assert proc.returncode == 0, f"chain {name} failed:\n{out[-3000:]}"
+        assert proc.wait(timeout=900) == 0, f"chain {name} failed:\n{(tmp_path / f'{name}.log').read_text()[-3000:]}"
     a, b = tmp_path / "a", tmp_path / "b"
     # patches: images and masks byte for byte; tiers and splits
     assert _files(a / "patches" / "images") == _files(b / "patches" / "images")
