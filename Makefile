@@ -47,7 +47,7 @@ lab: install
 kernel: install
 	$(PY) -m ipykernel install --user --name dualsynth --display-name "Python (dualsynth)"
 
-# benchmarks (not tests): bench/results/*.json, tables in BENCHMARKS.md (about an hour on 2 CPU cores)
+# benchmarks (not tests): bench/results/*.json, tables in BENCHMARKS.md (about 70 min on 2 loaded CPU cores)
 bench: install
 	$(PY) bench/bench_sampler.py
 	$(PY) bench/bench_vqvae.py
