@@ -51,6 +51,7 @@ kernel: install
 bench: install
 	$(PY) bench/bench_sampler.py
 	$(PY) bench/bench_vqvae.py
+	$(PY) bench/bench_vqvae_steady.py
 	$(PY) bench/bench_unet.py
 	$(PY) bench/bench_study.py
 	$(PY) bench/render.py
