@@ -32,3 +32,12 @@ def test_cli_set_error_exits_2(capsys, tmp_path):
     rc = batch.main(["chain", "--preset", "smoke", "--stages", "01", "--outputs-dir", str(tmp_path), "--set", "nokey"])
     assert rc == 2
     assert "KEY=VALUE" in capsys.readouterr().err
+
+
+def test_record_timings_keeps_stages_not_rerun(tmp_path):
+    path = tmp_path / "chain_timings.json"
+    batch.record_timings(path, "quick", [{"notebook": "01_patching", "seconds": 11.0},
+                                         {"notebook": "07_results_plots", "seconds": 9.0}])
+    rec = batch.record_timings(path, "quick", [{"notebook": "07_results_plots", "seconds": 23.0}])
+    assert [(t["notebook"], t["seconds"]) for t in rec["stages"]] == [("01_patching", 11.0), ("07_results_plots", 23.0)]
+    assert rec["total_seconds"] == 34.0

@@ -102,3 +102,12 @@ def test_no_runs_and_cli_table(helps, tmp_path, capsys):
     assert "| pores (rare) |" in md and "class_fraction_w1" in md
     assert json.loads((out / "empty" / "report.json").read_text())["runs"] == 0
     assert not (helps / "results").exists()  # --out-dir: nothing written into the experiment
+
+
+def test_only_base_variants_give_no_verdict(tmp_path, rng):
+    # what notebook 07 sees after a default run of 06 (one base variant): a report without a comparison, no crash
+    scores = {"SHQ_0": {0: (rng.uniform(0.6, 0.8, 10), {"matrix": 0.9, "pores": 0.6})}}
+    rep = report.experiment_report(fake_experiment(tmp_path, "base", scores))
+    assert rep["runs"] == 1 and rep["best"]["variant"] == "SHQ_0"
+    assert rep["variants_with_synthetic"] == 0 and rep["largest_gain"] is None
+    assert "SHQ_0" in report.report_markdown(rep)

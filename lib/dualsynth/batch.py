@@ -363,6 +363,28 @@ def _parse_seeds(text: str) -> list[int]:
     return list(dict.fromkeys(seeds))
 
 
+def record_timings(path: str | os.PathLike, preset: str, timings: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Merge this chain's stage times into ``chain_timings.json``: a re-run stage replaces its old entry, the
+    stages not run this time keep theirs (so ``--stages 07`` does not erase the times of 01–06)."""
+    import json
+
+    from .io import atomic_write_json
+
+    path = Path(path)
+    old: list[dict[str, Any]] = []
+    if path.is_file():
+        try:
+            old = list(json.loads(path.read_text()).get("stages", []))
+        except (ValueError, AttributeError):
+            old = []  # an unreadable old record is replaced, not trusted
+    new_names = {t["notebook"] for t in timings}
+    stages = [t for t in old if t.get("notebook") not in new_names] + [dict(t) for t in timings]
+    stages.sort(key=lambda t: NOTEBOOKS.index(t["notebook"]) if t["notebook"] in NOTEBOOKS else len(NOTEBOOKS))
+    record = {"preset": preset, "stages": stages, "total_seconds": round(sum(t["seconds"] for t in stages), 1)}
+    atomic_write_json(path, record)
+    return record
+
+
 def _parse_overrides(items: Sequence[str]) -> dict[str, Any]:
     """``["epochs=3", "mask_encoding=onehot"]`` → ``{"epochs": 3, "mask_encoding": "onehot"}`` (values read as YAML)."""
     import yaml
@@ -431,8 +453,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             from .io import atomic_write_json
 
             exp = experiment_dir(args.outputs_dir, args.experiment or args.preset)
-            atomic_write_json(exp / "results" / "chain_timings.json", {"preset": args.preset, "stages": timings,
-                                                                        "total_seconds": round(total, 1)})
+            record_timings(exp / "results" / "chain_timings.json", args.preset, timings)
         print("stage times: " + ", ".join(f"{t['notebook']} {t['seconds']} s" for t in timings) + f"; total {total:.1f} s")
     return 0
 

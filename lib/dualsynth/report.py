@@ -167,10 +167,13 @@ def experiment_report(experiment_dir: str | os.PathLike, alpha: float = 0.05, ra
                    "ci_low": _num(best.ci_low), "ci_high": _num(best.ci_high)}
     with_syn = ranked[ranked.group.isin(["mixed", "synthetic"]) & ranked.get("gain_vs_base").notna()
                       & ranked.get("gain_n").fillna(0).gt(0)] if "gain_n" in ranked else ranked.iloc[:0]
+    if "gain_vs_base" not in with_syn:  # only base variants ran: nothing to compare
+        with_syn = with_syn.assign(gain_vs_base=np.nan, base=None)
     sig = with_syn.get("significant", None)
-    sig = sig.fillna(False).astype(bool) if sig is not None else with_syn.variant.map(lambda _: False)
-    n_better = int((sig & (with_syn.gain_vs_base > 0)).sum())
-    n_worse = int((sig & (with_syn.gain_vs_base < 0)).sum())
+    sig = (sig.fillna(False).to_numpy(dtype=bool) if sig is not None else np.zeros(len(with_syn), dtype=bool))
+    gains = with_syn.gain_vs_base.to_numpy(dtype=float)
+    n_better = int((sig & (gains > 0)).sum())
+    n_worse = int((sig & (gains < 0)).sum())
     g = None
     if len(with_syn):
         g = _gain_row(runs, ranked, with_syn.sort_values("gain_vs_base", ascending=False).variant.iloc[0], classes)
