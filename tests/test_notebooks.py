@@ -151,17 +151,6 @@ def test_smoke_04_synthesis(smoke_chain):
     assert 0 <= q["pretest"]["missing_class_iou_real_test"] <= 1
     sim = q["similarity"]
     assert set(sim["measures"]) == {"class_fraction_w1", "s2_rms", "kid", "boundary_disagreement"}
-    # test patches come only from held-out source images, never from an image that gave training patches
-    roles = {src["name"]: src["role"] for src in m["sources"]}
-    test_sources = {m["patches"][e["id"]]["source"] for e in m["test"]}
-    train_sources = {m["patches"][e["id"]]["source"] for t in m["tiers"].values() for e in t["train"] + t["val"]}
-    assert test_sources and {roles[s] for s in test_sources} == {"test"} and not test_sources & train_sources
-    rows = batch.collect_metrics(exp)
-    assert sorted(rows.variant) == ["SHQ_0", "SHQ_50"] and set(rows.num_test) == {len(m["test"])}
-    assert rows.missing_class_iou.between(0, 1).all()
-    rep = json.loads((exp / "results" / "report.json").read_text())
-    assert rep["dataset"] == "nasa_super" and rep["runs"] == 2
-    assert rep["largest_gain"]["variant"] == "SHQ_50" and rep["largest_gain"]["base"] == "SHQ_0"
     assert sim["n_real"] == 48 and sim["n_synthetic"] == 144 and sim["class_names"][0] == "matrix"
     assert (exp / "synthetic" / "figures" / "similarity.png").is_file()
     assert [t["notebook"] for t in timings][:4] == ["01_patching", "02_vqvae", "03_pixelcnn", "04_synthesis"]
@@ -266,6 +255,17 @@ def test_generative_chain_on_grey_real_data(tmp_path):
     sim = q["similarity"]
     assert sim["class_names"] == ["matrix", "gamma_prime", "small_gamma_prime"] and sim["n_real"] == 40
     assert set(sim["measures"]) == {"class_fraction_w1", "s2_rms", "kid", "boundary_disagreement"}
+    # test patches come only from held-out source images, never from an image that gave training patches
+    roles = {src["name"]: src["role"] for src in m["sources"]}
+    test_sources = {m["patches"][e["id"]]["source"] for e in m["test"]}
+    train_sources = {m["patches"][e["id"]]["source"] for t in m["tiers"].values() for e in t["train"] + t["val"]}
+    assert test_sources and {roles[s] for s in test_sources} == {"test"} and not test_sources & train_sources
+    rows = batch.collect_metrics(exp)
+    assert sorted(rows.variant) == ["SHQ_0", "SHQ_50"] and set(rows.num_test) == {len(m["test"])}
+    assert rows.missing_class_iou.between(0, 1).all()
+    rep = json.loads((exp / "results" / "report.json").read_text())
+    assert rep["dataset"] == "nasa_super" and rep["runs"] == 2
+    assert rep["largest_gain"]["variant"] == "SHQ_50" and rep["largest_gain"]["base"] == "SHQ_0"
     # test patches come only from held-out source images, never from an image that gave training patches
     roles = {src["name"]: src["role"] for src in m["sources"]}
     test_sources = {m["patches"][e["id"]]["source"] for e in m["test"]}
