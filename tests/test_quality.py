@@ -34,6 +34,44 @@ def test_fraction_distance_zero_for_identical_and_grows_with_shift():
     assert d[1] - d[0] == pytest.approx(2 * 0.05 / 3, abs=0.01)
 
 
+def fraction_masks(fractions, size=10):
+    """One 2-class mask per value: that fraction of its pixels is class 1."""
+    out = np.zeros((len(fractions), size * size), np.uint8)
+    for i, f in enumerate(fractions):
+        out[i, : int(round(f * size * size))] = 1
+    return out.reshape(-1, size, size)
+
+
+def test_fraction_distance_is_wasserstein_not_a_difference_of_means():
+    # equal mean fraction (0.5), different spread: W1 between {0.2, 0.8} and {0.5, 0.5} is 0.3 for each class
+    d = quality.fraction_distance(fraction_masks([0.2, 0.8]), fraction_masks([0.5, 0.5]), 2)
+    assert d["per_class"] == pytest.approx([0.3, 0.3]) and d["mean"] == pytest.approx(0.3)
+    with pytest.raises(ValueError, match=r"class ids 0…2, outside 0…1"):
+        quality.per_patch_fractions(np.array([[[0, 2]]], np.uint8), 2)
+
+
+def test_pixel_features_scale_by_dtype_not_by_value():
+    dark = np.zeros((8, 8), np.uint8)
+    dark[2:5, 2:5] = 1  # max 1: a value test would leave it unscaled
+    f_int = quality._pixel_features(dark)
+    f_float = quality._pixel_features(dark.astype(np.float32) / 255)
+    assert f_int[..., 0].max() == pytest.approx(1 / 255) and np.allclose(f_int, f_float, atol=1e-6)
+
+
+def test_similarity_older_than_the_pool_is_ignored(tmp_path):
+    import os
+
+    syn = tmp_path / "synthetic"
+    syn.mkdir()
+    (syn / "quality.json").write_text(json.dumps({"similarity": {"n_synthetic": 3}}))
+    (syn / "pool.json").write_text("{}")
+    old = (syn / "pool.json").stat().st_mtime_ns
+    os.utime(syn / "quality.json", ns=(old - 10**9, old - 10**9))  # written before the current pool
+    assert quality.load_similarity(tmp_path) is None
+    os.utime(syn / "quality.json", ns=(old + 10**9, old + 10**9))
+    assert quality.load_similarity(tmp_path) == {"n_synthetic": 3}
+
+
 def test_s2_known_patterns():
     # checkerboard of 1-px cells: S2(0) = 1/2; ring r=1 holds 4 edge neighbours (other colour, 0) and 4 diagonal
     # ones (hypot √2 rounds to 1; same colour, 1/2) → 1/4
@@ -112,6 +150,11 @@ def test_similarity_report_baselines_and_perturbation():
     assert rg["n_real_halves"] == [12, 12] and rg["n_synthetic"] == 30
     for key in ("class_fraction_w1", "s2_rms", "kid", "boundary_disagreement"):
         assert rg["measures"][key]["real_vs_real"] == rb["measures"][key]["real_vs_real"]  # same real halves
+        # the baseline itself is small: real halves are closer to each other than the bad set is to real
+        assert rb["measures"][key]["real_vs_real"] < rb["measures"][key]["synthetic_vs_real"], key
+    # KID's subsets are drawn from within the halves, so the real-vs-real spread is a real spread
+    kid = rg["measures"]["kid"]
+    assert kid["subset_size"] == 6 and kid["real_vs_real_std"] > 0
     for key in ("class_fraction_w1", "s2_rms", "kid"):
         assert rb["measures"][key]["synthetic_vs_real"] > rg["measures"][key]["synthetic_vs_real"], key
     assert set(rg["measures"]["s2_rms"]["per_class"]) == {"a", "b", "c"}

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from dualsynth import report
-from dualsynth.io import atomic_write_json
+from dualsynth.io import DataError, atomic_write_json
 from dualsynth.variants import parse_variant
 
 CLASSES = [{"name": "matrix", "color": [0, 0, 0], "grey": 0}, {"name": "pores", "color": [255, 255, 255], "grey": 255}]
@@ -111,3 +111,76 @@ def test_only_base_variants_give_no_verdict(tmp_path, rng):
     assert rep["runs"] == 1 and rep["best"]["variant"] == "SHQ_0"
     assert rep["variants_with_synthetic"] == 0 and rep["largest_gain"] is None
     assert "SHQ_0" in report.report_markdown(rep)
+
+
+def test_largest_gain_among_many_needs_holm_and_pairs_are_images(tmp_path):
+    """Ten variants against one base: the best one's raw p (0.036) would say "helps", Holm over ten does not."""
+    from dualsynth import batch, stats
+
+    rng = np.random.default_rng(3)
+    base = rng.uniform(0.5, 0.8, 20)
+    shift = np.linspace(-0.03, 0.06, 20)
+    rng.shuffle(shift)
+    scores = {"BMQ_0": {0: (base, {"matrix": 0.9, "pores": 0.5})},
+              "BMQ_50": {0: (base + shift, {"matrix": 0.9, "pores": 0.5})}}
+    for p in (75, 100, 150, 200, 250, 300):
+        scores[f"BMQ_{p}"] = {0: (base + rng.normal(0, 0.03, 20), {"matrix": 0.9, "pores": 0.5})}
+    for p in (50, 75):
+        scores[f"SyntMQ_{p}"] = {0: (base + rng.normal(0, 0.03, 20), {"matrix": 0.9, "pores": 0.5})}
+    rep = report.experiment_report(fake_experiment(tmp_path, "many", scores))
+    g = rep["largest_gain"]
+    assert g["variant"] == "BMQ_50" and rep["variants_with_synthetic"] == 9
+    assert 0.01 < g["p_value"] < 0.05 < g["p_holm"] and not g["significant"]
+    assert rep["verdict"] is False and "Holm-adjusted over 9 variants" in rep["statement"]
+    # two seeds with different per-image noise: one pair per test image (scores averaged over the seeds),
+    # not one pair per image × seed
+    noise, noise2 = rng.normal(0, 0.05, (2, 20)), rng.normal(0, 0.05, (2, 20))
+    two = {"BMQ_0": {s: (base + noise[s], {"matrix": 0.9}) for s in (0, 1)},
+           "BMQ_50": {s: (base + 0.01 + noise2[s], {"matrix": 0.9}) for s in (0, 1)}}
+    exp = fake_experiment(tmp_path, "two", two)
+    runs = batch.collect_metrics(exp)
+    ranked = stats.ranked_table(stats.summarise(runs, ["missing_class_iou"]), runs, exp).set_index("variant")
+    per_image = stats.paired_test(base + 0.01 + noise2.mean(0), base + noise.mean(0))["p_value"]
+    pooled = stats.paired_test((base + 0.01 + noise2).ravel(), (base + noise).ravel())["p_value"]
+    assert ranked.loc["BMQ_50", "paired_p"] == pytest.approx(per_image) and per_image != pytest.approx(pooled)
+
+
+def test_rare_flag_follows_rare_fraction(tmp_path, rng):
+    base = rng.uniform(0.6, 0.8, 20)
+    scores = {"SHQ_0": {0: (base, {"matrix": 0.9, "pores": 0.6})},
+              "SHQ_100": {0: (base - 0.05, {"matrix": 0.9, "pores": 0.3})}}
+    exp = fake_experiment(tmp_path, "rare", scores)
+    assert "pores (rare) loses most" in report.experiment_report(exp)["statement"]  # 5 % < 10 %
+    rep = report.experiment_report(exp, rare_fraction=0.01)
+    assert rep["rare_classes"] == [] and "pores loses most" in rep["statement"]
+
+
+def test_report_leaves_out_runs_made_from_other_data(tmp_path, rng):
+    """07/report after 04 or 05 were re-run without 06: old runs are not silently scored."""
+    import warnings
+
+    from dualsynth import batch
+    from dualsynth.io import write_png
+    from dualsynth.variants import inputs_fingerprint
+
+    base = rng.uniform(0.6, 0.8, 10)
+    exp = fake_experiment(tmp_path, "stale", {"SHQ_0": {0: (base, {"matrix": 0.9})},
+                                              "SHQ_100": {0: (base + 0.1, {"matrix": 0.9})}})
+    pair = {"image": str(exp / "i.png"), "mask": str(exp / "m.png"), "source": "synthetic", "id": "i"}
+    write_png(exp / "i.png", np.zeros((4, 4), np.uint8))
+    write_png(exp / "m.png", np.zeros((4, 4), np.uint8))
+    data = {"variant": "SHQ_100", "group": "mixed", "tier": "SHQ", "percent": 100, "augment": False,
+            "num_real_train": 1, "num_synthetic_train": 1, "train": [pair], "val": [pair], "test": [pair]}
+    atomic_write_json(exp / "variants" / "SHQ_100.json", data)
+    f = exp / "unet" / "SHQ_100" / "seed0" / "metrics.json"
+    atomic_write_json(f, {**json.loads(f.read_text()), "inputs_fingerprint": inputs_fingerprint(data)})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert sorted(batch.collect_metrics(exp).variant) == ["SHQ_0", "SHQ_100"]  # current: kept, no warning
+    write_png(exp / "i.png", np.full((4, 4), 7, np.uint8))  # 04 re-generated the synthetic image
+    with pytest.warns(UserWarning, match=r"1 finished run\(s\) .*other data.*SHQ_100.*left out"):
+        rep = report.experiment_report(exp)
+    assert rep["runs"] == 1 and rep["largest_gain"] is None
+    with pytest.raises(DataError, match=r"trained on other data .*SHQ_100"):
+        batch.collect_metrics(exp, stale="error")
+    assert len(batch.collect_metrics(exp, stale="keep")) == 2

@@ -2,6 +2,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from dualsynth import stats
 from dualsynth.stats import mean_ci, paired_test, summarise
 
 
@@ -52,3 +53,11 @@ def test_seed_gain_pairs_seeds_and_marks():
     ranked = pd.DataFrame({"variant": ["V", "W", "X", "B"], "gain_vs_base": [0.03, -0.05, 0.01, np.nan],
                            "significant": [True, True, False, np.nan]})
     assert significance_marks(ranked) == {"V": "*", "W": "v"}
+
+
+def test_holm_known_values_and_nan_outside_the_family():
+    # sorted 0.01, 0.03, 0.04 (m = 3): 3·0.01 = 0.03, 2·0.03 = 0.06, max(0.06, 1·0.04) = 0.06; NaN is not counted
+    adj = stats.holm([0.04, 0.01, float("nan"), 0.03])
+    assert adj[[0, 1, 3]] == pytest.approx([0.06, 0.03, 0.06]) and np.isnan(adj[2])
+    assert stats.holm([0.5, 0.9]).tolist() == [1.0, 1.0]  # capped at 1
+    assert stats.holm([]).shape == (0,)

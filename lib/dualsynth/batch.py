@@ -198,41 +198,69 @@ def _run_one(notebook: str, output: str, parameters: dict[str, Any], log_path: s
     return {"seconds": time.perf_counter() - t0}
 
 
+def _stale_check(experiment_path: Path):
+    """``is_stale(variant, metrics)``: the complete run's recorded ``inputs_fingerprint`` differs from what
+    ``variants/<variant>.json`` now lists (a run recorded before fingerprints existed, or whose variant file is
+    gone, is trusted).  Fingerprints are computed once per variant."""
+    from .variants import inputs_fingerprint, load_variant
+
+    current: dict[str, str | None] = {}
+
+    def is_stale(variant: str, metrics: Mapping[str, Any]) -> bool:
+        recorded = metrics.get("inputs_fingerprint")
+        if recorded is None:
+            return False
+        if variant not in current:
+            f = experiment_path / "variants" / f"{variant}.json"
+            current[variant] = inputs_fingerprint(load_variant(f)) if f.is_file() else None
+        return current[variant] is not None and recorded != current[variant]
+
+    return is_stale
+
+
 def study_runs(experiment_path: Path, variant_names: Sequence[str], seeds: Sequence[int]) -> list[dict[str, Any]]:
     """Every (variant, seed) run with its folder, whether its ``metrics.json`` is complete, and whether that
     complete run was made from other data than ``variants/<variant>.json`` now lists (``stale``: its recorded
     ``inputs_fingerprint`` differs; a run recorded before fingerprints existed is trusted)."""
     from .io import read_json
-    from .variants import inputs_fingerprint, load_variant, metrics_complete, run_dir
+    from .variants import metrics_complete, run_dir
 
+    is_stale = _stale_check(experiment_path)
     out = []
     for v in variant_names:
-        current = None
         for s in seeds:
             d = run_dir(experiment_path / "unet", v, s)
             done = metrics_complete(d / "metrics.json")
-            stale = False
-            if done:
-                recorded = read_json(d / "metrics.json").get("inputs_fingerprint")
-                if recorded is not None:
-                    current = current or inputs_fingerprint(load_variant(experiment_path / "variants" / f"{v}.json"))
-                    stale = recorded != current
+            stale = done and is_stale(v, read_json(d / "metrics.json"))
             out.append({"variant": v, "seed": int(s), "dir": d, "done": done, "stale": stale})
     return out
 
 
-def collect_metrics(experiment_path: str | os.PathLike) -> "pd.DataFrame":
-    """One row per COMPLETE run found under ``unet/*/seed*/metrics.json`` (incomplete or corrupt files are skipped)."""
+def collect_metrics(experiment_path: str | os.PathLike, stale: str = "drop") -> "pd.DataFrame":
+    """One row per COMPLETE run found under ``unet/*/seed*/metrics.json`` (incomplete or corrupt files are skipped).
+
+    A run trained on other data than its variant file now lists (04/05 re-run after it; see :func:`study_runs`)
+    is left out with a warning naming it (``stale="drop"``), refused (``"error"``) or kept (``"keep"``).
+    """
+    import warnings
+
     import pandas as pd
 
     from .io import read_json
     from .variants import metrics_complete
 
-    rows = []
-    for f in sorted(Path(experiment_path).glob("unet/*/seed*/metrics.json")):
+    if stale not in ("drop", "error", "keep"):
+        raise ValueError(f"stale must be drop, error or keep, got {stale!r}")
+    exp = Path(experiment_path)
+    is_stale = _stale_check(exp)
+    rows, left_out = [], []
+    for f in sorted(exp.glob("unet/*/seed*/metrics.json")):
         if not metrics_complete(f):
             continue
         m = read_json(f)
+        if stale != "keep" and is_stale(str(m.get("variant")), m):
+            left_out.append(str(f.parent))
+            continue
         row = {k: m.get(k) for k in ("variant", "seed", "group", "tier", "percent", "augment", "num_real_train",
                                      "num_synthetic_train", "num_test", "encoder", "epochs_run", "best_epoch",
                                      "train_seconds")}
@@ -240,6 +268,12 @@ def collect_metrics(experiment_path: str | os.PathLike) -> "pd.DataFrame":
         for name, val in (m.get("per_class") or {}).items():
             row[f"mciou_{name}"] = val
         rows.append(row)
+    if left_out:
+        msg = (f"{len(left_out)} finished run(s) in {exp / 'unet'} were trained on other data than "
+               f"{exp / 'variants'} now lists (04_synthesis or 05_datasets was re-run since), e.g. {left_out[0]}")
+        if stale == "error":
+            raise DataError(msg)
+        warnings.warn(msg + "; they are left out: re-run 06 for them", stacklevel=2)
     df = pd.DataFrame(rows)
     if len(df):
         df = df.sort_values(["group", "tier", "percent", "variant", "seed"], kind="stable").reset_index(drop=True)

@@ -372,7 +372,7 @@ def plot_metric_vs_percent(summary, metric: str, label: str | None = None, big_t
                     fontsize=11, fontweight="bold", color=TIER_LINE_COLORS.get(r.variant.split("_")[0], "k"))
     if len(shown):
         ax.plot([], [], ls="none", marker="$*$", color="k",
-                label="* / v: significantly better / worse than its base (paired Wilcoxon)")
+                label="* / v: significantly better / worse than its base (paired Wilcoxon, Holm)")
     ax.set_xlabel("synthetic images added [% of the base training set]")
     ax.set_ylabel(label or metric)
     if percents:

@@ -72,7 +72,9 @@ def _masks(masks, what: str = "masks") -> np.ndarray:
 def per_patch_fractions(masks, num_classes: int) -> np.ndarray:
     """``(N, K)``: the fraction of each class in each mask."""
     m = _masks(masks)
-    counts = np.stack([np.bincount(x.ravel(), minlength=num_classes)[:num_classes] for x in m])
+    if m.min() < 0 or m.max() >= num_classes:
+        raise ValueError(f"masks hold class ids {int(m.min())}…{int(m.max())}, outside 0…{num_classes - 1}")
+    counts = np.stack([np.bincount(x.ravel(), minlength=num_classes) for x in m])
     return counts / float(m.shape[1] * m.shape[2])
 
 
@@ -153,11 +155,12 @@ def kid(features_a, features_b, subset_size: int = 100, num_subsets: int = 100, 
 def _pixel_features(image: np.ndarray) -> np.ndarray:
     from skimage.feature import multiscale_basic_features
 
-    img = np.asarray(image, np.float32)
+    raw = np.asarray(image)
+    img = raw.astype(np.float32)
     if img.ndim == 2:
         img = img[..., None]
-    if img.max() > 1.0:
-        img = img / 255.0
+    if np.issubdtype(raw.dtype, np.integer):  # by dtype, not by value: a dark uint8 patch is scaled like the rest
+        img = img / float(np.iinfo(raw.dtype).max)
     # the pixel's own value and intensity / edges / texture at 4 scales (σ = 1 … 8 px)
     return np.concatenate([img, multiscale_basic_features(img, channel_axis=-1, sigma_min=1, sigma_max=8,
                                                           num_sigma=4)], axis=-1)
@@ -189,6 +192,8 @@ def boundary_disagreement(classifier, images, masks) -> dict[str, float]:
     from skimage.segmentation import find_boundaries
 
     m = _masks(masks)
+    if len(images) != len(m):
+        raise ValueError(f"{len(images)} images but {len(m)} masks")
     wrong_b = n_b = wrong_i = n_i = 0
     for img, mk in zip(images, m):
         f = _pixel_features(img)
@@ -228,6 +233,9 @@ def similarity_report(real_images, real_masks, synth_images, synth_masks, num_cl
     real_images, synth_images = np.asarray(real_images), np.asarray(synth_images)
     if len(rm) < 4:
         raise ValueError(f"need at least 4 real patches for two halves, got {len(rm)}")
+    for what, im, mk in (("real", real_images, rm), ("synthetic", synth_images, sm)):
+        if len(im) != len(mk):
+            raise ValueError(f"{len(im)} {what} images but {len(mk)} {what} masks")
     names = list(class_names) if class_names is not None else [str(c) for c in range(num_classes)]
     rng = np.random.default_rng(seed)
     perm = rng.permutation(len(rm))
@@ -252,7 +260,9 @@ def similarity_report(real_images, real_masks, synth_images, synth_masks, num_cl
                                   "(zero-padded, non-periodic), mean over classes"}
     if features_fn is not None:
         f_real, f_syn = np.asarray(features_fn(real_images, rm)), np.asarray(features_fn(synth_images, sm))
-        m = min(len(a), len(b))
+        # subsets of half a half: with the whole halves every real-vs-real subset would be the same pair of sets
+        # and its spread 0, not comparable with the synthetic one
+        m = max(2, min(len(a), len(b)) // 2)
         k_real = kid(f_real[a], f_real[b], subset_size=m, seed=seed)
         k_syn = kid(f_syn, f_real[b], subset_size=m, seed=seed)
         measures["kid"] = {**_pair(k_syn["mean"], k_real["mean"]), "synthetic_vs_real_std": k_syn["std"],
@@ -309,7 +319,7 @@ def experiment_similarity(experiment_dir: str | os.PathLike, seed: int = 0, gene
     """:func:`similarity_report` for an experiment folder: the training patches of the generator's tier (from
     ``vqvae/summary.json``, BMQ by default) against the synthetic pool; KID on the experiment's VQ-VAE encoder
     (``generator`` if given, else the ``best`` checkpoint) when ``features``."""
-    from .io import read_image, read_json, read_mask
+    from .io import DataError, read_image, read_json, read_mask
     from .patching import Manifest
     from .synthesis import load_pool
 
@@ -319,6 +329,8 @@ def experiment_similarity(experiment_dir: str | os.PathLike, seed: int = 0, gene
     real_images, real_masks = manifest.load_arrays(tier, "train")
     syn_dir = exp / "synthetic"
     pool = load_pool(syn_dir)
+    if not pool["items"]:
+        raise DataError(f"{syn_dir / 'pool.json'}: the synthetic pool is empty (04_synthesis kept no pair)")
     syn_images = np.stack([read_image(syn_dir / it["image"], channels=manifest.channels) for it in pool["items"]])
     syn_masks = np.stack([read_mask(syn_dir / it["mask"], manifest.palette, "index") for it in pool["items"]])
     features_fn = None
@@ -347,14 +359,22 @@ def write_similarity(experiment_dir: str | os.PathLike, out_path: str | os.PathL
 
 def load_similarity(experiment_dir: str | os.PathLike, extra_dirs: Sequence[str | os.PathLike] = ()) -> dict | None:
     """The similarity numbers of an experiment: ``synthetic/quality.json["similarity"]`` (written by 04), else
-    ``results/similarity.json`` (or ``similarity.json`` in one of ``extra_dirs``); None if none exists."""
+    ``results/similarity.json`` (or ``similarity.json`` in one of ``extra_dirs``); None if none exists.
+
+    A file older than the pool (``synthetic/pool.json``; 04 killed after writing a new pool) is ignored."""
     from .io import read_json
 
     exp = Path(experiment_dir)
+    pool = exp / "synthetic" / "pool.json"
+    pool_time = pool.stat().st_mtime_ns if pool.is_file() else 0
+
+    def current(p: Path) -> bool:
+        return p.is_file() and p.stat().st_mtime_ns >= pool_time
+
     q = exp / "synthetic" / "quality.json"
-    if q.is_file() and "similarity" in (data := read_json(q)):
+    if current(q) and "similarity" in (data := read_json(q)):
         return data["similarity"]
     for p in [exp / "results" / "similarity.json", *(Path(d) / "similarity.json" for d in extra_dirs)]:
-        if p.is_file():
+        if current(p):
             return read_json(p)
     return None

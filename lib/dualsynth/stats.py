@@ -6,7 +6,7 @@ from typing import Sequence
 import numpy as np
 from scipy import stats as sps
 
-__all__ = ["mean_ci", "summarise", "paired_test", "seed_gain", "significance_marks", "ranked_table"]
+__all__ = ["mean_ci", "summarise", "paired_test", "holm", "seed_gain", "significance_marks", "ranked_table"]
 
 
 def mean_ci(values: Sequence[float], confidence: float = 0.95) -> dict[str, float]:
@@ -63,6 +63,24 @@ def paired_test(a: Sequence[float], b: Sequence[float]) -> dict[str, float]:
     return out
 
 
+def holm(p_values: Sequence[float]) -> np.ndarray:
+    """Holm–Bonferroni adjusted p-values (same order; NaN stays NaN and is not counted in the family).
+
+    Comparing many variants with their base and then looking at the best one needs a correction for the number
+    of comparisons: adjusted p < alpha controls the chance of *any* false "significant" at alpha.  (Written
+    here because it is five lines; statsmodels' ``multipletests(method="holm")`` gives the same values.)
+    """
+    p = np.asarray(p_values, dtype=float)
+    out = np.full(p.shape, np.nan)
+    ok = np.flatnonzero(np.isfinite(p))
+    m = len(ok)
+    if m:
+        order = ok[np.argsort(p[ok], kind="stable")]
+        adj = np.maximum.accumulate((m - np.arange(m)) * p[order])
+        out[order] = np.minimum(adj, 1.0)
+    return out
+
+
 def base_of(variant: str) -> str | None:
     """The real base set a variant is compared with: ``<tier>_0`` (``BLQ_0``/``BMQ_0`` for SyntLQ/SyntMQ)."""
     from .variants import parse_variant
@@ -88,7 +106,10 @@ def ranked_table(summary, runs, experiment_path, metric: str = "missing_class_io
     The gain and its interval (``gain_n``, ``gain_ci_low/high``) are over the seeds the variant and its base both
     have (:func:`seed_gain`); without a common seed the gain is the difference of the means.
 
-    The paired test pairs test images, each image's score averaged over the seeds both variants have.
+    The paired test pairs test images, each image's score averaged over the seeds both variants have.  Its
+    p-value is ``paired_p``; ``paired_p_holm`` is Holm-adjusted over all the variants tested here, and
+    ``significant`` means ``paired_p_holm < alpha`` (the family-wise error stays at ``alpha`` however many
+    variants are compared).
     """
     import pandas as pd
 
@@ -110,13 +131,16 @@ def ranked_table(summary, runs, experiment_path, metric: str = "missing_class_io
                 # independent samples of the test set, so they are not pooled as extra pairs)
                 t = paired_test(np.mean([a[s] for s in common], axis=0), np.mean([b[s] for s in common], axis=0))
                 row["paired_p"] = t["p_value"]
-                row["significant"] = bool(np.isfinite(t["p_value"]) and t["p_value"] < alpha)
             g = seed_gain(runs, name, base, metric)
             row.update({"gain_n": g["n"], "gain_ci_low": g["ci_low"], "gain_ci_high": g["ci_high"]})
             if g["n"]:  # on the seeds both have, like the paired test (equal to the difference of means otherwise)
                 row["gain_vs_base"] = g["mean"]
         rows.append(row)
-    return pd.DataFrame(rows).sort_values(metric, ascending=False, kind="stable").reset_index(drop=True)
+    df = pd.DataFrame(rows)
+    if "paired_p" in df:
+        df["paired_p_holm"] = holm(df["paired_p"].to_numpy(dtype=float))
+        df["significant"] = (df["paired_p_holm"] < alpha).where(df["paired_p"].notna())
+    return df.sort_values(metric, ascending=False, kind="stable").reset_index(drop=True)
 
 
 def seed_gain(runs, variant: str, base: str, metric: str = "missing_class_iou", confidence: float = 0.95) -> dict:
