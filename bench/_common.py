@@ -87,9 +87,12 @@ def run_child(script: str, task: dict, env: dict | None = None) -> Any:
     cmd = [sys.executable, os.path.abspath(script), "--child", json.dumps(task)]
     proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **(env or {})})
     if proc.returncode != 0:
-        raise RuntimeError(f"task {task} failed:\n{proc.stderr[-4000:]}")
-    line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")][-1]
-    return json.loads(line[len("RESULT "):])
+        raise RuntimeError(f"child {' '.join(cmd[1:])} failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+    if not lines:
+        raise RuntimeError(f"child {' '.join(cmd[1:])} printed no 'RESULT ' line; end of its output:\n"
+                           f"{proc.stdout[-2000:]}{proc.stderr[-2000:]}")
+    return json.loads(lines[-1][len("RESULT "):])
 
 
 def child_main(args_child: str, fn: Callable[[dict], Any]) -> None:
@@ -107,7 +110,7 @@ def fit_exponent(xs: Sequence[float], ys: Sequence[float]) -> dict[str, float]:
     a = my - b * mx
     ss_tot = sum((v - my) ** 2 for v in ly)
     ss_res = sum((v - (a + b * u)) ** 2 for u, v in zip(lx, ly))
-    return dict(exponent=round(b, 3), factor=a and math.exp(a), r2=round(1 - ss_res / ss_tot, 4) if ss_tot else 1.0)
+    return dict(exponent=round(b, 3), factor=math.exp(a), r2=round(1 - ss_res / ss_tot, 4) if ss_tot else 1.0)
 
 
 def write_result(path: str, payload: dict) -> None:

@@ -27,8 +27,8 @@ rounds.  Peak memory is measured separately, one fresh subprocess per sampler
 (warm-up + one run; ``ru_maxrss``, TensorFlow runtime included, and its increase
 over the RSS after importing TensorFlow and building the model).
 
-Output: ``bench/results/sampler.json`` (written atomically: temporary file +
-``os.replace``).
+Output: ``bench/results/sampler.json`` (written atomically by
+``dualsynth.io.atomic_write_json``).
 
 Usage:  python bench/bench_sampler.py [--quick] [--out PATH]
 """
@@ -37,17 +37,18 @@ from __future__ import annotations
 import argparse
 import datetime as _dt
 import inspect
-import json
 import os
 import platform
 import resource
 import statistics
-import subprocess
 import sys
 import time
 
 import dualsynth  # noqa: F401  (before TensorFlow)
 from dualsynth import pixelcnn as pc
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import _common as C  # noqa: E402
 
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
@@ -138,16 +139,6 @@ def measure_memory(kind: str, batch: int, spec: dict) -> dict:
     return dict(peak_rss_mb=round(peak, 1), rss_increase_mb=round(peak - rss0, 1))
 
 
-def _child(task: dict):
-    """Run one task in a fresh Python process and return its JSON result."""
-    cmd = [sys.executable, os.path.abspath(__file__), "--child", json.dumps(task)]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise RuntimeError(f"task {task} failed:\n{proc.stderr[-3000:]}")
-    line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")][-1]
-    return json.loads(line[len("RESULT "):])
-
-
 def _run_task(task: dict):
     tf.get_logger().setLevel("ERROR")
     if task["task"] == "time":
@@ -166,16 +157,6 @@ def _fmt(rec):
             f"s/64x64-batch{mem}{ratio}{ex}")
 
 
-def _write_json(path, payload):
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as fh:
-        json.dump(payload, fh, indent=2)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="fewer rounds / positions")
@@ -192,7 +173,7 @@ def main(argv=None):
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:
-        print("RESULT " + json.dumps(_run_task(json.loads(args.child))), flush=True)
+        C.child_main(args.child, _run_task)
         return None
     rounds = args.repeats or (2 if args.quick else 3)
     naive_pos = args.naive_positions or (32 if args.quick else 64)
@@ -217,11 +198,11 @@ def main(argv=None):
             specs = [fast_spec, naive_spec]
             if batch == 16 and not args.no_extras:
                 specs += extras
-            recs = _child(dict(task="time", kind=kind, batch=batch, specs=specs, rounds=rounds))
+            recs = C.run_child(__file__, dict(task="time", kind=kind, batch=batch, specs=specs, rounds=rounds))
             fast, naive = recs[0], recs[1]
             for spec, rec in zip(specs[:2], (fast, naive)):
                 mem = (dict(peak_rss_mb=None, rss_increase_mb=None) if args.no_memory else
-                       _child(dict(task="memory", kind=kind, batch=batch, spec=spec)))
+                       C.run_child(__file__, dict(task="memory", kind=kind, batch=batch, spec=spec)))
                 rec.update(mem)
             for rec in [fast] + recs[2:]:
                 rec["ratio_vs_naive"] = statistics.median(
@@ -261,8 +242,8 @@ def main(argv=None):
                 "shared 2-core CPU machine: absolute numbers vary with the load of other jobs.",
             ]),
         models=models_info, summary=summary, results=results)
-    _write_json(args.out, payload)
-    print(f"wrote {args.out} ({payload['meta']['total_seconds']} s)")
+    C.write_result(args.out, payload)
+    print(f"total {payload['meta']['total_seconds']} s")
     return payload
 
 

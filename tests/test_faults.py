@@ -145,6 +145,55 @@ def test_study_refuses_finished_runs_made_from_other_data(tmp_path):
         batch.run_study("smoke", "e", "SHQ_0", outputs_dir=str(tmp_path), progress=False)
 
 
+# --------------------------------------------------------------------------- corrupt saved files: name the file
+def test_corrupt_saved_json_names_the_file(tmp_path):
+    """A truncated or non-UTF-8 config of a saved model gives a DataError naming the file, not a bare decode error."""
+    from dualsynth import pixelcnn as pc
+    from dualsynth import vqvae as vq
+    from dualsynth.segmentation import load_unet_config
+
+    pc.save_prior(pc.make_prior("pixelcnn", 4, hidden_channels=8, num_blocks=1), tmp_path / "prior")
+    (tmp_path / "prior" / "prior.json").write_text('{"kind": "pixel')
+    with pytest.raises(DataError, match=r"prior[/\\]prior\.json: not valid JSON"):
+        pc.load_prior(tmp_path / "prior")
+    (tmp_path / "vq").mkdir()
+    (tmp_path / "vq" / "config.json").write_bytes(b'{"in_channels": \xff}')
+    with pytest.raises(DataError, match=r"vq[/\\]config\.json: not valid JSON"):
+        vq.load_vqvae(tmp_path / "vq")
+    (tmp_path / "unet").mkdir()
+    (tmp_path / "unet" / "unet_config.json").write_text("")
+    with pytest.raises(DataError, match=r"unet[/\\]unet_config\.json: not valid JSON"):
+        load_unet_config(tmp_path / "unet")
+
+
+# --------------------------------------------------------------------------- benchmark helpers
+@pytest.fixture
+def bench_common(monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "bench"))
+    import _common
+
+    return _common
+
+
+def test_bench_child_without_result_line(bench_common, tmp_path):
+    script = tmp_path / "child.py"
+    script.write_text("print('warming up')\nprint('oops, forgot the result')\n")
+    with pytest.raises(RuntimeError, match=r"(?s)child .*child\.py --child .*printed no 'RESULT ' line.*forgot the "
+                                           r"result"):
+        bench_common.run_child(str(script), {"n": 1})
+    script.write_text("import sys\nsys.exit('bad task')\n")
+    with pytest.raises(RuntimeError, match=r"(?s)child .*child\.py --child .*failed \(exit 1\).*bad task"):
+        bench_common.run_child(str(script), {"n": 1})
+    script.write_text("print('RESULT ' + '[1, 2]')\n")
+    assert bench_common.run_child(str(script), {}) == [1, 2]
+
+
+def test_bench_fit_exponent_factor_at_zero_intercept(bench_common):
+    fit = bench_common.fit_exponent([1, 2, 4, 8], [1, 2, 4, 8])  # y = 1 * x: log-intercept a == 0
+    assert fit["exponent"] == 1.0 and fit["factor"] == pytest.approx(1.0) and fit["r2"] == 1.0
+    assert bench_common.fit_exponent([1, 2, 4], [3, 12, 48])["factor"] == pytest.approx(3.0)
+
+
 # --------------------------------------------------------------------------- output folders
 def test_output_folder_not_creatable(tmp_path):
     (tmp_path / "file").write_text("x")

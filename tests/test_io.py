@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dualsynth.io import DataError, atomic_write_json, read_image, read_json, read_mask, write_png
+from dualsynth.io import (DataError, atomic_write_json, read_image, read_json, read_mask, read_rows_csv, recover_dir,
+                          write_png, write_rows_csv)
 
 
 def test_read_rgb_grey_rgba_16bit(tmp_path, rng):
@@ -111,3 +112,59 @@ def test_unwritable_folder(tmp_path):
         ro.chmod(0o500)
         with pytest.raises(DataError, match="not writable"):
             write_png(ro / "x.png", np.zeros((2, 2), np.uint8))
+
+
+def test_read_json_not_utf8_names_file(tmp_path):
+    f = tmp_path / "bad.json"
+    f.write_bytes(b'{"a": "\xff\xfe"}')
+    with pytest.raises(DataError, match=r"bad\.json: not valid JSON \(not UTF-8"):
+        read_json(f)
+
+
+def test_read_rows_csv_bad_rows_name_file_and_line(tmp_path):
+    f = tmp_path / "history.csv"
+    write_rows_csv(f, ("step", "loss"), [{"step": 1, "loss": 0.5}, {"step": 2, "loss": 0.25}], int_columns=("step",))
+    assert read_rows_csv(f, ("step", "loss"), int_columns=("step",)) == [{"step": 1, "loss": 0.5},
+                                                                        {"step": 2, "loss": 0.25}]
+    f.write_text("step,loss\n1,0.5\n2\n")  # a short row (e.g. a hand-edited or truncated file)
+    with pytest.raises(DataError, match=r"history\.csv: line 3: short row, no value for column 'loss'"):
+        read_rows_csv(f, ("step", "loss"), int_columns=("step",))
+    f.write_text("step,loss\n1,0.5\n2,abc\n")
+    with pytest.raises(DataError, match=r"history\.csv: line 3: column 'loss': 'abc' is not a number"):
+        read_rows_csv(f, ("step", "loss"), int_columns=("step",))
+    f.write_text("step,loss\nx,0.5\n")
+    with pytest.raises(DataError, match=r"history\.csv: line 2: column 'step': 'x' is not a number"):
+        read_rows_csv(f, ("step", "loss"), int_columns=("step",))
+
+
+def _folder(path, complete: bool):
+    path.mkdir()
+    (path / "weights").write_text(path.name)
+    if complete:
+        (path / "done.json").write_text("{}")  # written last: marks a complete folder
+    return path
+
+
+def test_recover_dir_after_kill_between_renames(tmp_path):
+    """replace_dir killed between its renames: ``x.old`` and a complete ``x.tmp``, no ``x`` → the tmp is put in place."""
+    _folder(tmp_path / "x.old", True)
+    _folder(tmp_path / "x.tmp", True)
+    recover_dir(tmp_path / "x")
+    assert (tmp_path / "x" / "weights").read_text() == "x.tmp"
+    assert sorted(os.listdir(tmp_path)) == ["x"]
+
+
+def test_recover_dir_never_promotes_an_incomplete_tmp(tmp_path):
+    """With a ``complete`` check an incomplete ``x.tmp`` is dropped and the good ``x.old`` restored."""
+    complete = lambda p: (p / "done.json").is_file()  # noqa: E731
+    _folder(tmp_path / "x.old", True)
+    _folder(tmp_path / "x.tmp", False)
+    recover_dir(tmp_path / "x", complete=complete)
+    assert (tmp_path / "x" / "weights").read_text() == "x.old"
+    assert sorted(os.listdir(tmp_path)) == ["x"]
+    # a complete tmp still wins
+    os.rename(tmp_path / "x", tmp_path / "x.old")
+    _folder(tmp_path / "x.tmp", True)
+    recover_dir(tmp_path / "x", complete=complete)
+    assert (tmp_path / "x" / "weights").read_text() == "x.tmp"
+    assert sorted(os.listdir(tmp_path)) == ["x"]

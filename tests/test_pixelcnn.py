@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -330,6 +331,49 @@ def test_save_and_load_roundtrip(models, kind, tmp_path):
     assert np.abs(fresh(codes).numpy() - m(codes).numpy()).max() > 1e-3
     with pytest.raises(FileNotFoundError):
         pc.load_prior(tmp_path / "nothing")
+
+
+def _assert_same_prior(loaded, model):
+    codes = _random_codes((2, 5, 6), seed=12)
+    assert type(loaded) is type(model) and loaded.config == model.config
+    np.testing.assert_array_equal(loaded(codes).numpy(), model(codes).numpy())
+
+
+def test_save_prior_after_kill_between_renames_loses_nothing(models, tmp_path, monkeypatch):
+    """A save killed between the two renames of its folder swap leaves ``prior.old`` and a complete ``prior.tmp``
+    and no ``prior``.  A re-run killed while writing its new tmp must not lose that complete prior."""
+    from dualsynth import io as dio
+
+    older, newer = models["pixelcnn"], models["gated"]
+    pc.save_prior(older, tmp_path / "prior.old")
+    pc.save_prior(newer, tmp_path / "prior.tmp")
+    real_write = dio.atomic_write_json
+
+    def killed_at_config(path, data):
+        if Path(path).name == "prior.json":
+            raise KeyboardInterrupt("killed while writing prior.tmp")
+        return real_write(path, data)
+
+    monkeypatch.setattr(dio, "atomic_write_json", killed_at_config)
+    with pytest.raises(KeyboardInterrupt):
+        pc.save_prior(pc.make_prior("pixelcnn", K, seed=9, **SMALL["pixelcnn"]), tmp_path / "prior")
+    monkeypatch.undo()
+    assert not (tmp_path / "prior.old").exists()
+    _assert_same_prior(pc.load_prior(tmp_path / "prior"), newer)  # the swap was finished before tmp was reused
+    pc.save_prior(older, tmp_path / "prior")  # the next save cleans up the incomplete tmp
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["prior"]
+    _assert_same_prior(pc.load_prior(tmp_path / "prior"), older)
+
+
+def test_load_prior_never_promotes_an_incomplete_tmp(models, tmp_path):
+    """``prior.old`` complete, ``prior.tmp`` without ``prior.json`` (killed while written), no ``prior``: the old
+    prior is restored, the incomplete one dropped."""
+    good = models["pixelcnn"]
+    pc.save_prior(good, tmp_path / "prior.old")
+    pc.save_prior(models["gated"], tmp_path / "prior.tmp")
+    (tmp_path / "prior.tmp" / "prior.json").unlink()
+    _assert_same_prior(pc.load_prior(tmp_path / "prior"), good)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["prior"]
 
 
 def test_fit_prior_resumes_and_keeps_best(tmp_path):

@@ -21,7 +21,7 @@ import shutil
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -116,6 +116,8 @@ def read_json(path: str | os.PathLike) -> Any:
         return json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
         raise DataError(f"{path}: not valid JSON ({e})") from e
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not valid JSON (not UTF-8 text: {e})") from e
 
 
 def atomic_save_npz(path: str | os.PathLike, **arrays: np.ndarray) -> Path:
@@ -149,15 +151,31 @@ def write_rows_csv(path: str | os.PathLike, columns: Sequence[str], rows: Iterab
 
 
 def read_rows_csv(path: str | os.PathLike, columns: Sequence[str], int_columns: Sequence[str] = ()) -> list[dict[str, Any]]:
-    """Rows written by :func:`write_rows_csv`; a :class:`DataError` names the file if a column is missing."""
+    """Rows written by :func:`write_rows_csv`.
+
+    A :class:`DataError` names the file (and the line) if a column is missing, a row is short or a cell is
+    not a number.
+    """
     path = Path(path)
     ints = set(int_columns)
+    rows = []
     with open(path, newline="", encoding="utf-8") as fh:
         reader = csv.DictReader(fh)
         missing = set(columns) - set(reader.fieldnames or ())
         if missing:
             raise DataError(f"{path}: missing history columns {sorted(missing)}; delete the file's folder to start again")
-        return [{c: int(float(r[c])) if c in ints else float(r[c]) for c in columns} for r in reader]
+        for r in reader:
+            row = {}
+            for c in columns:
+                cell = r[c]
+                if cell is None:
+                    raise DataError(f"{path}: line {reader.line_num}: short row, no value for column {c!r}")
+                try:
+                    row[c] = int(float(cell)) if c in ints else float(cell)
+                except (ValueError, OverflowError):
+                    raise DataError(f"{path}: line {reader.line_num}: column {c!r}: {cell!r} is not a number") from None
+            rows.append(row)
+    return rows
 
 
 # --------------------------------------------------------------------------- input fingerprints
@@ -232,12 +250,16 @@ def replace_dir(tmp: str | os.PathLike, target: str | os.PathLike) -> Path:
     return target
 
 
-def recover_dir(target: str | os.PathLike) -> Path:
-    """Finish or undo an interrupted :func:`replace_dir` of ``target`` (call before reading it)."""
+def recover_dir(target: str | os.PathLike, complete: Callable[[Path], bool] | None = None) -> Path:
+    """Finish or undo an interrupted :func:`replace_dir` of ``target`` (call before reading or rewriting it).
+
+    ``complete(folder)``, if given, checks that ``<target>.tmp`` is complete before it is put in place; an
+    incomplete one is deleted and ``<target>.old`` is restored instead.
+    """
     target = Path(target)
     tmp, old = _aside(target)
     if not target.exists() and old.exists():
-        if tmp.exists():  # killed between the two renames: tmp is complete
+        if tmp.exists() and (complete is None or complete(tmp)):  # killed between the two renames
             os.replace(tmp, target)
         else:
             os.replace(old, target)

@@ -683,9 +683,10 @@ def save_prior(model, path: str | os.PathLike, step: int | None = None, generato
     """
     import shutil
 
-    from .io import atomic_write_json, replace_dir
+    from .io import atomic_write_json, recover_dir, replace_dir
 
     path = Path(path)
+    recover_dir(path, complete=_complete_prior)  # finish a swap killed between its renames before tmp is reused
     tmp = path.with_name(path.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -699,30 +700,35 @@ def save_prior(model, path: str | os.PathLike, step: int | None = None, generato
     return str(path / _WEIGHTS)
 
 
+def _complete_prior(folder: Path) -> bool:
+    return (Path(folder) / _CONFIG).is_file()  # save_prior writes prior.json last
+
+
 def _saved_step(path: Path) -> int | None:
+    from .io import read_json
+
     f = Path(path) / "step.json"
-    return int(json.loads(f.read_text())["step"]) if f.is_file() and (Path(path) / _CONFIG).is_file() else None
+    return int(read_json(f)["step"]) if f.is_file() and _complete_prior(path) else None
 
 
 def load_prior(path: str | os.PathLike):
     """Rebuild a prior saved by :func:`save_prior` (config + weights)."""
-    from .io import recover_dir
+    from .io import read_json, recover_dir
 
     if not os.path.exists(path):  # only finish a swap killed between its renames; never touch a live folder
-        recover_dir(path)
+        recover_dir(path, complete=_complete_prior)
     path = os.fspath(path)
     cfg_file = os.path.join(path, _CONFIG)
     if not os.path.exists(cfg_file):
         raise FileNotFoundError(f"no prior saved in {path!r} ({_CONFIG} missing)")
-    with open(cfg_file) as fh:
-        cfg = json.load(fh)
+    cfg = read_json(cfg_file)
     kind = cfg.pop("kind")
     num_embeddings = cfg.pop("num_embeddings")
     model = make_prior(kind, num_embeddings, **cfg)
     tf.train.Checkpoint(model=model).read(os.path.join(path, _WEIGHTS)).assert_consumed()
     model.saved_in = path
     gen = os.path.join(path, "generator.json")
-    model.generator_id = json.loads(Path(gen).read_text())["generator_id"] if os.path.exists(gen) else None
+    model.generator_id = read_json(gen)["generator_id"] if os.path.exists(gen) else None
     return model
 
 
@@ -1169,11 +1175,11 @@ def fit_prior(model, codes_train: np.ndarray, codes_val: np.ndarray, checkpoint_
     Returns ``{"history": rows, "best_step", "best_val_nll", "final_step", "stopped_early"}``; ``model`` ends
     with the BEST weights.
     """
-    from .io import fingerprint, guard_inputs, read_rows_csv, recover_dir, write_rows_csv
+    from .io import fingerprint, guard_inputs, read_json, read_rows_csv, recover_dir, write_rows_csv
 
     ckpt_dir = Path(checkpoint_dir)
     (ckpt_dir / "last").mkdir(parents=True, exist_ok=True)
-    recover_dir(ckpt_dir / "best")  # a kill between the two renames of the best-folder swap
+    recover_dir(ckpt_dir / "best", complete=_complete_prior)  # a kill between the two renames of the best-folder swap
     opt = snt.optimizers.Adam(learning_rate)
     step_var = tf.Variable(0, dtype=tf.int64)
     # create the optimizer's slots before restoring so they are restored too
@@ -1186,7 +1192,7 @@ def fit_prior(model, codes_train: np.ndarray, codes_val: np.ndarray, checkpoint_
                  resuming=manager.latest_checkpoint is not None)
     rows: list[dict] = []
     if manager.latest_checkpoint:
-        saved = json.loads((ckpt_dir / "best" / _CONFIG).read_text()) if (ckpt_dir / "best" / _CONFIG).exists() else None
+        saved = read_json(ckpt_dir / "best" / _CONFIG) if (ckpt_dir / "best" / _CONFIG).exists() else None
         arch = {k: v for k, v in json.loads(json.dumps(model.config)).items() if k != "seed"}
         if saved is not None and {k: v for k, v in saved.items() if k != "seed"} != arch:
             raise ValueError(f"{ckpt_dir} holds a prior with config {saved}, not {model.config}; delete {ckpt_dir} "

@@ -70,7 +70,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import io as _io
-import json
 import logging
 import math
 import os
@@ -87,7 +86,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 import dualsynth  # noqa: F401  (sets TF_USE_LEGACY_KERAS / SM_FRAMEWORK before TF)
-from dualsynth.io import (DataError, atomic_path, atomic_write_json, read_rows_csv, stale_inputs_message,
+from dualsynth.io import (DataError, atomic_path, atomic_write_json, read_json, read_rows_csv, stale_inputs_message,
                           write_rows_csv)
 from dualsynth.metrics import evaluate as _evaluate_masks
 
@@ -980,7 +979,7 @@ def _read_state(out: Path) -> dict | None:
     f = out / CHECKPOINT_DIR / STATE_FILE
     if not f.is_file():
         return None
-    state = json.loads(f.read_text(encoding="utf-8"))
+    state = read_json(f)
     if not (out / CHECKPOINT_DIR / state["checkpoint"]).is_dir():
         raise FileNotFoundError(f"{f} names checkpoint {state['checkpoint']!r}, which is missing")
     return state
@@ -1056,7 +1055,7 @@ def train_unet(
                     f"{out} holds results of an earlier run ({HISTORY_FILE}) but no {CHECKPOINT_DIR}/ to resume "
                     "from; pass resume=False to overwrite them or use another out_dir"
                 )
-            summary = json.loads(summary_file.read_text(encoding="utf-8"))
+            summary = read_json(summary_file)
             _check_resumable(out, "finished run", summary["config"], summary["fingerprint"], cfg, fingerprint)
             if not (summary["stopped_early"] or summary["epochs_run"] >= cfg.epochs):
                 raise ValueError(
@@ -1230,7 +1229,7 @@ def load_unet_config(out_dir: str | os.PathLike) -> UNetConfig:
     path = Path(out_dir) / CONFIG_FILE
     if not path.is_file():
         raise FileNotFoundError(f"no {CONFIG_FILE} in {out_dir}: not a U-Net training folder")
-    return UNetConfig.from_dict(json.loads(path.read_text(encoding="utf-8")))
+    return UNetConfig.from_dict(read_json(path))
 
 
 def load_unet(out_dir: str | os.PathLike, input_size: int | None = None) -> tf.keras.Model:

@@ -39,7 +39,8 @@ import numpy as np
 import sonnet as snt
 import tensorflow as tf
 
-from .io import atomic_save_npz, atomic_write_text, fingerprint, guard_inputs, read_rows_csv, write_rows_csv
+from .io import (atomic_save_npz, atomic_write_text, fingerprint, guard_inputs, read_json, read_rows_csv,
+                 write_rows_csv)
 
 __all__ = [
     "ResidualStack",
@@ -511,8 +512,7 @@ def _read_config(checkpoint_dir: Path) -> dict[str, Any]:
     path = checkpoint_dir / _CONFIG_FILE
     if not path.exists():
         raise FileNotFoundError(f"no {_CONFIG_FILE} in {checkpoint_dir} (not a VQ-VAE checkpoint directory?)")
-    with open(path) as f:
-        return json.load(f)
+    return read_json(path)
 
 
 def _latest(checkpoint_dir: Path, which: str) -> str | None:
