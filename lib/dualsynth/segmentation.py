@@ -68,7 +68,6 @@ as ``dualsynth.segmentation``).
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import io as _io
 import logging
 import math
@@ -88,6 +87,7 @@ import numpy as np
 import dualsynth  # noqa: F401  (sets TF_USE_LEGACY_KERAS / SM_FRAMEWORK before TF)
 from dualsynth.io import (DataError, atomic_path, atomic_write_json, read_json, read_rows_csv, stale_inputs_message,
                           write_rows_csv)
+from dualsynth.io import fingerprint as _fingerprint
 from dualsynth.metrics import evaluate as _evaluate_masks
 
 import tensorflow as tf  # noqa: E402
@@ -756,14 +756,6 @@ def compile_unet(model: tf.keras.Model, cfg: UNetConfig) -> tf.keras.Model:
         metrics=[sm.metrics.IOUScore(threshold=0.5), sm.metrics.FScore(threshold=0.5)],
     )
     return model
-
-
-def _fingerprint(*arrays: np.ndarray) -> str:
-    h = hashlib.sha1()
-    for a in arrays:
-        h.update(repr((a.shape, str(a.dtype))).encode())
-        h.update(np.ascontiguousarray(a).data)
-    return h.hexdigest()
 
 
 def _finite(v: Any) -> bool:
