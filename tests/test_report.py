@@ -184,3 +184,17 @@ def test_report_leaves_out_runs_made_from_other_data(tmp_path, rng):
     with pytest.raises(DataError, match=r"trained on other data .*SHQ_100"):
         batch.collect_metrics(exp, stale="error")
     assert len(batch.collect_metrics(exp, stale="keep")) == 2
+
+
+def test_one_seed_gain_is_not_established(tmp_path, rng):
+    """A significant per-image gain on one seed compares two trained models, not two recipes: no "helps" yet."""
+    base = rng.uniform(0.6, 0.8, 20)
+    scores = {"SHQ_0": {0: (base, {"matrix": 0.9, "pores": 0.6})},
+              "SHQ_100": {0: (base + 0.05 + rng.normal(0, 0.01, 20), {"matrix": 0.9, "pores": 0.7})}}
+    exp = fake_experiment(tmp_path, "oneseed", scores)
+    rep = report.experiment_report(exp)
+    g = rep["largest_gain"]
+    assert g["significant"] and g["gain_n"] == 1 and g["gain"] > 0.04
+    assert rep["verdict"] is None and rep["statement"].startswith("Not established on data-oneseed")
+    assert "run SHQ_100 and SHQ_0 with more seeds" in rep["statement"]
+    assert "| not established (1 seed) |" in report.combined_table([rep])

@@ -11,10 +11,10 @@ of variants and seeds), ranks them (:func:`dualsynth.stats.ranked_table`) and st
 * the per-class gains of that variant and, averaged over all variants with synthetic data, per class — rare
   classes (under ``rare_fraction`` of the real training pixels) flagged;
 * the similarity numbers of the synthetic pool (:mod:`dualsynth.quality`) beside their real-vs-real baselines;
-* a plain verdict: synthetic data helps when the largest gain is positive and significant (Holm-adjusted
-  p < ``alpha``, and its
-  interval above 0 when there are several seeds); otherwise it does not, with the reasons the numbers give (classes
-  the generator under- or over-reproduces, measures far above their baseline, classes that lose most).
+* a plain verdict: synthetic data helps when the largest gain is positive, significant (Holm-adjusted
+  p < ``alpha``) and its interval over at least 2 seeds lies above 0; *not established* (``verdict`` None) when such
+  a gain rests on one seed; otherwise it does not help, with the reasons the numbers give (classes the generator
+  under- or over-reproduces, measures far above their baseline, classes that lose most).
 
 ``python -m dualsynth.report outputs/quick outputs/quick-nasa_super`` writes ``results/report.md`` and
 ``report.json`` into each experiment (or into ``--out-dir/<exp>/``) and prints a combined markdown table.
@@ -97,11 +97,15 @@ def _verdict(dataset: str, g: dict | None, n_syn: int, n_worse: int, n_better: i
     p = (f"p = {g['p_value']:.3g}, Holm-adjusted over {n_syn} variants {g['p_holm']:.3g}"
          if g["p_value"] is not None else "no paired test")
     gain = f"{g['variant']} vs {g['base']}: {g['gain']:+.3f} Missing Class IoU ({ci}; paired Wilcoxon {p})"
-    helps = bool(g["gain"] is not None and g["gain"] > 0 and g["significant"]
-                 and (g["gain_ci_low"] is None or g["gain_ci_low"] > 0))
+    candidate = bool(g["gain"] is not None and g["gain"] > 0 and g["significant"])
     counts = (f"{n_better} of {n_syn} variants with synthetic data are significantly better and {n_worse} "
               f"significantly worse than their base (Holm-adjusted p < {alpha})")
-    if helps:
+    if candidate and g["gain_n"] < 2:
+        # the per-image test compares two trained models; it says nothing about how another seed would come out
+        return None, (f"Not established on {dataset}: {gain}, but on one seed only — the paired test compares "
+                      "these two trained models, and a U-Net's seed-to-seed spread can be as large as such a gain; "
+                      f"run {g['variant']} and {g['base']} with more seeds (--seeds 0-2) to decide; {counts}.")
+    if candidate and g["gain_ci_low"] is not None and g["gain_ci_low"] > 0:
         return True, f"Synthetic data helps on {dataset}: {gain}; {counts}."
     why = ("Why: " + "; ".join(reasons) + ".") if reasons else ""
     return False, f"Synthetic data does not help on {dataset}: the largest gain is {gain}; {counts}. {why}".strip()
@@ -260,7 +264,7 @@ def combined_table(reports: Sequence[dict[str, Any]]) -> str:
         m = (r.get("similarity") or {}).get("measures", {})
         sim = [f"{_f(m[k]['synthetic_vs_real'], '{:.3g}')} / {_f(m[k]['real_vs_real'], '{:.3g}')}" if k in m else "–"
                for k in ("class_fraction_w1", "s2_rms", "kid")]
-        helps = {True: "yes", False: "no", None: "–"}[r.get("verdict")]
+        helps = {True: "yes", False: "no", None: "not established (1 seed)" if g else "–"}[r.get("verdict")]
         best = f"{b['variant']} {_f(b.get(METRIC))}" if b else "–"
         lines.append(f"| {r['dataset']} | {r['experiment']} | {r.get('runs', 0)} | {best} | {gain} | "
                      f"{_f(g.get('p_value'), '{:.3g}')} ({_f(g.get('p_holm'), '{:.3g}')}) | {helps} | " + " | ".join(sim) + " |")
