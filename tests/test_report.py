@@ -190,11 +190,15 @@ def test_one_seed_gain_is_not_established(tmp_path, rng):
     """A significant per-image gain on one seed compares two trained models, not two recipes: no "helps" yet."""
     base = rng.uniform(0.6, 0.8, 20)
     scores = {"SHQ_0": {0: (base, {"matrix": 0.9, "pores": 0.6})},
-              "SHQ_100": {0: (base + 0.05 + rng.normal(0, 0.01, 20), {"matrix": 0.9, "pores": 0.7})}}
+              "SHQ_100": {0: (base + 0.05 + rng.normal(0, 0.01, 20), {"matrix": 0.9, "pores": 0.7})},
+              # a variant with two seeds 0.1 apart: its seed-to-seed sd is 0.1/√2 = 0.0707
+              "BMQ_0": {0: (base, {"matrix": 0.9}), 1: (base + 0.1, {"matrix": 0.9})}}
     exp = fake_experiment(tmp_path, "oneseed", scores)
     rep = report.experiment_report(exp)
     g = rep["largest_gain"]
     assert g["significant"] and g["gain_n"] == 1 and g["gain"] > 0.04
     assert rep["verdict"] is None and rep["statement"].startswith("Not established on data-oneseed")
     assert "run SHQ_100 and SHQ_0 with more seeds" in rep["statement"]
+    assert rep["seed_sd_median"] == pytest.approx(0.1 / np.sqrt(2)) and "spread (here 0.071" in rep["statement"]
+    assert "Seed-to-seed standard deviation 0.071 (median over 1 variant" in report.report_markdown(rep)
     assert "| not established (1 seed) |" in report.combined_table([rep])

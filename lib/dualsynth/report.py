@@ -89,7 +89,7 @@ def _gain_row(runs, ranked, variant: str, classes: Sequence[str]) -> dict[str, A
 
 
 def _verdict(dataset: str, g: dict | None, n_syn: int, n_worse: int, n_better: int, reasons: list[str],
-             alpha: float) -> tuple[bool | None, str]:
+             alpha: float, seed_sd: float | None = None) -> tuple[bool | None, str]:
     if g is None:
         return None, f"No verdict on {dataset}: no variant with synthetic data has been run beside its base set."
     ci = (f"95 % CI [{g['gain_ci_low']:+.3f}, {g['gain_ci_high']:+.3f}] over {g['gain_n']} seeds"
@@ -102,8 +102,11 @@ def _verdict(dataset: str, g: dict | None, n_syn: int, n_worse: int, n_better: i
               f"significantly worse than their base (Holm-adjusted p < {alpha})")
     if candidate and g["gain_n"] < 2:
         # the per-image test compares two trained models; it says nothing about how another seed would come out
+        spread = (f" (here {seed_sd:.3f}: median standard deviation over seeds of the variants run with several)"
+                  if seed_sd is not None else "")
         return None, (f"Not established on {dataset}: {gain}, but on one seed only — the paired test compares "
-                      "these two trained models, and a U-Net's seed-to-seed spread can be as large as such a gain; "
+                      f"these two trained models, and a U-Net's seed-to-seed spread{spread} can be as large as such "
+                      "a gain; "
                       f"run {g['variant']} and {g['base']} with more seeds (--seeds 0-2) to decide; {counts}.")
     if candidate and g["gain_ci_low"] is not None and g["gain_ci_low"] > 0:
         return True, f"Synthetic data helps on {dataset}: {gain}; {counts}."
@@ -171,6 +174,9 @@ def experiment_report(experiment_dir: str | os.PathLike, alpha: float = 0.05, ra
     ranked = stats.ranked_table(summary, runs, exp, METRIC, alpha)
     out["runs"] = int(len(runs))
     out["seeds_per_variant"] = {str(v): sorted(int(s) for s in g.seed) for v, g in runs.groupby("variant")}
+    sds = summary[f"{METRIC}_std"].dropna()  # seed-to-seed spread of one variant, where it has ≥ 2 seeds
+    out["seed_sd_median"] = _num(sds.median()) if len(sds) else None
+    out["seed_sd_variants"] = int(len(sds))
     best = ranked.iloc[0]
     out["best"] = {"variant": best.variant, METRIC: _num(best[METRIC]), "seeds": int(best.seeds),
                    "ci_low": _num(best.ci_low), "ci_high": _num(best.ci_high)}
@@ -195,7 +201,8 @@ def experiment_report(experiment_dir: str | os.PathLike, alpha: float = 0.05, ra
                significantly_worse=n_worse, mean_gain_with_synthetic=_num(with_syn.gain_vs_base.mean())
                if len(with_syn) else None, mean_class_gain_with_synthetic=class_gain)
     verdict, text = _verdict(dataset, g, len(with_syn), n_worse, n_better,
-                             _reasons(similarity, class_gain, out["rare_classes"]), alpha)
+                             _reasons(similarity, class_gain, out["rare_classes"]), alpha,
+                             out["seed_sd_median"])
     out.update(verdict=verdict, statement=text)
     return _clean(out)
 
@@ -211,7 +218,10 @@ def report_markdown(rep: dict[str, Any]) -> str:
         seeds = rep["seeds_per_variant"]
         ns = sorted({len(v) for v in seeds.values()})
         lines += [f"{rep['runs']} complete runs of {len(seeds)} variants; seeds per variant: "
-                  + ", ".join(f"{n} ({sum(len(v) == n for v in seeds.values())} variants)" for n in ns) + ".", ""]
+                  + ", ".join(f"{n} ({sum(len(v) == n for v in seeds.values())} variants)" for n in ns) + "."
+                  + (f" Seed-to-seed standard deviation {rep['seed_sd_median']:.3f} (median over "
+                     f"{rep['seed_sd_variants']} variant(s) with several seeds)." if rep.get("seed_sd_median") is not None
+                     else ""), ""]
         b = rep["best"]
         ci = f" [{_f(b['ci_low'])}, {_f(b['ci_high'])}]" if b["ci_low"] is not None else " (no interval)"
         lines += [f"Best variant overall: **{b['variant']}**, Missing Class IoU {_f(b[METRIC])}{ci}, "
