@@ -20,7 +20,8 @@ from typing import Any, Mapping, Sequence
 from .config import ParamError, experiment_dir, load_yaml, project_root, resolve_outputs
 from .io import DataError
 
-__all__ = ["NOTEBOOKS", "notebook_path", "notebook_parameters", "preset_params", "run_notebook", "run_chain", "main"]
+__all__ = ["NOTEBOOKS", "notebook_path", "notebook_parameters", "preset_params", "run_notebook", "run_chain",
+           "fork_experiment", "main"]
 
 #: The numbered notebooks, in order.  Only the ones that exist are run.
 NOTEBOOKS = (
@@ -288,6 +289,51 @@ def write_metrics_csv(experiment_path: str | os.PathLike) -> Path:
     return write_csv(collect_metrics(exp), exp / "results" / "metrics.csv")
 
 
+#: what a forked experiment shares with its source: the patches, the synthetic pool, the variant lists, the
+#: generator's summary (its training tier); not the checkpoints or the U-Net runs
+FORK_ITEMS = ("patches", "synthetic", "variants", "vqvae/summary.json")
+
+
+def fork_experiment(outputs_dir: str | os.PathLike, source: str, target: str) -> Path:
+    """Start experiment ``target`` from the data of ``source`` (01–05 done), for a study with other U-Net settings.
+
+    Copies :data:`FORK_ITEMS` (the variant files keep pointing at ``source``'s images, which must stay) and writes
+    ``forked_from.json``.  Forking again from the same source is a no-op; a target holding anything else is refused.
+    """
+    import shutil
+
+    from .io import atomic_write_json, read_json
+
+    src = resolve_outputs(outputs_dir) / source
+    if source == target:
+        raise ParamError(f"--from-experiment {source!r} is the experiment itself; give the study a new --experiment")
+    missing = [i for i in ("patches/manifest.json", "variants") if not (src / i).exists()]
+    if missing:
+        raise ParamError(f"{src} has no {', '.join(missing)}: run 01–05 for experiment {source!r} before forking it")
+    dst = experiment_dir(outputs_dir, target)
+    mark = dst / "forked_from.json"
+    if mark.is_file():
+        if read_json(mark).get("source") != str(src):
+            raise ParamError(f"{dst} was forked from {read_json(mark).get('source')}, not {src}; pick a new "
+                             "experiment name")
+        return dst
+    present = [p.name for p in dst.iterdir()]
+    if present:
+        raise ParamError(f"{dst} already holds {', '.join(sorted(present)[:5])}: fork into a new experiment name")
+    tmp = dst.with_name(dst.name + ".fork.tmp")  # complete copy beside it, then one rename: never half a fork
+    shutil.rmtree(tmp, ignore_errors=True)
+    for item in FORK_ITEMS:
+        if (src / item).is_dir():
+            shutil.copytree(src / item, tmp / item)
+        elif (src / item).is_file():
+            (tmp / item).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src / item, tmp / item)
+    atomic_write_json(tmp / mark.name, {"source": str(src), "items": list(FORK_ITEMS)})
+    dst.rmdir()
+    tmp.rename(dst)
+    return dst
+
+
 def run_study(preset: str, experiment: str | None = None, variants: str | Sequence[str] | None = "all",
               seeds: Sequence[int] = (0,), workers: int = 1, threads_per_worker: int | None = None,
               scheduler: str | None = None, outputs_dir: str = "outputs", overrides: Mapping[str, Any] | None = None,
@@ -460,6 +506,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     st.add_argument("--outputs-dir", default="outputs")
     st.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="override a parameter of 06_unet_training (YAML value; repeatable)")
+    st.add_argument("--from-experiment", default=None, metavar="SOURCE",
+                    help="first fork --experiment from SOURCE's patches, pool and variants (01-05 done there), "
+                         "to compare U-Net settings on the same data")
     args = ap.parse_args(argv)
     try:
         overrides = _parse_overrides(args.overrides)
@@ -468,6 +517,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if args.cmd == "study":
         try:
+            if args.from_experiment:
+                fork_experiment(args.outputs_dir, args.from_experiment, args.experiment or args.preset)
             summary = run_study(args.preset, args.experiment, args.variants, _parse_seeds(args.seeds), args.workers,
                                 args.threads, args.scheduler, args.outputs_dir, overrides=overrides)
         except (ParamError, DataError) as e:
