@@ -202,3 +202,24 @@ def test_one_seed_gain_is_not_established(tmp_path, rng):
     assert rep["seed_sd_median"] == pytest.approx(0.1 / np.sqrt(2)) and "spread (here 0.071" in rep["statement"]
     assert "Seed-to-seed standard deviation 0.071 (median over 1 variant" in report.report_markdown(rep)
     assert "| not established (1 seed) |" in report.combined_table([rep])
+
+
+def test_compare_runs_across_experiments(tmp_path, rng, capsys):
+    """A variant against another experiment's (e.g. a fork with other U-Net settings): seeds matched, images paired."""
+    base = rng.uniform(0.5, 0.7, 12)
+    a = fake_experiment(tmp_path, "long", {"SHQ_0": {s: (base + 0.1 + 0.01 * s, {"matrix": 0.9}) for s in range(3)}})
+    b = fake_experiment(tmp_path, "short", {"SHQ_0": {s: (base + rng.normal(0, 0.01, 12), {"matrix": 0.9})
+                                                      for s in range(2)}})
+    c = report.compare_runs(a, "SHQ_0", b, "SHQ_0")
+    assert c["seeds"] == [0, 1] and c["test_images"] == 12  # seed 2 of "long" has no partner
+    assert c["per_seed"] == pytest.approx([0.1, 0.11], abs=0.01) and c["gain"] == pytest.approx(np.mean(c["per_seed"]))
+    assert c["gain_ci_low"] < c["gain"] < c["gain_ci_high"] and c["p_value"] < 0.01
+    assert report.main(["--compare", f"{a}:SHQ_0", f"{b}:SHQ_0"]) == 0
+    assert "on seeds [0, 1]: +0.10" in capsys.readouterr().out
+    other = fake_experiment(tmp_path, "other", {"SHQ_0": {0: (base[:5], {"matrix": 0.9})}})
+    with pytest.raises(DataError, match=r"different test sets \(12 vs 5 images\)"):
+        report.compare_runs(a, "SHQ_0", other, "SHQ_0")
+    with pytest.raises(DataError, match=r"no seed with complete runs of both .*BMQ_0 \(seeds \[\]\)"):
+        report.compare_runs(a, "SHQ_0", b, "BMQ_0")
+    assert report.main(["--compare", f"{a}:SHQ_0", "nocolon"]) == 2
+    assert "expected EXPERIMENT_FOLDER:VARIANT twice" in capsys.readouterr().err

@@ -30,7 +30,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-__all__ = ["experiment_report", "report_markdown", "combined_table", "write_report", "main"]
+__all__ = ["experiment_report", "compare_runs", "report_markdown", "combined_table", "write_report", "main"]
 
 METRIC = "missing_class_iou"
 UNDER, OVER, FAR = 0.5, 1.5, 2.0  # synthetic/real fraction ratios, and a distance ratio, worth naming
@@ -207,6 +207,37 @@ def experiment_report(experiment_dir: str | os.PathLike, alpha: float = 0.05, ra
     return _clean(out)
 
 
+def compare_runs(exp_a: str | os.PathLike, variant_a: str, exp_b: str | os.PathLike, variant_b: str,
+                 metric: str = METRIC) -> dict[str, Any]:
+    """``variant_a`` of experiment ``exp_a`` against ``variant_b`` of ``exp_b`` (e.g. the same variant trained with
+    other settings in a forked experiment): the seed-matched gain with its 95 % interval and the paired Wilcoxon
+    test over the test images (each averaged over the common seeds).  Both must be scored on the same test set."""
+    from . import batch, stats
+    from .io import DataError, read_json
+
+    def scores(exp, variant):
+        runs = batch.collect_metrics(exp)
+        return runs.loc[runs.variant == variant].groupby("seed")[metric].mean()
+
+    a, b = scores(exp_a, variant_a), scores(exp_b, variant_b)
+    seeds = sorted(set(a.index) & set(b.index))
+    if not seeds:
+        raise DataError(f"no seed with complete runs of both {exp_a}/{variant_a} (seeds {sorted(a.index)}) and "
+                        f"{exp_b}/{variant_b} (seeds {sorted(b.index)})")
+    files = [Path(e) / "variants" / f"{v}.json" for e, v in ((exp_a, variant_a), (exp_b, variant_b))]
+    tests = [[t.get("id") for t in read_json(f)["test"]] for f in files if f.is_file()]
+    pa, pb = stats._per_image(exp_a, variant_a, seeds), stats._per_image(exp_b, variant_b, seeds)
+    if (len(tests) == 2 and tests[0] != tests[1]) or any(len(pa[s]) != len(pb[s]) for s in seeds):
+        raise DataError(f"{exp_a}/{variant_a} and {exp_b}/{variant_b} are scored on different test sets "
+                        f"({len(pa[seeds[0]])} vs {len(pb[seeds[0]])} images): their scores cannot be paired")
+    g = stats.mean_ci([float(a[s] - b[s]) for s in seeds])
+    t = stats.paired_test(np.mean([pa[s] for s in seeds], axis=0), np.mean([pb[s] for s in seeds], axis=0))
+    return {"a": f"{exp_a}:{variant_a}", "b": f"{exp_b}:{variant_b}", "seeds": [int(s) for s in seeds],
+            "a_mean": _num(a[seeds].mean()), "b_mean": _num(b[seeds].mean()), "gain": _num(g["mean"]),
+            "gain_ci_low": _num(g["ci_low"]), "gain_ci_high": _num(g["ci_high"]),
+            "per_seed": [_num(a[s] - b[s]) for s in seeds], "p_value": _num(t["p_value"]), "test_images": t["n"]}
+
+
 def _f(x, fmt="{:.3f}") -> str:
     return "–" if x is None else fmt.format(x)
 
@@ -292,7 +323,10 @@ def write_report(rep: dict[str, Any], out_dir: str | os.PathLike) -> tuple[Path,
 
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m dualsynth.report", description=__doc__.split("\n\n")[0])
-    ap.add_argument("experiments", nargs="+", help="experiment folders, e.g. outputs/quick outputs/quick-nasa_super")
+    ap.add_argument("experiments", nargs="*", help="experiment folders, e.g. outputs/quick outputs/quick-nasa_super")
+    ap.add_argument("--compare", nargs=2, metavar=("EXP:VARIANT", "EXP:VARIANT"),
+                    help="instead: the first run set against the second (seed-matched gain, CI, paired Wilcoxon), "
+                         "e.g. outputs/quick-nasa_super-epochs:SHQ_300 outputs/quick-nasa_super-eq640:SHQ_0")
     ap.add_argument("--out-dir", help="write <out-dir>/<experiment>/report.md|json (and similarity.json) instead "
                                       "of <experiment>/results/")
     ap.add_argument("--compute-similarity", action="store_true",
@@ -300,6 +334,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--alpha", type=float, default=0.05, help="family-wise significance level of the paired tests (Holm)")
     a = ap.parse_args(argv)
     from . import quality
+    from .io import DataError
+
+    if a.compare:
+        try:
+            (ea, _, va), (eb, _, vb) = (x.rpartition(":") for x in a.compare)
+            if not (ea and va and eb and vb):
+                raise DataError(f"--compare {' '.join(a.compare)}: expected EXPERIMENT_FOLDER:VARIANT twice")
+            c = compare_runs(ea, va, eb, vb)
+        except DataError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        ci = (f"[{c['gain_ci_low']:+.3f}, {c['gain_ci_high']:+.3f}]" if c["gain_ci_low"] is not None
+              else f"n={len(c['seeds'])}, no interval")
+        p = f"{c['p_value']:.3g}" if c["p_value"] is not None else "–"
+        print(f"{c['a']} {c['a_mean']:.3f} vs {c['b']} {c['b_mean']:.3f} on seeds {c['seeds']}: "
+              f"{c['gain']:+.3f} {ci}; per seed {', '.join(f'{x:+.3f}' for x in c['per_seed'])}; "
+              f"paired Wilcoxon over {c['test_images']} test images p = {p}")
+        return 0
+    if not a.experiments:
+        ap.error("give experiment folders, or --compare EXP:VARIANT EXP:VARIANT")
 
     reports = []
     for e in a.experiments:
