@@ -223,3 +223,12 @@ def test_compare_runs_across_experiments(tmp_path, rng, capsys):
         report.compare_runs(a, "SHQ_0", b, "BMQ_0")
     assert report.main(["--compare", f"{a}:SHQ_0", "nocolon"]) == 2
     assert "expected EXPERIMENT_FOLDER:VARIANT twice" in capsys.readouterr().err
+
+
+def test_holm_family_counts_the_augmentation_baseline_too(tmp_path, rng):
+    base = rng.uniform(0.5, 0.8, 20)
+    scores = {"BMQ_0": {0: (base, {"matrix": 0.9})},
+              "BMQ_50": {0: (base - 0.02 + rng.normal(0, 0.02, 20), {"matrix": 0.9})},
+              "BMQ_aug": {0: (base - 0.01 + rng.normal(0, 0.02, 20), {"matrix": 0.9})}}
+    rep = report.experiment_report(fake_experiment(tmp_path, "aug", scores))
+    assert rep["variants_with_synthetic"] == 1 and "Holm-adjusted over 2 variants" in rep["statement"]

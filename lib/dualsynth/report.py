@@ -89,12 +89,13 @@ def _gain_row(runs, ranked, variant: str, classes: Sequence[str]) -> dict[str, A
 
 
 def _verdict(dataset: str, g: dict | None, n_syn: int, n_worse: int, n_better: int, reasons: list[str],
-             alpha: float, seed_sd: float | None = None) -> tuple[bool | None, str]:
+             alpha: float, seed_sd: float | None = None, n_tested: int | None = None) -> tuple[bool | None, str]:
     if g is None:
         return None, f"No verdict on {dataset}: no variant with synthetic data has been run beside its base set."
     ci = (f"95 % CI [{g['gain_ci_low']:+.3f}, {g['gain_ci_high']:+.3f}] over {g['gain_n']} seeds"
           if g["gain_ci_low"] is not None else f"n={g['gain_n']} seed, no interval")
-    p = (f"p = {g['p_value']:.3g}, Holm-adjusted over {n_syn} variants {g['p_holm']:.3g}"
+    # the Holm family is every variant tested against its base (BMQ_aug too), not only those with synthetic data
+    p = (f"p = {g['p_value']:.3g}, Holm-adjusted over {n_tested or n_syn} variants {g['p_holm']:.3g}"
          if g["p_value"] is not None else "no paired test")
     gain = f"{g['variant']} vs {g['base']}: {g['gain']:+.3f} Missing Class IoU ({ci}; paired Wilcoxon {p})"
     candidate = bool(g["gain"] is not None and g["gain"] > 0 and g["significant"])
@@ -200,9 +201,10 @@ def experiment_report(experiment_dir: str | os.PathLike, alpha: float = 0.05, ra
     out.update(largest_gain=g, variants_with_synthetic=int(len(with_syn)), significantly_better=n_better,
                significantly_worse=n_worse, mean_gain_with_synthetic=_num(with_syn.gain_vs_base.mean())
                if len(with_syn) else None, mean_class_gain_with_synthetic=class_gain)
+    n_tested = int(ranked["paired_p"].notna().sum()) if "paired_p" in ranked else None
     verdict, text = _verdict(dataset, g, len(with_syn), n_worse, n_better,
                              _reasons(similarity, class_gain, out["rare_classes"]), alpha,
-                             out["seed_sd_median"])
+                             out["seed_sd_median"], n_tested)
     out.update(verdict=verdict, statement=text)
     return _clean(out)
 
