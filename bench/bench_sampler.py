@@ -2,7 +2,9 @@
 """Benchmark: codes/second of ``sample_fast`` vs ``sample_naive`` (dualsynth.pixelcnn).
 
 64x64 code maps, K=10, untrained priors of the default size, batch 1/16/64,
-both kinds ("pixelcnn", "gated").  Not a test.
+both kinds ("pixelcnn", "gated"), and at batch 16 only the class-fraction-
+conditioned gated prior ("gated_cond": ``num_conditions=4``, a different random
+fraction vector per sample; fast and naive only).  Not a test.
 
 * fast  = ``sample_fast`` with its defaults (method="cached", loop="graph",
   jit_compile=True i.e. XLA), timed on complete 64x64 maps after one warm-up run
@@ -30,7 +32,7 @@ over the RSS after importing TensorFlow and building the model).
 Output: ``bench/results/sampler.json`` (written atomically by
 ``dualsynth.io.atomic_write_json``).
 
-Usage:  python bench/bench_sampler.py [--quick] [--out PATH]
+Usage:  python bench/bench_sampler.py [--quick] [--out PATH] [--kinds pixelcnn,gated,gated_cond]
 """
 from __future__ import annotations
 
@@ -55,6 +57,11 @@ import tensorflow as tf  # noqa: E402
 
 HEIGHT = WIDTH = 64
 K = 10
+#: Kinds benchmarked; "gated_cond" is the gated prior conditioned on NUM_CONDITIONS class fractions.
+KINDS = ("pixelcnn", "gated", "gated_cond")
+NUM_CONDITIONS = 4
+#: The conditioned prior is timed at this batch only (fast vs naive).
+COND_BATCH = 16
 DEFAULT_OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "sampler.json")
 _PAGE = os.sysconf("SC_PAGE_SIZE")
 
@@ -81,21 +88,35 @@ def _label(spec: dict) -> str:
     return f"fast[{o['method']},{o['loop']}{',xla' if o['jit_compile'] else ''}]"
 
 
+def _make_model(kind: str):
+    if kind == "gated_cond":
+        return pc.make_prior("gated", K, num_conditions=NUM_CONDITIONS)
+    return pc.make_prior(kind, K)
+
+
+def _condition(model, batch: int):
+    """A different random class-fraction vector per sample (None for an unconditioned prior)."""
+    if not model.num_conditions:
+        return None
+    return np.random.default_rng(0).dirichlet([0.5] * model.num_conditions, size=batch).astype(np.float32)
+
+
 def _runner(model, batch, spec):
     """(callable, positions covered) for one sampler spec."""
+    cond = _condition(model, batch)
     if spec["sampler"] == "naive":
         n = spec["positions"]
         return (lambda: pc.sample_naive(model, batch, HEIGHT, WIDTH, seed=0, batch_size=batch,
-                                        max_positions=n)), n
+                                        max_positions=n, condition=cond)), n
     rows = spec.get("rows", HEIGHT)
     kw = _fast_options(spec)
     return (lambda: pc.sample_fast(model, batch, rows, WIDTH, seed=0, batch_size=batch,
-                                   **kw)), rows * WIDTH
+                                   condition=cond, **kw)), rows * WIDTH
 
 
 def time_interleaved(kind: str, batch: int, specs: list, rounds: int) -> list:
     """Warm up every sampler, then time them round-robin ``rounds`` times."""
-    model = pc.make_prior(kind, K)
+    model = _make_model(kind)
     runners, warm = [], []
     for spec in specs:
         fn, positions = _runner(model, batch, spec)
@@ -130,7 +151,7 @@ def time_interleaved(kind: str, batch: int, specs: list, rounds: int) -> list:
 
 
 def measure_memory(kind: str, batch: int, spec: dict) -> dict:
-    model = pc.make_prior(kind, K)
+    model = _make_model(kind)
     fn, _ = _runner(model, batch, spec)
     rss0 = _rss_mb()
     fn()          # includes tracing, like a first real call
@@ -161,7 +182,8 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="fewer rounds / positions")
     ap.add_argument("--out", default=DEFAULT_OUT, help="JSON output (default: %(default)s)")
-    ap.add_argument("--kinds", default="pixelcnn,gated")
+    ap.add_argument("--kinds", default=",".join(KINDS),
+                    help=f"comma list of {KINDS} (gated_cond: at batch {COND_BATCH} only)")
     ap.add_argument("--batches", default="1,16,64")
     ap.add_argument("--repeats", type=int, default=None,
                     help="timed rounds per sampler (default 3, quick 2)")
@@ -178,6 +200,9 @@ def main(argv=None):
     rounds = args.repeats or (2 if args.quick else 3)
     naive_pos = args.naive_positions or (32 if args.quick else 64)
     kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
+    unknown = sorted(set(kinds) - set(KINDS))
+    if unknown:
+        ap.error(f"--kinds: unknown {unknown}; choose from {KINDS}")
     batches = [int(b) for b in args.batches.split(",")]
     fast_spec = dict(sampler="fast")
     naive_spec = dict(sampler="naive", positions=naive_pos)
@@ -188,15 +213,17 @@ def main(argv=None):
     results, summary, models_info = [], [], {}
     t_start = time.perf_counter()
     for kind in kinds:
-        model = pc.make_prior(kind, K)
+        model = _make_model(kind)
         n_params = int(sum(np.prod(v.shape) for v in model.trainable_variables))
         models_info[kind] = dict(config=model.config, parameters=n_params,
                                  receptive_field=model.receptive_field._asdict())
         print(f"{kind}: {n_params} parameters, receptive field {model.receptive_field}",
               flush=True)
         for batch in batches:
+            if kind == "gated_cond" and batch != COND_BATCH:
+                continue
             specs = [fast_spec, naive_spec]
-            if batch == 16 and not args.no_extras:
+            if batch == 16 and not args.no_extras and kind != "gated_cond":
                 specs += extras
             recs = C.run_child(__file__, dict(task="time", kind=kind, batch=batch, specs=specs, rounds=rounds))
             fast, naive = recs[0], recs[1]
@@ -240,6 +267,9 @@ def main(argv=None):
                 "(warm-up + one run), TensorFlow runtime included; rss_increase_mb: peak "
                 "minus the RSS after importing TensorFlow and building the model.",
                 "shared 2-core CPU machine: absolute numbers vary with the load of other jobs.",
+                f"gated_cond = the gated prior with num_conditions={NUM_CONDITIONS} (class fractions), a "
+                f"different Dirichlet(0.5) fraction vector per sample; timed at batch {COND_BATCH} only, "
+                "fast and naive, no extras.",
             ]),
         models=models_info, summary=summary, results=results)
     C.write_result(args.out, payload)

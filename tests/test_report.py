@@ -5,29 +5,41 @@ import numpy as np
 import pytest
 
 from dualsynth import report
-from dualsynth.io import DataError, atomic_write_json
-from dualsynth.variants import parse_variant
+from dualsynth.io import DataError, atomic_write_json, write_png
+from dualsynth.variants import parse_run
 
 CLASSES = [{"name": "matrix", "color": [0, 0, 0], "grey": 0}, {"name": "pores", "color": [255, 255, 255], "grey": 255}]
 
 
-def fake_experiment(root, name, scores, similarity=None):
-    """``scores``: {variant: {seed: (per-image Missing Class IoU list, per-class {name: score})}}."""
+def fake_experiment(root, name, scores, similarity=None, updates=None, extra=None, test_masks=None):
+    """``scores``: {run: {seed: (per-image Missing Class IoU list, per-class {name: score})}}; ``updates``: {run:
+    update budget} recorded in metrics.json; ``extra``: {(run, seed): more metrics.json keys}; ``test_masks``:
+    class-index masks (N, H, W) written as the manifest's test patches."""
     exp = root / name
     patches = {f"p{i}": {"fractions_hq": [0.95, 0.05]} for i in range(6)}
+    test = []
+    for i, m in enumerate([] if test_masks is None else test_masks):
+        write_png(exp / "patches" / f"t{i}.png", np.asarray(m, np.uint8))
+        patches[f"t{i}"] = {"fractions_hq": [float((m == 0).mean()), float((m == 1).mean())], "image": f"t{i}.png",
+                            "mask_hq": f"t{i}.png"}
+        test.append({"id": f"t{i}", "mask": "hq"})
+    train = [{"id": f"p{i}", "mask": "hq"} for i in range(6)]
     atomic_write_json(exp / "patches" / "manifest.json", {
         "format": 1, "data": {"name": f"data-{name}", "classes": CLASSES}, "patch_size": 32, "channels": 1,
-        "patches": patches, "tiers": {"BMQ": {"train": [{"id": k, "mask": "hq"} for k in patches], "val": []}},
-        "test": []})
-    for variant, seeds in scores.items():
-        v = parse_variant(variant)
+        "patches": patches, "tiers": {"BMQ": {"train": train, "val": []}}, "test": test})
+    for run, seeds in scores.items():
+        r = parse_run(run)
+        v = r.variant
         for seed, (per_image, per_class) in seeds.items():
             mci = float(np.mean(per_image))
-            atomic_write_json(exp / "unet" / variant / f"seed{seed}" / "metrics.json", {
-                "variant": variant, "seed": seed, "group": v.group, "tier": v.tier, "percent": v.percent,
-                "augment": False, "num_real_train": 48, "num_synthetic_train": 0, "num_test": len(per_image),
-                "accuracy": mci, "miou": mci, "miou_dataset": mci, "missing_class_iou": mci, "per_class": per_class,
-                "per_image": [{"missing_class_iou": s} for s in per_image], "complete": True})
+            atomic_write_json(exp / "unet" / run / f"seed{seed}" / "metrics.json", {
+                "variant": run, "seed": seed, "group": "control" if r.control else v.group, "tier": v.tier,
+                "percent": v.percent, "augment": False, "num_real_train": 48, "num_synthetic_train": 0,
+                "num_test": len(per_image), "accuracy": mci, "miou": mci, "miou_dataset": mci,
+                "missing_class_iou": mci, "per_class": per_class,
+                "per_image": [{"missing_class_iou": s} for s in per_image], "complete": True,
+                **({"updates": updates[run]} if updates and run in updates else {}),
+                **((extra or {}).get((run, seed), {}))})
     if similarity is not None:
         atomic_write_json(exp / "synthetic" / "quality.json", {"similarity": similarity})
     return exp
@@ -63,7 +75,7 @@ def test_helps_with_seed_interval_and_missing_seeds(helps):
     assert g["p_value"] < 1e-3 and g["significant"]
     assert g["per_class"]["pores"]["gain"] == pytest.approx(0.1)
     assert rep["rare_classes"] == ["pores"]
-    assert rep["verdict"] is True and rep["statement"].startswith("Synthetic data helps on data-good")
+    assert rep["verdict"] == "helps" and rep["statement"].startswith("Synthetic data helps on data-good")
     assert rep["significantly_better"] == 1 and rep["significantly_worse"] == 1
     # BMQ_100 has seed 0 only: its gain is against the base's seed 0 (-0.1), not the base's 3-seed mean (-0.11)
     from dualsynth import batch, stats
@@ -74,16 +86,16 @@ def test_helps_with_seed_interval_and_missing_seeds(helps):
     assert rep["mean_class_gain_with_synthetic"]["pores"] == pytest.approx((0.1 - 0.2) / 2)
 
 
-def test_does_not_help_names_the_under_reproduced_class(tmp_path, rng):
+def test_one_seed_loss_is_inconclusive_and_names_the_under_reproduced_class(tmp_path, rng):
     base = rng.uniform(0.6, 0.8, 20)
     scores = {"SHQ_0": {0: (base, {"matrix": 0.9, "pores": 0.6})},
               "SHQ_100": {0: (base - 0.05 + rng.normal(0, 0.01, 20), {"matrix": 0.9, "pores": 0.3})}}
     rep = report.experiment_report(fake_experiment(tmp_path, "bad", scores, similarity(0.005)))
-    assert rep["verdict"] is False
+    assert rep["verdict"] == "inconclusive"  # one seed: no interval, so neither "hurts" nor "does not help"
     g = rep["largest_gain"]
     assert g["gain_n"] == 1 and g["gain_ci_low"] is None and g["gain"] < 0
     text = rep["statement"]
-    assert "does not help on data-bad" in text and "n=1 seed, no interval" in text
+    assert text.startswith("Inconclusive on data-bad") and "n=1 seed, no interval" in text
     assert "under-reproduces pores (0.5% of synthetic pixels vs 5.0% real)" in text
     assert "class_fraction_w1 0.04 vs real-vs-real 0.01" in text and "s2_rms" not in text  # equal to its baseline
     assert "pores (rare) loses most" in text
@@ -97,7 +109,7 @@ def test_no_runs_and_cli_table(helps, tmp_path, capsys):
     assert report.main([str(helps), str(empty), "--out-dir", str(out)]) == 0
     printed = capsys.readouterr().out
     rows = [line for line in printed.splitlines() if line.startswith("| data-")]
-    assert len(rows) == 2 and "| yes |" in rows[0] and "BMQ_50 +0.050 [+0.025, +0.075]" in rows[0]
+    assert len(rows) == 2 and "| helps |" in rows[0] and "BMQ_50 vs BMQ_0 +0.050 [+0.025, +0.075]" in rows[0]
     md = (out / "good" / "report.md").read_text()
     assert "| pores (rare) |" in md and "class_fraction_w1" in md
     assert json.loads((out / "empty" / "report.json").read_text())["runs"] == 0
@@ -131,7 +143,7 @@ def test_largest_gain_among_many_needs_holm_and_pairs_are_images(tmp_path):
     g = rep["largest_gain"]
     assert g["variant"] == "BMQ_50" and rep["variants_with_synthetic"] == 9
     assert 0.01 < g["p_value"] < 0.05 < g["p_holm"] and not g["significant"]
-    assert rep["verdict"] is False and "Holm-adjusted over 9 variants" in rep["statement"]
+    assert rep["verdict"] == "inconclusive" and "Holm-adjusted over 9 variants" in rep["statement"]
     # two seeds with different per-image noise: one pair per test image (scores averaged over the seeds),
     # not one pair per image × seed
     noise, noise2 = rng.normal(0, 0.05, (2, 20)), rng.normal(0, 0.05, (2, 20))
@@ -160,7 +172,6 @@ def test_report_leaves_out_runs_made_from_other_data(tmp_path, rng):
     import warnings
 
     from dualsynth import batch
-    from dualsynth.io import write_png
     from dualsynth.variants import inputs_fingerprint
 
     base = rng.uniform(0.6, 0.8, 10)
@@ -197,11 +208,11 @@ def test_one_seed_gain_is_not_established(tmp_path, rng):
     rep = report.experiment_report(exp)
     g = rep["largest_gain"]
     assert g["significant"] and g["gain_n"] == 1 and g["gain"] > 0.04
-    assert rep["verdict"] is None and rep["statement"].startswith("Not established on data-oneseed")
+    assert rep["verdict"] == "inconclusive" and rep["statement"].startswith("Inconclusive on data-oneseed")
     assert "run SHQ_100 and SHQ_0 with more seeds" in rep["statement"]
     assert rep["seed_sd_median"] == pytest.approx(0.1 / np.sqrt(2)) and "spread (here 0.071" in rep["statement"]
     assert "Seed-to-seed standard deviation 0.071 (median over 1 variant" in report.report_markdown(rep)
-    assert "| not established (1 seed) |" in report.combined_table([rep])
+    assert "| inconclusive (1 seed) |" in report.combined_table([rep])
 
 
 def test_compare_runs_across_experiments(tmp_path, rng, capsys):
@@ -232,3 +243,297 @@ def test_holm_family_counts_the_augmentation_baseline_too(tmp_path, rng):
               "BMQ_aug": {0: (base - 0.01 + rng.normal(0, 0.02, 20), {"matrix": 0.9})}}
     rep = report.experiment_report(fake_experiment(tmp_path, "aug", scores))
     assert rep["variants_with_synthetic"] == 1 and "Holm-adjusted over 2 variants" in rep["statement"]
+
+
+# --------------------------------------------------------------------------- matched controls and the split of a gain
+def _three_seeds(base, updates_gain, synthetic_gain):
+    """Per seed s: base + 0.01 s; its control + updates_gain(s); the variant + synthetic_gain(s) on top."""
+    pc = {"matrix": 0.9, "pores": 0.5}
+    return {"SHQ_0": {s: (base + 0.01 * s, pc) for s in range(3)},
+            "SHQ_0@320": {s: (base + 0.01 * s + updates_gain(s), pc) for s in range(3)},
+            "SHQ_100": {s: (base + 0.01 * s + updates_gain(s) + synthetic_gain(s), pc) for s in range(3)}}
+
+
+def test_gain_is_split_at_the_matched_control(tmp_path, rng):
+    """Under budget=epochs SHQ_100 had 320 updates and SHQ_0 160: the gain over SHQ_0 is split at SHQ_0@320."""
+    from dualsynth import stats
+
+    base = rng.uniform(0.5, 0.7, 20)
+    scores = _three_seeds(base, lambda s: 0.03 + 0.005 * s, lambda s: 0.04 + 0.01 * s)
+    exp = fake_experiment(tmp_path, "split", scores, updates={"SHQ_0": 160, "SHQ_100": 320, "SHQ_0@320": 320})
+    runs, summary, ranked, _ = report.study_tables(exp)
+    r = ranked.set_index("variant").loc["SHQ_100"]
+    assert (r.control, r.control_kind, r.updates) == ("SHQ_0@320", "matched run", 320)
+    assert r.gain_updates == pytest.approx(0.035) and r.gain_synthetic == pytest.approx(0.05)
+    assert r.gain_vs_base == pytest.approx(r.gain_updates + r.gain_synthetic)  # same seeds: the parts add up
+    # per-seed synthetic gains 0.04, 0.05, 0.06: half width t(0.975, 2) · 0.01 / √3 = 0.024841
+    assert (r.gain_synthetic_ci_low, r.gain_synthetic_ci_high) == pytest.approx((0.025159, 0.074841), abs=1e-5)
+    assert r.gain_synthetic_n == 3 and r.gain_updates_n == 3 and r.gain_synthetic_p < 1e-4
+    # one Holm family: SHQ_100 vs SHQ_0, SHQ_100 vs SHQ_0@320, SHQ_0@320 vs SHQ_0
+    assert stats.holm_family_size(ranked) == 3
+    raw = [r.paired_p, r.gain_synthetic_p, r.gain_updates_p]
+    assert [r.paired_p_holm, r.gain_synthetic_p_holm, r.gain_updates_p_holm] == pytest.approx(stats.holm(raw))
+    assert r.gain_synthetic_p_holm > r.gain_synthetic_p and r.gain_synthetic_significant
+    assert np.isnan(ranked.set_index("variant").loc["SHQ_0@320", "gain_vs_base"])  # a control is no variant
+    rep = report.experiment_report(exp)
+    g = rep["largest_gain"]
+    assert (g["variant"], g["against"], g["against_kind"]) == ("SHQ_100", "SHQ_0@320", "matched run")
+    assert g["gain"] == pytest.approx(0.05) and rep["verdict"] == "helps"
+    assert "SHQ_100 vs SHQ_0@320 (its matched control" in rep["statement"]
+    assert "over 3 paired tests" in rep["statement"]
+    (split,) = rep["splits"]
+    assert split["more_updates"]["gain"] == pytest.approx(0.035) and split["synthetic_data"]["gain"] == pytest.approx(0.05)
+    assert split["total"]["gain"] == pytest.approx(0.085) and split["more_updates"]["n"] == 3
+    md = report.report_markdown(rep)
+    assert "| SHQ_100 vs SHQ_0 | 320 (SHQ_0@320) | +0.085" in md and "more updates: control − base" in md
+    assert rep["best"]["variant"] == "SHQ_100"
+
+
+def test_under_a_fixed_budget_the_base_is_the_matched_control(tmp_path, rng):
+    base = rng.uniform(0.5, 0.7, 20)
+    scores = _three_seeds(base, lambda s: 0.0, lambda s: 0.04 + 0.01 * s)
+    del scores["SHQ_0@320"]
+    exp = fake_experiment(tmp_path, "fixed", scores, updates={"SHQ_0": 160, "SHQ_100": 160})
+    _, _, ranked, _ = report.study_tables(exp)
+    r = ranked.set_index("variant").loc["SHQ_100"]
+    assert (r.control, r.control_kind, r.gain_updates) == ("SHQ_0", "equal updates", 0.0)
+    assert r.gain_synthetic == pytest.approx(r.gain_vs_base) and r.gain_synthetic_p_holm == r.paired_p_holm
+    rep = report.experiment_report(exp)
+    assert rep["largest_gain"]["against_kind"] == "equal updates" and rep["splits"] == []
+    assert "had as many updates as their base (160): the base itself is their matched control" in rep["budget_note"]
+    assert "Update budget: 1 variant(s)" in report.report_markdown(rep)
+
+
+def test_more_updates_without_a_control_is_said(tmp_path, rng):
+    base = rng.uniform(0.5, 0.7, 20)
+    scores = _three_seeds(base, lambda s: 0.0, lambda s: 0.04 + 0.01 * s)
+    del scores["SHQ_0@320"]
+    exp = fake_experiment(tmp_path, "nocontrol", scores, updates={"SHQ_0": 160, "SHQ_100": 320})
+    rep = report.experiment_report(exp)
+    g = rep["largest_gain"]
+    assert g["against"] == "SHQ_0" and g["against_kind"] == "base, more updates"
+    assert "the gain mixes more updates and synthetic data; add `study --matched-controls`" in rep["statement"]
+    assert "no matched control run (SHQ_100)" in rep["budget_note"]
+
+
+# --------------------------------------------------------------------------- verdict: helps / hurts / does not help / inconclusive
+def _two_variants(tmp_path, name, per_seed_gains, margin=0.02):
+    rng = np.random.default_rng(7)
+    base = rng.uniform(0.5, 0.7, 20)
+    pc = {"matrix": 0.9, "pores": 0.5}
+    scores = {"BMQ_0": {s: (base + 0.02 * s, pc) for s in range(len(per_seed_gains))},
+              "BMQ_50": {s: (base + 0.02 * s + d + rng.normal(0, 0.002, 20), pc)
+                         for s, d in enumerate(per_seed_gains)}}
+    return report.experiment_report(fake_experiment(tmp_path, name, scores), margin=margin)
+
+
+def test_verdict_hurts_when_the_interval_lies_below_zero(tmp_path):
+    rep = _two_variants(tmp_path, "hurts", [-0.05, -0.06, -0.04])
+    assert rep["verdict"] == "hurts" and rep["statement"].startswith("Synthetic data hurts on data-hurts")
+    assert rep["largest_gain"]["gain_ci_high"] < 0
+
+
+def test_verdict_does_not_help_only_when_the_interval_excludes_the_margin(tmp_path):
+    rep = _two_variants(tmp_path, "flat", [0.001, -0.002, 0.0005])
+    g = rep["largest_gain"]
+    assert g["gain_ci_low"] < 0 < g["gain_ci_high"] <= 0.02
+    assert rep["verdict"] == "does_not_help"
+    assert "does not help on data-flat" in rep["statement"] and "above the margin of +0.020" in rep["statement"]
+    # a margin of 0: the interval still includes small gains, so it is not "does not help"
+    assert _two_variants(tmp_path, "flat0", [0.001, -0.002, 0.0005], margin=0.0)["verdict"] == "inconclusive"
+
+
+def test_wide_interval_is_inconclusive_with_the_detectable_gain(tmp_path):
+    """The case behind the rule: +0.063 with a 95 % interval of [−0.87, +0.99] over 2 seeds is no "does not help"."""
+    rep = _two_variants(tmp_path, "wide", [0.063 - 0.0732, 0.063 + 0.0732])
+    g = rep["largest_gain"]
+    assert g["gain"] == pytest.approx(0.063, abs=2e-3) and g["gain_n"] == 2
+    assert g["gain_half_width"] == pytest.approx(12.7062 * 0.0732, rel=0.02)  # t(0.975, 1) · sd / √2, sd = 0.0732 √2
+    assert rep["verdict"] == "inconclusive"
+    assert rep["statement"].startswith("Inconclusive on data-wide")
+    assert f"could only have shown a gain larger than ±{g['gain_half_width']:.3f}" in rep["statement"]
+    assert "even 100 seeds would not resolve a gain of +0.020" in rep["statement"]
+    assert f"inconclusive (±{g['gain_half_width']:.3f} detectable)" in report.combined_table([rep])
+
+
+def test_inconclusive_states_the_seeds_a_margin_needs(tmp_path):
+    rep = _two_variants(tmp_path, "some", [0.0, 0.03, 0.06])  # sd 0.03: ±0.075, a gain of 0.02 needs ~11 seeds
+    from dualsynth.stats import seeds_needed
+
+    n = seeds_needed(rep["largest_gain"]["gain_sd"], 0.02)
+    assert rep["verdict"] == "inconclusive" and 8 <= n <= 14
+    assert f"a gain of +0.020 needs about {n} seeds at this spread" in rep["statement"]
+
+
+# --------------------------------------------------------------------------- collapsed runs
+def test_collapsed_run_is_flagged_and_makes_the_verdict_inconclusive(tmp_path, rng):
+    base = rng.uniform(0.5, 0.7, 20)
+    scores = _three_seeds(base, lambda s: 0.0, lambda s: 0.04 + 0.01 * s)
+    del scores["SHQ_0@320"]
+    one_class = {"class_names": ["matrix", "pores"], "confusion": [[950, 0], [40, 10]]}  # 99 % predicted matrix
+    normal = {"class_names": ["matrix", "pores"], "confusion": [[900, 50], [10, 40]]}
+    extra = {(v, s): normal for v in scores for s in range(3)} | {("SHQ_0", 1): one_class}
+    exp = fake_experiment(tmp_path, "collapse", scores, updates={"SHQ_0": 160, "SHQ_100": 160}, extra=extra)
+    with pytest.warns(UserWarning, match=r"1 run\(s\) collapsed .*SHQ_0 seed 1: predicts matrix on 99% of the test"):
+        runs, _, ranked, _ = report.study_tables(exp, warn=True)
+    assert runs.collapsed.sum() == 1
+    r = ranked.set_index("variant")
+    assert (r.loc["SHQ_0", "collapsed"], r.loc["SHQ_0", "collapsed_seeds"]) == (1, "1")  # columns of ranked.csv
+    assert (r.loc["SHQ_100", "collapsed"], r.loc["SHQ_100", "collapsed_seeds"]) == (0, "")
+    rep = report.experiment_report(exp)
+    assert rep["collapsed_runs"] == [{"run": "SHQ_0", "seed": 1,
+                                      "reason": "predicts matrix on 99% of the test pixels"}]
+    # the same numbers without the collapsed run would say "helps"; resting on it, the verdict is inconclusive
+    assert rep["largest_gain"]["gain_ci_low"] > 0 and rep["largest_gain"]["significant"]
+    assert rep["verdict"] == "inconclusive" and "rests on collapsed run(s) — SHQ_0 seed 1" in rep["statement"]
+    assert "**1 collapsed run(s)**" in report.report_markdown(rep)
+
+
+def test_score_at_the_majority_baseline_counts_as_collapsed(tmp_path):
+    # 4 test masks of 8x8: pores in 16, 8, 0 and 4 pixels; matrix (the majority training class) everywhere scores
+    # per image (48/64)/2, (56/64)/2, 64/64, (60/64)/2 -> mean 0.5703125
+    masks = np.zeros((4, 8, 8), np.uint8)
+    masks[0, :2] = 1
+    masks[1, :1] = 1
+    masks[3, 0, :4] = 1
+    rng = np.random.default_rng(0)
+    scores = {"BMQ_0": {0: (rng.uniform(0.7, 0.9, 4), {"matrix": 0.9})},
+              "BMQ_50": {0: (np.full(4, 0.56), {"matrix": 0.9})}}
+    exp = fake_experiment(tmp_path, "baseline", scores, test_masks=masks)
+    runs, _, ranked, baseline = report.study_tables(exp)
+    assert baseline == {"class": "matrix", "missing_class_iou": pytest.approx(0.5703125), "test_images": 4}
+    assert runs.set_index("variant").collapsed.to_dict() == {"BMQ_0": False, "BMQ_50": True}
+    rep = report.experiment_report(exp)
+    assert rep["majority_baseline"]["missing_class_iou"] == pytest.approx(0.5703125)
+    assert "Missing Class IoU 0.560 ≤ the majority-class baseline 0.570" in rep["collapsed_runs"][0]["reason"]
+    assert "predicting matrix everywhere scores Missing Class IoU 0.570" in report.report_markdown(rep)
+
+
+# --------------------------------------------------------------------------- image–mask consistency (04's pre-test)
+def consistency_record(pores=None, matrix=None, overall=0.71, failing=("pores",)):
+    """A ``quality.consistency`` record as 04 stores it; ``pores`` / ``matrix`` override per-class numbers."""
+    def cls(iou_s, iou_r, f_s, f_r):
+        return {"iou_synthetic": iou_s, "iou_real": iou_r, "ratio": iou_s / iou_r if iou_r > 0 else None,
+                "fraction_synthetic": f_s, "fraction_real": f_r, "fraction_ratio": f_s / f_r if f_r > 0 else None}
+
+    per = {"matrix": cls(0.90, 0.95, 0.969, 0.923), "pores": cls(0.40, 0.50, 0.031, 0.0775)}
+    per["matrix"].update(matrix or {})
+    per["pores"].update(pores or {})
+    return {"consistency": overall, "iou_sum_synthetic": 1.3, "iou_sum_real": 1.45, "classes": ["matrix", "pores"],
+            "per_class": per, "failing_classes": list(failing), "fail_below": 0.8, "num_synthetic": 12, "num_real": 6}
+
+
+def write_quality(exp, quality):
+    atomic_write_json(exp / "synthetic" / "quality.json", quality)
+    return exp
+
+
+def pretest(record):
+    return {"encoder": "efficientnetb0", "epochs": 1, "missing_class_iou_real_test": 0.6,
+            "missing_class_iou_synthetic": 0.45, **({"consistency": record} if record is not None else {})}
+
+
+def _one_seed_loss(tmp_path, rng, name):
+    base = rng.uniform(0.6, 0.8, 20)
+    scores = {"SHQ_0": {0: (base, {"matrix": 0.9, "pores": 0.6})},
+              "SHQ_100": {0: (base - 0.05 + rng.normal(0, 0.01, 20), {"matrix": 0.9, "pores": 0.3})}}
+    return fake_experiment(tmp_path, name, scores)
+
+
+def test_consistency_section_says_how_a_class_fails_and_is_a_reason(tmp_path, rng):
+    exp = write_quality(_one_seed_loss(tmp_path, rng, "cons"),
+                        {"similarity": similarity(0.031), "pretest": pretest(consistency_record())})
+    rep = report.experiment_report(exp)
+    json.dumps(rep, allow_nan=False)
+    c = rep["consistency"]
+    assert c["measured"] and c["consistency"] == pytest.approx(0.71) and c["failing_classes"] == ["pores"]
+    assert c["failures"]["pores"] == "under-produced, 3.1 % of synthetic mask pixels vs 7.8 % real (ratio 0.40)"
+    md = report.report_markdown(rep)
+    assert "### Synthetic masks against their micrographs" in md and "Image–mask consistency **0.71**" in md
+    assert "| pores | 0.40 / 0.50 | 0.80 | 3.1 % | 7.8 % | 0.40 | **yes** |" in md
+    assert "| matrix | 0.90 / 0.95 | 0.95 | 96.9 % | 92.3 % | 1.05 | no |" in md
+    assert "- pores: under-produced, 3.1 % of synthetic mask pixels vs 7.8 % real (ratio 0.40)" in md
+    assert "efficientnetb0" in md
+    # the verdict's reasons (synthetic data does not help here: one seed, a loss)
+    assert rep["verdict"] == "inconclusive"
+    assert ("the synthetic masks match their micrographs less well than real masks (image–mask consistency 0.71, "
+            "below 0.80) and fail for pores under-produced (3.1 % vs 7.8 % real)") in rep["statement"]
+    # the per-class table of 07: the same numbers as a DataFrame
+    df = report.consistency_table(exp)
+    assert list(df["class"]) == ["matrix", "pores"] and df.attrs["consistency"] == pytest.approx(0.71)
+    row = df.set_index("class").loc["pores"]
+    assert row.fails and row["fraction_synthetic_%"] == pytest.approx(3.1) and row.iou_ratio == pytest.approx(0.8)
+    assert report.consistency_table(rep).equals(df)
+    # the cross-experiment table has the column
+    table = report.combined_table([rep])
+    assert table.splitlines()[0].endswith("| image–mask consistency |")
+    assert table.splitlines()[2].endswith("| 0.71 (fails: pores) |")
+
+
+def test_consistency_words_for_a_class_the_judge_cannot_segment_and_disagreeing_masks():
+    rec = consistency_record(pores={"iou_real": 0.0, "iou_synthetic": 0.0, "ratio": None, "fraction_synthetic": 0.04,
+                                    "fraction_ratio": 0.5},
+                             matrix={"iou_synthetic": 0.5, "ratio": 0.5 / 0.95}, overall=0.53,
+                             failing=("matrix", "pores"))
+    df = report.consistency_table(rec)  # a bare record of quality.consistency, as 04 stores it
+    how = dict(zip(df["class"], df["how"]))
+    assert how["pores"] == ("the judge cannot segment it on real images (IoU 0.00), so its consistency cannot be "
+                            "judged; under-produced, 4.0 % of synthetic mask pixels vs 7.8 % real (ratio 0.50)")
+    assert how["matrix"] == ("its synthetic masks disagree with their micrographs: the judge's IoU 0.50 on synthetic "
+                             "vs 0.95 on real images (IoU ratio 0.53)")
+    # not failing, but not judgeable either: said apart, with its fraction ratio
+    rec = consistency_record(pores={"iou_real": 0.0, "ratio": None}, overall=0.95, failing=())
+    from dualsynth.report.consistency import _entry, consistency_lines
+
+    lines = "\n".join(consistency_lines(_entry(rec)))
+    assert "No class fails" in lines and "Not judged:" in lines
+    assert ("- pores: the judge cannot segment it on real images (IoU 0.00), so its consistency cannot be judged; "
+            "under-produced") in lines
+
+
+def test_consistency_record_of_quality_consistency_renders(tmp_path, rng):
+    from dualsynth import quality
+
+    real = np.zeros((4, 16, 16), np.int64)
+    real[:, 4:8, 4:8] = 1  # pores: 6.25 % of every real mask, segmented perfectly by the judge
+    syn = np.zeros((4, 16, 16), np.int64)
+    syn[:, 4:6, 4:8] = 1  # half as many pores in the synthetic masks
+    rec = quality.consistency(syn, syn, real, real, 2, ["matrix", "pores"])
+    exp = write_quality(fake_experiment(tmp_path, "real", {}), {"pretest": pretest(json.loads(json.dumps(rec)))})
+    rep = report.experiment_report(exp)
+    assert rep["consistency"]["failing_classes"] == ["pores"]
+    assert rep["consistency"]["failures"]["pores"].startswith("under-produced, 3.1 % of synthetic mask pixels vs "
+                                                               "6.2 % real (ratio 0.50)")
+    assert "- pores: under-produced" in report.report_markdown(rep)
+
+
+@pytest.mark.parametrize("case, note", [
+    ("no quality.json", "no synthetic/quality.json"),
+    ("no pretest", "has no pre-test"),
+    ("pretest without consistency", "predates the image–mask consistency"),
+    ("quality.json older than the pool", "older than the pool"),
+])
+def test_consistency_not_measured_in_older_experiments(tmp_path, rng, case, note):
+    exp = _one_seed_loss(tmp_path, rng, "old")
+    if case == "no pretest":
+        write_quality(exp, {"similarity": similarity(0.045)})
+    elif case == "pretest without consistency":
+        write_quality(exp, {"pretest": pretest(None)})
+    elif case == "quality.json older than the pool":
+        import os
+
+        write_quality(exp, {"pretest": pretest(consistency_record())})
+        atomic_write_json(exp / "synthetic" / "pool.json", {"items": []})
+        t = (exp / "synthetic" / "pool.json").stat().st_mtime_ns
+        os.utime(exp / "synthetic" / "quality.json", ns=(t - 10**9, t - 10**9))
+    rep = report.experiment_report(exp)
+    json.dumps(rep, allow_nan=False)
+    c = rep["consistency"]
+    assert not c["measured"] and note in c["note"] and c["per_class"] == {}
+    md = report.report_markdown(rep)
+    assert "### Synthetic masks against their micrographs" in md and "Image–mask consistency not measured: " in md
+    assert "image–mask consistency" not in rep["statement"]  # not measured is no reason
+    assert report.combined_table([rep]).splitlines()[2].endswith("| not measured |")
+    df = report.consistency_table(exp)
+    assert df.empty and note in df.attrs["note"]
+    assert report.consistency_table({"experiment": "x"}).empty  # a report.json that predates the entry

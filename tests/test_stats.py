@@ -61,3 +61,48 @@ def test_holm_known_values_and_nan_outside_the_family():
     assert adj[[0, 1, 3]] == pytest.approx([0.06, 0.03, 0.06]) and np.isnan(adj[2])
     assert stats.holm([0.5, 0.9]).tolist() == [1.0, 1.0]  # capped at 1
     assert stats.holm([]).shape == (0,)
+
+
+@pytest.mark.parametrize("gain,lo,hi,n,sig,collapsed,want", [
+    (0.05, 0.02, 0.08, 3, True, False, "helps"),
+    (0.05, 0.02, 0.08, 3, False, False, "inconclusive"),  # interval above 0, per-image test not significant
+    (0.05, 0.02, 0.08, 3, True, True, "inconclusive"),  # rests on a collapsed run
+    (-0.05, -0.08, -0.02, 3, False, False, "hurts"),
+    (0.002, -0.01, 0.015, 3, False, False, "does_not_help"),  # every gain above the margin 0.02 excluded
+    (0.002, -0.01, 0.025, 3, False, False, "inconclusive"),
+    (0.063, -0.87, 0.99, 2, False, False, "inconclusive"),
+    (0.08, None, None, 1, True, False, "inconclusive"),  # one seed: no interval
+])
+def test_decide_three_verdicts_and_does_not_help(gain, lo, hi, n, sig, collapsed, want):
+    assert stats.decide(gain, lo, hi, n, sig, margin=0.02, collapsed=collapsed) == want
+
+
+def test_seeds_needed_for_a_margin():
+    # sd 0.03, margin 0.02: t(0.975, n-1) · 0.03 / √n ≤ 0.02 first at n = 12 (2.201 · 0.03 / 3.464 = 0.01906;
+    # n = 11: 2.228 · 0.03 / 3.317 = 0.02015)
+    assert stats.seeds_needed(0.03, 0.02) == 12
+    assert stats.seeds_needed(0.001, 0.02) == 2
+    assert stats.seeds_needed(1.0, 0.02) is None  # more than 100
+    assert stats.seeds_needed(float("nan"), 0.02) is None
+
+
+def test_majority_baseline_is_the_metric_of_a_constant_prediction(rng):
+    from dualsynth.metrics import evaluate
+
+    masks = rng.integers(0, 3, (5, 16, 16))
+    masks[0] = 0  # an image of the majority class only scores 1
+    want = evaluate(masks, np.zeros_like(masks), 3)["missing_class_iou"]
+    assert stats.majority_baseline(masks, 0, 3) == pytest.approx(want)
+    by_hand = np.mean([1.0] + [(m == 0).mean() / len(np.unique(m)) for m in masks[1:]])
+    assert stats.majority_baseline(masks, 0, 3) == pytest.approx(by_hand)
+
+
+def test_flag_collapsed_by_share_and_by_baseline():
+    runs = pd.DataFrame({"variant": ["A", "B", "C", "D"], "seed": [0, 0, 0, 0],
+                         "missing_class_iou": [0.7, 0.7, 0.40, 0.41], "pred_max_share": [0.95, 0.949, 0.5, None],
+                         "pred_max_class": ["matrix", "matrix", "pores", None]})
+    out = stats.flag_collapsed(runs, baseline=0.40)
+    assert out.collapsed.tolist() == [True, False, True, False]
+    assert out.collapse_reason[0] == "predicts matrix on 95% of the test pixels"
+    assert out.collapse_reason[2] == "Missing Class IoU 0.400 ≤ the majority-class baseline 0.400"
+    assert stats.flag_collapsed(runs).collapsed.tolist() == [True, False, False, False]  # no baseline: share only

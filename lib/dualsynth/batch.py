@@ -19,9 +19,10 @@ from typing import Any, Mapping, Sequence
 
 from .config import ParamError, experiment_dir, load_yaml, project_root, resolve_outputs
 from .io import DataError
+from .study import _stale_check, plan_study, predicted_share, recorded_updates, study_runs  # noqa: F401  (re-exported)
 
 __all__ = ["NOTEBOOKS", "notebook_path", "notebook_parameters", "preset_params", "run_notebook", "run_chain",
-           "fork_experiment", "main"]
+           "fork_experiment", "study_runs", "collect_metrics", "main"]
 
 #: The numbered notebooks, in order.  Only the ones that exist are run.
 NOTEBOOKS = (
@@ -115,7 +116,8 @@ def _select(stages: str) -> list[str]:
 
 def run_chain(preset: str, experiment: str | None = None, data: str | None = None, stages: str = "all",
               outputs_dir: str = "outputs", overrides: Mapping[str, Any] | None = None,
-              variants: str = "all", seeds: Sequence[int] = (0,), workers: int = 1) -> list[dict[str, Any]]:
+              variants: str = "all", seeds: Sequence[int] = (0,), workers: int = 1,
+              matched_controls: bool = False) -> list[dict[str, Any]]:
     """Run the selected notebooks in order; stop at the first failure (later stages need its files).
 
     Stage 06 is the study: ``06_unet_training`` for every variant in ``variants`` and every seed, on Dask
@@ -138,7 +140,7 @@ def run_chain(preset: str, experiment: str | None = None, data: str | None = Non
             t0 = time.perf_counter()
             summary = run_study(preset, experiment, variants, seeds, workers, outputs_dir=outputs_dir,
                                 overrides={k: v for k, v in (overrides or {}).items()
-                                           if k in notebook_parameters(nb)})
+                                           if k in notebook_parameters(nb)}, matched_controls=matched_controls)
             timings.append({"notebook": nb, "seconds": round(time.perf_counter() - t0, 1),
                             "runs": summary["done"], "skipped": summary["skipped"]})
             if summary["failed"]:
@@ -199,46 +201,12 @@ def _run_one(notebook: str, output: str, parameters: dict[str, Any], log_path: s
     return {"seconds": time.perf_counter() - t0}
 
 
-def _stale_check(experiment_path: Path):
-    """``is_stale(variant, metrics)``: the complete run's recorded ``inputs_fingerprint`` differs from what
-    ``variants/<variant>.json`` now lists (a run recorded before fingerprints existed, or whose variant file is
-    gone, is trusted).  Fingerprints are computed once per variant."""
-    from .variants import inputs_fingerprint, load_variant
-
-    current: dict[str, str | None] = {}
-
-    def is_stale(variant: str, metrics: Mapping[str, Any]) -> bool:
-        recorded = metrics.get("inputs_fingerprint")
-        if recorded is None:
-            return False
-        if variant not in current:
-            f = experiment_path / "variants" / f"{variant}.json"
-            current[variant] = inputs_fingerprint(load_variant(f)) if f.is_file() else None
-        return current[variant] is not None and recorded != current[variant]
-
-    return is_stale
-
-
-def study_runs(experiment_path: Path, variant_names: Sequence[str], seeds: Sequence[int]) -> list[dict[str, Any]]:
-    """Every (variant, seed) run with its folder, whether its ``metrics.json`` is complete, and whether that
-    complete run was made from other data than ``variants/<variant>.json`` now lists (``stale``: its recorded
-    ``inputs_fingerprint`` differs; a run recorded before fingerprints existed is trusted)."""
-    from .io import read_json
-    from .variants import metrics_complete, run_dir
-
-    is_stale = _stale_check(experiment_path)
-    out = []
-    for v in variant_names:
-        for s in seeds:
-            d = run_dir(experiment_path / "unet", v, s)
-            done = metrics_complete(d / "metrics.json")
-            stale = done and is_stale(v, read_json(d / "metrics.json"))
-            out.append({"variant": v, "seed": int(s), "dir": d, "done": done, "stale": stale})
-    return out
-
-
 def collect_metrics(experiment_path: str | os.PathLike, stale: str = "drop") -> "pd.DataFrame":
     """One row per COMPLETE run found under ``unet/*/seed*/metrics.json`` (incomplete or corrupt files are skipped).
+
+    Besides the scores: ``updates`` (the run's update budget, :func:`dualsynth.study.recorded_updates`),
+    ``budget`` (``fixed`` / ``epochs``, None before it was recorded), ``pred_max_share`` / ``pred_max_class`` (the
+    largest share of test pixels predicted as one class, from the confusion matrix).
 
     A run trained on other data than its variant file now lists (04/05 re-run after it; see :func:`study_runs`)
     is left out with a warning naming it (``stale="drop"``), refused (``"error"``) or kept (``"keep"``).
@@ -264,7 +232,9 @@ def collect_metrics(experiment_path: str | os.PathLike, stale: str = "drop") -> 
             continue
         row = {k: m.get(k) for k in ("variant", "seed", "group", "tier", "percent", "augment", "num_real_train",
                                      "num_synthetic_train", "num_test", "encoder", "epochs_run", "best_epoch",
-                                     "train_seconds")}
+                                     "train_seconds", "budget")}
+        row["updates"] = recorded_updates(m, f.parent)  # the run's update budget (matched controls compare it)
+        row["pred_max_share"], row["pred_max_class"] = predicted_share(m)  # a collapsed model predicts one class
         row.update({k: m[k] for k in METRIC_COLUMNS})
         for name, val in (m.get("per_class") or {}).items():
             row[f"mciou_{name}"] = val
@@ -337,12 +307,14 @@ def fork_experiment(outputs_dir: str | os.PathLike, source: str, target: str) ->
 def run_study(preset: str, experiment: str | None = None, variants: str | Sequence[str] | None = "all",
               seeds: Sequence[int] = (0,), workers: int = 1, threads_per_worker: int | None = None,
               scheduler: str | None = None, outputs_dir: str = "outputs", overrides: Mapping[str, Any] | None = None,
-              progress: bool = True) -> dict[str, Any]:
+              progress: bool = True, matched_controls: bool = False) -> dict[str, Any]:
     """Run ``06_unet_training`` for every (variant, seed) with papermill on Dask; resumable.
 
     A run whose ``metrics.json`` is complete is skipped; an interrupted one is redone (its U-Net training resumes
     from its last epoch checkpoint).  Failures are reported at the end without stopping the other runs.
-    ``results/metrics.csv`` is rebuilt from the per-run files at the end.
+    ``results/metrics.csv`` is rebuilt from the per-run files at the end.  ``matched_controls`` (under 06's
+    ``budget: epochs``) adds each mixed variant's matched control run, ``<base>@<updates>``
+    (:func:`dualsynth.study.plan_study`); control runs are runs like the others (resumable, fingerprinted).
     """
     from dask.distributed import Client, LocalCluster, as_completed
     from tqdm.auto import tqdm
@@ -357,7 +329,14 @@ def run_study(preset: str, experiment: str | None = None, variants: str | Sequen
     missing = [v for v in chosen if not (exp / "variants" / f"{v}.json").is_file()]
     if missing:
         raise ParamError(f"variants {missing[:5]} have no file in {exp / 'variants'}; run 05_datasets with them")
-    runs = study_runs(exp, chosen, seeds)
+    unknown = sorted(set(overrides or {}) - set(notebook_parameters(STUDY_NOTEBOOK)))
+    if unknown:
+        raise ParamError(f"override(s) {', '.join(unknown)} are not parameters of {STUDY_NOTEBOOK}")
+    base = dict(preset_params(preset, STUDY_NOTEBOOK))
+    base.update(overrides or {})
+    # refuse an inconsistent budget once, before any run starts (not in every run)
+    plan = plan_study(exp, chosen, seeds, {**notebook_parameters(STUDY_NOTEBOOK), **base}, matched_controls)
+    runs = plan.runs
     stale = [str(r["dir"]) for r in runs if r["stale"]]
     if stale:
         raise DataError(
@@ -367,14 +346,12 @@ def run_study(preset: str, experiment: str | None = None, variants: str | Sequen
     todo = [r for r in runs if not r["done"]]
     cores = os.cpu_count() or 1
     tf_threads = int(threads_per_worker) if threads_per_worker else max(1, cores // max(1, workers))
-    unknown = sorted(set(overrides or {}) - set(notebook_parameters(STUDY_NOTEBOOK)))
-    if unknown:
-        raise ParamError(f"override(s) {', '.join(unknown)} are not parameters of {STUDY_NOTEBOOK}")
-    base = dict(preset_params(preset, STUDY_NOTEBOOK))
-    base.update(overrides or {})
     base.update({"experiment": experiment, "outputs_dir": str(resolve_outputs(outputs_dir)), "tf_threads": tf_threads})
     summary = {"total": len(runs), "skipped": len(runs) - len(todo), "done": 0, "failed": [], "seconds": {}}
-    print(f"study {experiment}: {len(runs)} runs ({len(chosen)} variants × {len(seeds)} seeds), "
+    controls = (f" + {len(plan.control_runs)} matched control(s) × {len(seeds)} seeds" if plan.control_runs else "")
+    for note in plan.notes:
+        print(f"note: {note}", flush=True)
+    print(f"study {experiment}: {len(runs)} runs ({len(chosen)} variants × {len(seeds)} seeds{controls}), "
           f"{summary['skipped']} already complete, {len(todo)} to run", flush=True)
     if todo:
         if scheduler:
@@ -493,6 +470,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ch.add_argument("--variants", default="all", help="variants of the study stage (06), as for 'study'")
     ch.add_argument("--seeds", default="0", help="seeds of the study stage (06)")
     ch.add_argument("--workers", type=int, default=1, help="Dask workers of the study stage (06)")
+    ch.add_argument("--matched-controls", action="store_true", help="as for 'study'")
     ch.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="override a notebook parameter for every stage that declares it (YAML value; repeatable)")
     st = sub.add_parser("study", help="run 06_unet_training for many variants and seeds on Dask (resumable)")
@@ -506,6 +484,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     st.add_argument("--outputs-dir", default="outputs")
     st.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="override a parameter of 06_unet_training (YAML value; repeatable)")
+    st.add_argument("--matched-controls", action="store_true",
+                    help="with budget=epochs: also train each mixed variant's base with as many updates "
+                         "(control run <base>@<updates>, e.g. SHQ_0@320), to split a gain into more updates and "
+                         "synthetic data; nothing is added under budget=fixed (the base is the control)")
     st.add_argument("--from-experiment", default=None, metavar="SOURCE",
                     help="first fork --experiment from SOURCE's patches, pool and variants (01-05 done there), "
                          "to compare U-Net settings on the same data")
@@ -520,7 +502,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.from_experiment:
                 fork_experiment(args.outputs_dir, args.from_experiment, args.experiment or args.preset)
             summary = run_study(args.preset, args.experiment, args.variants, _parse_seeds(args.seeds), args.workers,
-                                args.threads, args.scheduler, args.outputs_dir, overrides=overrides)
+                                args.threads, args.scheduler, args.outputs_dir, overrides=overrides,
+                                matched_controls=args.matched_controls)
         except (ParamError, DataError) as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
@@ -529,7 +512,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             timings = run_chain(args.preset, args.experiment, args.data, args.stages, args.outputs_dir,
                                 variants=args.variants, seeds=_parse_seeds(args.seeds), workers=args.workers,
-                                overrides=overrides)
+                                overrides=overrides, matched_controls=args.matched_controls)
         except ParamError as e:
             print(f"error: {e}", file=sys.stderr)
             return 2

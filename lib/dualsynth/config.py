@@ -17,7 +17,7 @@ import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 import yaml
@@ -373,6 +373,8 @@ NOTEBOOK_RULES: dict[str, dict[str, tuple]] = {
         "eval_every": (int, _positive, "an integer ≥ 1"),
         "patience": (int, _non_negative, "0 (no early stopping) or the number of evaluations without improvement"),
         "augment_dihedral": (bool, None, "True or False"),
+        "condition": (str, lambda v: v in ("none", "class_fractions"),
+                      "none or class_fractions (condition the gated prior on each map's class fractions)"),
         "num_preview": (int, _non_negative, "an integer ≥ 0"),
         "temperature": ((int, float), _positive, "a number > 0"),
         "save_figures": (bool, None, "True or False"),
@@ -384,6 +386,14 @@ NOTEBOOK_RULES: dict[str, dict[str, tuple]] = {
         "sample_batch": (int, _positive, "an integer ≥ 1"),
         "min_object_px": (int, lambda v: v >= -1, "-1 (200 px scaled with patch area) or a pixel count ≥ 0"),
         "use_kmeans": (bool, None, "True or False"),
+        "cleanup": (str, lambda v: v in ("paper", "thin", "none"),
+                    "paper (small objects by area), thin (rims reassigned, long thin objects kept) or none"),
+        "min_object_len": ((int, float), lambda v: v == -1 or v >= 0,
+                           "-1 (twice the side of a square of min_object_px) or a length in pixels ≥ 0"),
+        "rim_px": (int, _non_negative, "an integer ≥ 0 (0: no rim step)"),
+        "min_consistency": ((int, float), lambda v: 0 <= v <= 10, "0 (keep every sample) or a per-image consistency > 0"),
+        "max_curation_rounds": (int, _positive, "an integer ≥ 1"),
+        "rare_boost": ((int, float), _non_negative, "0 (target fractions as in the real maps) or a number > 0"),
         "pretest": (bool, None, "True or False"),
         "pretest_encoder": (str, None, "a segmentation-models encoder name, e.g. efficientnetb0"),
         "pretest_epochs": (int, _positive, "an integer ≥ 1"),
@@ -396,7 +406,8 @@ NOTEBOOK_RULES: dict[str, dict[str, tuple]] = {
     },
     "06_unet_training": {
         **_COMMON_RULES,
-        "variant": (str, None, "a variant name, e.g. BMQ_50 (see params/variants/)"),
+        "variant": (str, None, "a variant name, e.g. BMQ_50 (see params/variants/), or a matched control run "
+                    "<base>@<updates>, e.g. SHQ_0@320"),
         "encoder": (str, None, "a segmentation-models encoder, e.g. efficientnetb3"),
         "encoder_weights": ((str, type(None)), None, "'imagenet', None (null) or the path of a local .h5 file"),
         "epochs": (int, _positive, "an integer ≥ 1"),
@@ -405,6 +416,9 @@ NOTEBOOK_RULES: dict[str, dict[str, tuple]] = {
         "learning_rate": ((int, float), _positive, "a number > 0"),
         "early_stopping_patience": (int, _positive, "an integer ≥ 1"),
         "reduce_lr_patience": (int, _positive, "an integer ≥ 1"),
+        "budget": (str, lambda v: v in ("fixed", "epochs"),
+                   "fixed (epochs × steps_per_epoch updates for every run) or epochs (the paper's: steps per epoch "
+                   "= training images // batch_size)"),
         "steps_per_epoch": (int, _non_negative, "0 (training images / batch size, the paper's) or a fixed number"),
         "bn_momentum": ((float, type(None)), lambda v: v is None or 0 <= v < 1,
                         "None (the encoder's 0.99) or a momentum in [0, 1), e.g. 0.9 for short schedules"),
@@ -415,8 +429,30 @@ NOTEBOOK_RULES: dict[str, dict[str, tuple]] = {
     "07_results_plots": {
         **_COMMON_RULES,
         "overlay_variants": (str, None, "a comma list of variants (or best / worst) to show prediction overlays for"),
+        "margin": ((int, float), _non_negative, "a gain ≥ 0 of Missing Class IoU: 'does not help' needs the 95 % "
+                   "interval to exclude gains above it (e.g. 0.02)"),
         "save_figures": (bool, None, "True or False"),
     },
+}
+
+
+def _unet_budget(p: Mapping[str, Any]) -> str | None:
+    from .unet.budget import budget_problems  # TensorFlow-free
+
+    return "\n  ".join(budget_problems(p["budget"], p["steps_per_epoch"], p["epochs"], p["variant"])) or None
+
+
+#: Checks across parameters of one notebook: each returns a problem (str) or None.
+NOTEBOOK_CHECKS: dict[str, list[Callable[[Mapping[str, Any]], str | None]]] = {
+    "03_pixelcnn": [
+        lambda p: ("condition='class_fractions' needs prior='gated' (the plain PixelCNN takes no condition)"
+                   if p["condition"] != "none" and p["prior"] != "gated" else None),
+    ],
+    "06_unet_training": [_unet_budget],
+    "04_synthesis": [
+        lambda p: ("min_consistency > 0 needs pretest=True (the pre-test U-Net judges each synthetic pair)"
+                   if p["min_consistency"] > 0 and not p["pretest"] else None),
+    ],
 }
 
 
@@ -439,6 +475,9 @@ def start_stage(name: str, namespace: Mapping[str, Any]) -> Stage:
         raise ParamError(f"unknown stage {name!r}; stages are {sorted(NOTEBOOK_RULES)}")
     rules = NOTEBOOK_RULES[name]
     params = validate_params({k: namespace[k] for k in rules if k in namespace}, rules, where=f"parameters of {name}")
+    problems = [msg for check in NOTEBOOK_CHECKS.get(name, []) if (msg := check(params))]
+    if problems:
+        raise ParamError(f"bad parameters of {name}:\n  " + "\n  ".join(problems))
     exp = experiment_dir(params["outputs_dir"], params["experiment"])
     set_seed(params["seed"])
     # one record per run: the study runs 06 many times (variant × seed) in parallel

@@ -244,17 +244,43 @@ def plot_sample_grid(images: np.ndarray, masks: np.ndarray, palette: Palette, ma
 
 
 def plot_cleanup_steps(image: np.ndarray, raw: np.ndarray, naive: np.ndarray, clustered: np.ndarray, cleaned: np.ndarray,
-                       palette: Palette) -> plt.Figure:
+                       palette: Palette, labels_title: str = "k-means", cleaned_title: str = "small objects filled",
+                       naive_title: str = "nearest grey level") -> plt.Figure:
     """Mask clean-up (paper Fig. 11): decoded mask channel → nearest level → k-means → small objects removed."""
     fig, axes = plt.subplots(1, 5, figsize=(15, 3.4))
     show_image(axes[0], image, "decoded micrograph")
     show_image(axes[1], _grey_mask(raw), "decoded mask channel")
-    show_image(axes[2], palette.index_to_rgb(naive), "nearest grey level")
-    show_image(axes[3], palette.index_to_rgb(clustered), "k-means")
+    show_image(axes[2], palette.index_to_rgb(naive), naive_title)
+    show_image(axes[3], palette.index_to_rgb(clustered), labels_title)
     changed = float(np.mean(cleaned != naive))
-    show_image(axes[4], palette.index_to_rgb(cleaned), f"small objects filled ({changed:.1%} changed)")
+    show_image(axes[4], palette.index_to_rgb(cleaned), f"{cleaned_title} ({changed:.1%} changed)")
     fig.legend(handles=palette_legend(palette), loc="lower center", ncol=palette.num_classes, fontsize=8, frameon=False)
     fig.tight_layout(rect=(0, 0.08, 1, 1))
+    return fig
+
+
+def plot_consistency(record: Mapping, title: str = "") -> plt.Figure:
+    """Per class: the judge's IoU on synthetic / on real (consistency) and the class fraction synthetic / real.
+
+    ``record`` is :func:`dualsynth.quality.consistency`'s result.  The shaded band is ±20 % around 1.
+    """
+    per = record["per_class"]
+    names = list(per)
+    x = np.arange(len(names))
+    iou = [per[n]["ratio"] if per[n]["ratio"] is not None else np.nan for n in names]
+    frac = [per[n]["fraction_ratio"] if per[n]["fraction_ratio"] is not None else np.nan for n in names]
+    fig, ax = plt.subplots(figsize=(2.0 + 1.4 * len(names), 3.4))
+    ax.axhspan(0.8, 1.25, color="0.9", zorder=0)
+    ax.axhline(1.0, color="0.4", lw=0.8, zorder=1)
+    ax.bar(x - 0.2, iou, 0.4, label="IoU synthetic / real (judge)")
+    ax.bar(x + 0.2, frac, 0.4, label="class fraction synthetic / real")
+    ax.set_xticks(x, names, rotation=20 if len(names) > 4 else 0)
+    ax.set_ylabel("ratio")
+    overall = record.get("consistency")
+    head = f"consistency {overall:.2f}" if overall is not None else "consistency n/a"
+    ax.set_title(f"{title} — {head}" if title else head, fontsize=10)
+    ax.legend(fontsize=8, loc="upper right")
+    fig.tight_layout()
     return fig
 
 

@@ -16,6 +16,18 @@ Measures (pure functions on arrays; images ``(N, H, W[, C])``, masks ``(N, H, W)
   k(x, y) = (x·y / d + 1)³, averaged over random subsets — on features of a network trained here
   (:func:`vqvae_features`: the VQ-VAE encoder's output on the dual image, global-average-pooled), since ImageNet /
   MicroNet weights cannot be downloaded.
+* **image–mask consistency** (:func:`consistency`): does a synthetic mask agree with its own micrograph as well
+  as a real mask agrees with its micrograph?  A judge -- a segmentation model trained on real data (the
+  pre-test U-Net, :mod:`dualsynth.pretest`) -- segments the synthetic micrographs and real held-out images.
+  Per class c present in the real reference masks, IoU_c is taken from the confusion matrix summed over all
+  images (pooled, not per image).  ``consistency`` = Σ_c IoU_c(synthetic masks vs the judge on synthetic
+  micrographs) / Σ_c IoU_c(real masks vs the judge on real images), every such class weighted equally (a rare
+  phase counts as much as the matrix: the rare ones are why the tool exists).  A class the synthetic pool does
+  not contain contributes 0 to the numerator -- unlike a per-image Missing Class IoU, where an absent class is
+  simply not averaged, so leaving a hard class out of the masks could *raise* the score.  Dropping a class from
+  the synthetic masks therefore cannot raise consistency unless the judge already disagreed with every pixel of
+  it; classes the judge cannot segment on real data (IoU ≈ 0) weigh nothing on either side.  Per class:
+  IoU ratio synthetic / real, and the fraction ratio (synthetic / real training masks), always reported together.
 * **boundary disagreement** (:func:`boundary_disagreement`): a pixel classifier (random forest on the pixel's
   value and ``skimage.feature.multiscale_basic_features``: intensity, edges, texture at 4 scales) is fitted on real
   patches and re-segments a micrograph; the measure is the share of mask-boundary pixels
@@ -48,6 +60,8 @@ __all__ = [
     "fit_pixel_classifier",
     "boundary_disagreement",
     "vqvae_features",
+    "consistency",
+    "per_image_consistency",
     "similarity_report",
     "similarity_table",
     "experiment_similarity",
@@ -216,6 +230,88 @@ def vqvae_features(model, palette, encoding: str = "grey", batch_size: int = 16)
         return np.concatenate(out)
 
     return features
+
+
+def _pooled_iou(masks: np.ndarray, preds: np.ndarray, num_classes: int) -> np.ndarray:
+    """IoU per class from the confusion matrix summed over all images; NaN where a class is in neither."""
+    from .metrics import confusion_matrix
+
+    cm = sum(confusion_matrix(m, p, num_classes) for m, p in zip(masks, preds))
+    inter = np.diag(cm).astype(np.float64)
+    union = cm.sum(0) + cm.sum(1) - np.diag(cm)
+    out = np.full(num_classes, np.nan)
+    out[union > 0] = inter[union > 0] / union[union > 0]
+    return out
+
+
+def _ratio(a: float, b: float) -> float | None:
+    return float(a / b) if b > 0 and np.isfinite(a) and np.isfinite(b) else None
+
+
+def consistency(syn_masks, syn_preds, real_masks, real_preds, num_classes: int,
+                class_names: Sequence[str] | None = None, real_train_masks=None,
+                fail_below: float = 0.8) -> dict[str, Any]:
+    """Image–mask consistency of a synthetic set against a real reference (see the module docstring).
+
+    ``syn_masks`` / ``syn_preds``: the synthetic masks and the judge's segmentation of their micrographs;
+    ``real_masks`` / ``real_preds``: real held-out masks and the judge's segmentation of their images;
+    ``real_train_masks``: masks for the fraction ratio (default ``real_masks``).  A class *fails* when its IoU
+    ratio or its fraction ratio is below ``fail_below`` (or its fraction ratio above 1 / ``fail_below``).
+    """
+    sm, sp = _masks(syn_masks, "synthetic masks"), _masks(syn_preds, "synthetic predictions")
+    rm, rp = _masks(real_masks, "real masks"), _masks(real_preds, "real predictions")
+    for a, b, what in ((sm, sp, "synthetic"), (rm, rp, "real")):
+        if a.shape != b.shape:
+            raise ValueError(f"{what} masks {a.shape} and predictions {b.shape} differ in shape")
+    for arr, what in ((sm, "synthetic masks"), (sp, "synthetic predictions"), (rm, "real masks"),
+                      (rp, "real predictions")):
+        if arr.size and (arr.min() < 0 or arr.max() >= num_classes):
+            raise ValueError(f"{what} hold class ids outside 0..{num_classes - 1}")
+    names = list(class_names) if class_names is not None else [str(c) for c in range(num_classes)]
+    train = rm if real_train_masks is None else _masks(real_train_masks, "real training masks")
+    present = np.bincount(rm.ravel(), minlength=num_classes)[:num_classes] > 0
+    iou_syn = np.nan_to_num(_pooled_iou(sm, sp, num_classes), nan=0.0)  # a class nowhere in the pool: 0
+    iou_real = np.nan_to_num(_pooled_iou(rm, rp, num_classes), nan=0.0)
+    f_syn = per_patch_fractions(sm, num_classes).mean(0)
+    f_real = per_patch_fractions(train, num_classes).mean(0)
+    per_class, failing = {}, []
+    for c in range(num_classes):
+        if not present[c]:
+            continue
+        r, fr = _ratio(iou_syn[c], iou_real[c]), _ratio(f_syn[c], f_real[c])
+        per_class[names[c]] = {"iou_synthetic": float(iou_syn[c]), "iou_real": float(iou_real[c]),
+                               "ratio": r, "fraction_synthetic": float(f_syn[c]), "fraction_real": float(f_real[c]),
+                               "fraction_ratio": fr}
+        if (r is not None and r < fail_below) or (fr is None or fr < fail_below or fr > 1 / fail_below):
+            failing.append(names[c])
+    num, den = float(iou_syn[present].sum()), float(iou_real[present].sum())
+    return {
+        "consistency": _ratio(num, den),
+        "iou_sum_synthetic": num,
+        "iou_sum_real": den,
+        "classes": [names[c] for c in range(num_classes) if present[c]],
+        "per_class": per_class,
+        "failing_classes": failing,
+        "fail_below": fail_below,
+        "num_synthetic": int(sm.shape[0]),
+        "num_real": int(rm.shape[0]),
+    }
+
+
+def per_image_consistency(syn_masks, syn_preds, num_classes: int, reference: float) -> np.ndarray:
+    """Per synthetic image: mean IoU over the classes in its mask or its prediction, divided by ``reference``.
+
+    ``reference`` is the judge's score on real held-out images (e.g. the mean over the classes of
+    :func:`consistency`'s ``iou_real``); used to curate a pool (``min_consistency`` in 04).
+    """
+    from .metrics import iou_per_class
+
+    if not reference > 0:
+        raise ValueError(f"reference score must be > 0, got {reference!r}")
+    sm, sp = _masks(syn_masks, "synthetic masks"), _masks(syn_preds, "synthetic predictions")
+    if sm.shape != sp.shape:
+        raise ValueError(f"synthetic masks {sm.shape} and predictions {sp.shape} differ in shape")
+    return np.array([np.nanmean(iou_per_class(m, p, num_classes)) / reference for m, p in zip(sm, sp)])
 
 
 def _pair(syn: float, real: float) -> dict[str, float]:

@@ -1,12 +1,24 @@
-"""Seeds, confidence intervals and paired comparisons between variants (NumPy/SciPy, no TensorFlow)."""
+"""Seeds, confidence intervals and paired comparisons between variants (NumPy/SciPy, no TensorFlow).
+
+Also: the matched control of a variant (the run with as many updates, :func:`matched_control_of`) and the split of
+its gain over the base into "more updates" and "synthetic data" (:func:`ranked_table`); collapsed models
+(:func:`flag_collapsed`, :func:`majority_baseline`); the verdict on a gain (:func:`decide`, :func:`seeds_needed`).
+"""
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 from scipy import stats as sps
 
-__all__ = ["mean_ci", "summarise", "paired_test", "holm", "seed_gain", "significance_marks", "ranked_table"]
+__all__ = ["mean_ci", "summarise", "paired_test", "holm", "seed_gain", "significance_marks", "ranked_table",
+           "matched_control_of", "holm_family_size", "majority_baseline", "flag_collapsed", "decide",
+           "seeds_needed", "VERDICTS", "COLLAPSE_SHARE"]
+
+#: a run predicting one class on at least this share of the test pixels has collapsed
+COLLAPSE_SHARE = 0.95
+#: the values of :func:`decide`
+VERDICTS = ("helps", "hurts", "does_not_help", "inconclusive")
 
 
 def mean_ci(values: Sequence[float], confidence: float = 0.95) -> dict[str, float]:
@@ -82,11 +94,104 @@ def holm(p_values: Sequence[float]) -> np.ndarray:
 
 
 def base_of(variant: str) -> str | None:
-    """The real base set a variant is compared with: ``<tier>_0`` (``BLQ_0``/``BMQ_0`` for SyntLQ/SyntMQ)."""
+    """The real base set a variant is compared with: ``<tier>_0`` (``BLQ_0``/``BMQ_0`` for SyntLQ/SyntMQ); None for
+    a base variant and for a matched control run (``SHQ_0@320``: it is compared on its variants' rows)."""
     from .variants import parse_variant
 
+    if "@" in str(variant):
+        return None
     v = parse_variant(variant)
     return None if v.group == "base" else f"{v.tier}_0"
+
+
+def _variant_updates(runs) -> dict[str, int | None]:
+    """Variant → its update budget (the value most of its runs recorded; None when unknown)."""
+    if "updates" not in runs:
+        return {}
+    out: dict[str, int | None] = {}
+    for v, g in runs.groupby("variant"):
+        u = g["updates"].dropna()
+        out[str(v)] = int(u.mode().iloc[0]) if len(u) else None
+    return out
+
+
+def matched_control_of(variant: str, base: str | None, updates: Mapping[str, int | None],
+                       available) -> tuple[str | None, str]:
+    """The run a variant with synthetic data is compared with at equal updates, and how it was found.
+
+    ``(base, "equal updates")`` when the base had as many updates (every run under ``budget: fixed``);
+    ``("<base>@<updates>", "matched run")`` when that control run is among ``available``; ``(None, "missing")``
+    when it is not; ``(None, "unknown")`` when the variant's update count is not recorded.
+    """
+    u = updates.get(variant)
+    if base is None or u is None:
+        return None, "unknown"
+    if updates.get(base) == u:
+        return base, "equal updates"
+    control = f"{base}@{u}"
+    return (control, "matched run") if control in set(available) else (None, "missing")
+
+
+def majority_baseline(test_masks, majority_class: int, num_classes: int) -> float:
+    """Missing Class IoU of a model predicting ``majority_class`` (the most frequent training class) on every pixel
+    of the test masks ``(N, H, W)``: per image, that class's pixel share over the number of classes present."""
+    from .metrics import evaluate
+
+    masks = np.asarray(test_masks)
+    return float(evaluate(masks, np.full_like(masks, int(majority_class)), int(num_classes))["missing_class_iou"])
+
+
+def flag_collapsed(runs, baseline: float | None = None, share: float = COLLAPSE_SHARE,
+                   metric: str = "missing_class_iou"):
+    """``runs`` with ``collapsed`` (bool) and ``collapse_reason``: the model predicts one class on ≥ ``share`` of the
+    test pixels (``pred_max_share``, from the confusion matrix), or its ``metric`` is at or below the
+    majority-class ``baseline`` (:func:`majority_baseline`; None: not checked)."""
+    runs = runs.copy()
+    reasons = []
+    for r in runs.to_dict("records"):
+        why = []
+        frac = r.get("pred_max_share")
+        if frac is not None and np.isfinite(frac) and frac >= share:
+            why.append(f"predicts {r.get('pred_max_class')} on {frac:.0%} of the test pixels")
+        score = r.get(metric)
+        if baseline is not None and score is not None and np.isfinite(score) and score <= baseline + 1e-12:
+            why.append(f"Missing Class IoU {score:.3f} ≤ the majority-class baseline {baseline:.3f}")
+        reasons.append("; ".join(why) or None)
+    runs["collapse_reason"] = reasons
+    runs["collapsed"] = [bool(x) for x in reasons]
+    return runs
+
+
+def seeds_needed(sd: float, margin: float, confidence: float = 0.95, most: int = 100) -> int | None:
+    """The fewest seeds whose interval half-width ``t(n-1) · sd / √n`` is at most ``margin`` (None: more than
+    ``most``): how many seeds would show a gain of ``margin`` as an interval above 0, at this seed-to-seed spread."""
+    if not (np.isfinite(sd) and margin > 0):
+        return None
+    for n in range(2, most + 1):
+        if sps.t.ppf(0.5 + confidence / 2, n - 1) * sd / np.sqrt(n) <= margin:
+            return n
+    return None
+
+
+def decide(gain: float | None, ci_low: float | None, ci_high: float | None, n: int, significant: bool,
+           margin: float, collapsed: bool = False) -> str:
+    """The verdict on a gain with its 95 % interval over ``n`` seeds (one of :data:`VERDICTS`).
+
+    ``helps``: the interval lies above 0 and the paired test is significant (Holm-adjusted); ``hurts``: the
+    interval lies below 0; ``does_not_help``: the interval excludes every gain above ``margin`` (it may include
+    small ones); otherwise — one seed (no interval), an interval reaching past both 0 and ``margin``, or a
+    comparison resting on a collapsed run — ``inconclusive``.
+    """
+    ok = gain is not None and ci_low is not None and ci_high is not None and n >= 2
+    if collapsed or not ok:
+        return "inconclusive"
+    if ci_low > 0 and significant:
+        return "helps"
+    if ci_high < 0:
+        return "hurts"
+    if ci_high <= margin:
+        return "does_not_help"
+    return "inconclusive"
 
 
 def _per_image(experiment_path, variant: str, seeds) -> dict[int, list[float]]:
@@ -100,19 +205,48 @@ def _per_image(experiment_path, variant: str, seeds) -> dict[int, list[float]]:
     return out
 
 
+def _paired_p(experiment_path, runs, a: str, b: str) -> float | None:
+    """Paired Wilcoxon p of ``a`` against ``b`` over the test images, each image's score averaged over the seeds
+    both have (seeds are not independent samples of the test set, so they are not pooled as extra pairs)."""
+    seeds = sorted(set(runs.loc[runs.variant == a, "seed"]) & set(runs.loc[runs.variant == b, "seed"]))
+    pa, pb = _per_image(experiment_path, a, seeds), _per_image(experiment_path, b, seeds)
+    common = [s for s in seeds if s in pa and s in pb and len(pa[s]) == len(pb[s])]
+    if not common:
+        return None
+    return paired_test(np.mean([pa[s] for s in common], axis=0), np.mean([pb[s] for s in common], axis=0))["p_value"]
+
+
+def _gain_cols(prefix: str, g: Mapping[str, Any], p: float | None) -> dict[str, Any]:
+    return {prefix: g["mean"], f"{prefix}_n": g["n"], f"{prefix}_ci_low": g["ci_low"],
+            f"{prefix}_ci_high": g["ci_high"], f"{prefix}_p": np.nan if p is None else p}
+
+
 def ranked_table(summary, runs, experiment_path, metric: str = "missing_class_iou", alpha: float = 0.05):
-    """Variants ranked by mean ``metric`` with CI, the gain over the base set and a paired Wilcoxon test.
+    """Variants ranked by mean ``metric`` with CI, the gain over the base set, its split at equal updates, and
+    paired Wilcoxon tests.
 
     The gain and its interval (``gain_n``, ``gain_ci_low/high``) are over the seeds the variant and its base both
-    have (:func:`seed_gain`); without a common seed the gain is the difference of the means.
+    have (:func:`seed_gain`); without a common seed the gain is the difference of the means.  The paired test pairs
+    test images, each image's score averaged over the seeds both variants have (``paired_p``).
 
-    The paired test pairs test images, each image's score averaged over the seeds both variants have.  Its
-    p-value is ``paired_p``; ``paired_p_holm`` is Holm-adjusted over all the variants tested here, and
-    ``significant`` means ``paired_p_holm < alpha`` (the family-wise error stays at ``alpha`` however many
-    variants are compared).
+    Each variant with synthetic data also gets its matched ``control`` (:func:`matched_control_of`,
+    ``control_kind``) and the split of its gain: ``gain_updates`` = control − base ("more updates") and
+    ``gain_synthetic`` = variant − control ("synthetic data"), each over the seeds its two runs share, with ``_n``,
+    ``_ci_low`` / ``_ci_high`` (95 % over seeds) and a paired ``_p``.  With equal updates the control is the base:
+    ``gain_synthetic`` is the gain over the base and ``gain_updates`` is 0.  When all three have the same seeds
+    the two parts add up to ``gain_vs_base``.
+
+    Every paired test of the table — each variant against its base, each variant against its matched control run,
+    each control run against its base — is one Holm family: ``paired_p_holm``, ``gain_synthetic_p_holm``,
+    ``gain_updates_p_holm``; ``significant`` / ``gain_synthetic_significant`` mean the adjusted p < ``alpha``.
+    Under ``budget: fixed`` (no control runs) the family is every variant against its base, as before.
+    With ``collapsed`` in ``runs`` (:func:`flag_collapsed`) each variant gets ``collapsed`` (how many of its runs)
+    and ``collapsed_seeds``.
     """
     import pandas as pd
 
+    names = set(summary["variant"])
+    updates = _variant_updates(runs)
     rows = []
     for _, r in summary.iterrows():
         name = r["variant"]
@@ -120,27 +254,77 @@ def ranked_table(summary, runs, experiment_path, metric: str = "missing_class_io
         row = {"variant": name, "group": r["group"], "real": r.get("num_real_train"),
                "synthetic": r.get("num_synthetic_train"), "seeds": int(r[f"{metric}_n"]),
                metric: r[metric], "ci_low": r[f"{metric}_ci_low"], "ci_high": r[f"{metric}_ci_high"],
-               "miou": r.get("miou"), "accuracy": r.get("accuracy"), "base": base}
-        if base is not None and base in set(summary["variant"]):
+               "miou": r.get("miou"), "accuracy": r.get("accuracy"), "base": base, "updates": updates.get(name)}
+        if "collapsed" in runs:
+            bad = sorted(int(s) for s in runs.loc[(runs.variant == name) & runs.collapsed.astype(bool), "seed"])
+            row.update(collapsed=len(bad), collapsed_seeds=",".join(map(str, bad)))
+        if base is not None and base in names:
             row["gain_vs_base"] = r[metric] - float(summary.loc[summary.variant == base, metric].iloc[0])
-            seeds = sorted(set(runs.loc[runs.variant == name, "seed"]) & set(runs.loc[runs.variant == base, "seed"]))
-            a, b = _per_image(experiment_path, name, seeds), _per_image(experiment_path, base, seeds)
-            common = [s for s in seeds if s in a and s in b and len(a[s]) == len(b[s])]
-            if common:
-                # pairs are test images: each image's score averaged over the common seeds (seeds are not
-                # independent samples of the test set, so they are not pooled as extra pairs)
-                t = paired_test(np.mean([a[s] for s in common], axis=0), np.mean([b[s] for s in common], axis=0))
-                row["paired_p"] = t["p_value"]
+            p = _paired_p(experiment_path, runs, name, base)
+            if p is not None:
+                row["paired_p"] = p
             g = seed_gain(runs, name, base, metric)
             row.update({"gain_n": g["n"], "gain_ci_low": g["ci_low"], "gain_ci_high": g["ci_high"]})
             if g["n"]:  # on the seeds both have, like the paired test (equal to the difference of means otherwise)
                 row["gain_vs_base"] = g["mean"]
+        if r["group"] in ("mixed", "synthetic"):
+            control, kind = matched_control_of(name, base, updates, names)
+            row.update(control=control, control_kind=kind)
+            if kind == "equal updates" and "gain_vs_base" in row:
+                row.update(gain_updates=0.0, gain_synthetic=row["gain_vs_base"], gain_synthetic_n=row["gain_n"],
+                           gain_synthetic_ci_low=row["gain_ci_low"], gain_synthetic_ci_high=row["gain_ci_high"],
+                           gain_synthetic_p=row.get("paired_p", np.nan))
+            elif kind == "matched run":
+                row.update(_gain_cols("gain_synthetic", seed_gain(runs, name, control, metric),
+                                      _paired_p(experiment_path, runs, name, control)))
+                if base in names:
+                    row.update(_gain_cols("gain_updates", seed_gain(runs, control, base, metric),
+                                          _paired_p(experiment_path, runs, control, base)))
         rows.append(row)
     df = pd.DataFrame(rows)
-    if "paired_p" in df:
-        df["paired_p_holm"] = holm(df["paired_p"].to_numpy(dtype=float))
-        df["significant"] = (df["paired_p_holm"] < alpha).where(df["paired_p"].notna())
+    _holm_family(df, alpha)
     return df.sort_values(metric, ascending=False, kind="stable").reset_index(drop=True)
+
+
+def _family_tests(df) -> tuple[list[tuple[str, Any, float]], dict[str, Any]]:
+    """The paired tests of a ranked table as ``(column, row index, p)``, and the row holding each control's test."""
+    tests: list[tuple[str, Any, float]] = []
+    first_of_control: dict[str, Any] = {}  # a control shared by two variants is one test against the base
+    for i, r in df.iterrows():
+        if np.isfinite(r.get("paired_p", np.nan)):
+            tests.append(("paired_p", i, r["paired_p"]))
+        if r.get("control_kind") == "matched run":
+            if np.isfinite(r.get("gain_synthetic_p", np.nan)):
+                tests.append(("gain_synthetic_p", i, r["gain_synthetic_p"]))
+            if np.isfinite(r.get("gain_updates_p", np.nan)) and r["control"] not in first_of_control:
+                first_of_control[r["control"]] = i
+                tests.append(("gain_updates_p", i, r["gain_updates_p"]))
+    return tests, first_of_control
+
+
+def holm_family_size(ranked) -> int:
+    """How many paired tests the Holm adjustment of :func:`ranked_table` counted."""
+    return len(_family_tests(ranked)[0])
+
+
+def _holm_family(df, alpha: float) -> None:
+    """Holm-adjust every paired test of the ranked table as one family, in place (see :func:`ranked_table`)."""
+    tests, first_of_control = _family_tests(df)
+    for col in ("paired_p", "gain_synthetic_p", "gain_updates_p"):
+        if col in df:
+            df[f"{col}_holm"] = np.nan
+    for (col, i, _), adjusted in zip(tests, holm([p for _, _, p in tests])):
+        df.loc[i, f"{col}_holm"] = adjusted
+    for i, r in df.iterrows():
+        if r.get("control") in first_of_control:  # the rows sharing a control share its test
+            df.loc[i, "gain_updates_p_holm"] = df.loc[first_of_control[r["control"]], "gain_updates_p_holm"]
+        if r.get("control_kind") == "equal updates" and "paired_p_holm" in df:  # the same test as against the base
+            df.loc[i, "gain_synthetic_p_holm"] = r["paired_p_holm"]
+    if "paired_p" in df:
+        df["significant"] = (df["paired_p_holm"] < alpha).where(df["paired_p"].notna())
+    if "gain_synthetic_p_holm" in df:
+        df["gain_synthetic_significant"] = (df["gain_synthetic_p_holm"] < alpha).where(
+            df["gain_synthetic_p_holm"].notna())
 
 
 def seed_gain(runs, variant: str, base: str, metric: str = "missing_class_iou", confidence: float = 0.95) -> dict:

@@ -9,6 +9,11 @@
   the real BLQ / BMQ validation set (14);
 * ``BMQ_aug`` — BMQ with the albumentations baseline, no synthetic images.
 
+A **run** of the study trains one variant with one seed under ``unet/<run>/seed<k>/``; its name is the variant's,
+or, for a *matched control* (06's ``budget: epochs``, ``study --matched-controls``), ``<base>@<updates>``: the
+base variant (e.g. ``SHQ_0``) trained with the number of updates of a variant with synthetic data (``SHQ_0@320``),
+on the base's files (:func:`parse_run`, :func:`control_name`).
+
 Synthetic images are taken as *prefixes* of one shuffled pool, so a smaller variant's synthetic images are part
 of every larger one's.  Validation and test sets are always real.
 """
@@ -36,6 +41,9 @@ __all__ = [
     "materialise_all",
     "load_variant",
     "VariantError",
+    "RunName",
+    "parse_run",
+    "control_name",
 ]
 
 BASE_TIERS = ("SHQ", "SLQ", "BLQ", "BMQ")
@@ -88,6 +96,39 @@ def parse_variant(name: str) -> Variant:
     if p not in PERCENTAGES:
         raise VariantError(f"unknown variant {name!r}: percentages are 0 and {list(PERCENTAGES)}")
     return Variant(name, "mixed", head, p)
+
+
+@dataclass(frozen=True)
+class RunName:
+    """A study run's name: its variant and, for a matched control run (``SHQ_0@320``), its number of updates."""
+
+    name: str
+    variant: Variant  # the variant whose files the run trains on
+    updates: int | None = None  # a matched control's update budget; None for a plain run of the variant
+
+    @property
+    def control(self) -> bool:
+        return self.updates is not None
+
+
+def control_name(base: str, updates: int) -> str:
+    """``"SHQ_0@320"``: base variant ``base`` trained with ``updates`` updates (a matched control run)."""
+    return parse_run(f"{base}@{int(updates)}").name
+
+
+def parse_run(name: str) -> RunName:
+    """A variant name (``SHQ_100``) or a matched control run's (``<base>@<updates>``, e.g. ``SHQ_0@320``)."""
+    name = str(name)
+    head, sep, tail = name.rpartition("@")
+    if not sep:
+        return RunName(name, parse_variant(name))
+    v = parse_variant(head)
+    if v.group != "base":
+        raise VariantError(f"run {name!r}: a matched control run trains a base variant "
+                           f"({', '.join(f'{t}_0' for t in BASE_TIERS)}), not {head}")
+    if not tail.isdigit() or int(tail) < 1:
+        raise VariantError(f"run {name!r}: after '@' comes the number of updates, an integer ≥ 1 (e.g. {head}@320)")
+    return RunName(f"{head}@{int(tail)}", v, int(tail))
 
 
 def all_variants(include_aug: bool = True) -> list[Variant]:

@@ -1,0 +1,192 @@
+"""The statement of one experiment: the verdict, the reasons synthetic data does not help, and
+:func:`experiment_report`, which assembles the JSON-ready report dict the markdown is rendered from."""
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from .consistency import consistency_reason, experiment_consistency
+from .tables import MARGIN, METRIC, _clean, _gain_row, _headline, _num, _real_fractions, _split, study_tables
+
+UNDER, OVER, FAR = 0.5, 1.5, 2.0  # synthetic/real fraction ratios, and a distance ratio, worth naming
+
+
+# --------------------------------------------------------------------------- verdict and reasons
+def _verdict(dataset: str, g: dict | None, n_syn: int, n_worse: int, n_better: int, reasons: list[str],
+             alpha: float, margin: float, seed_sd: float | None = None,
+             n_tested: int | None = None, family: str = "variants") -> tuple[str | None, str]:
+    from ..stats import decide, seeds_needed
+
+    if g is None:
+        return None, f"No verdict on {dataset}: no variant with synthetic data has been run beside its base set."
+    ci = (f"95 % CI [{g['gain_ci_low']:+.3f}, {g['gain_ci_high']:+.3f}] over {g['gain_n']} seeds"
+          if g["gain_ci_low"] is not None else f"n={g['gain_n']} seed, no interval")
+    p = (f"p = {g['p_value']:.3g}, Holm-adjusted over {n_tested or n_syn} {family} {g['p_holm']:.3g}"
+         if g["p_value"] is not None and g["p_holm"] is not None else "no paired test")
+    against = {"matched run": f"{g['against']} (its matched control: the base with as many updates)",
+               "equal updates": f"{g['against']} (as many updates)",
+               "base, more updates": f"{g['against']} (which had fewer updates and no matched control run: the gain "
+                                     "mixes more updates and synthetic data; add `study --matched-controls`)",
+               }.get(g["against_kind"], g["against"])
+    gain = f"{g['variant']} vs {against}: {g['gain']:+.3f} Missing Class IoU ({ci}; paired Wilcoxon {p})"
+    counts = (f"{n_better} of {n_syn} variants with synthetic data are significantly better and {n_worse} "
+              f"significantly worse than their matched control or base (Holm-adjusted p < {alpha})")
+    why = ("Why: " + "; ".join(reasons) + ".") if reasons else ""
+    v = decide(g["gain"], g["gain_ci_low"], g["gain_ci_high"], g["gain_n"], g["significant"], margin,
+               bool(g["collapsed"]))
+    if v == "helps":
+        return v, f"Synthetic data helps on {dataset}: {gain}; {counts}."
+    if v == "hurts":
+        return v, f"Synthetic data hurts on {dataset}: even the largest gain, {gain}, lies below 0; {counts}. {why}".strip()
+    if v == "does_not_help":
+        return v, (f"Synthetic data does not help on {dataset}: the largest gain is {gain}; its interval excludes "
+                   f"every gain above the margin of {margin:+.3f}; {counts}. {why}").strip()
+    if g["collapsed"]:
+        detail = (f"it rests on collapsed run(s) — {'; '.join(g['collapsed'])} — whose scores say nothing about "
+                  "synthetic data")
+    elif g["gain_n"] < 2:
+        # the per-image test compares two trained models; it says nothing about how another seed would come out
+        spread = (f" (here {seed_sd:.3f}: median standard deviation over seeds of the variants run with several)"
+                  if seed_sd is not None else "")
+        need = seeds_needed(math.sqrt(2) * seed_sd, margin) if seed_sd is not None else None
+        detail = (f"it rests on one seed only — the paired test compares these two trained models, and a U-Net's "
+                  f"seed-to-seed spread{spread} can be as large as such a gain; run {g['variant']} and "
+                  f"{g['against']} with more seeds (--seeds 0-2) to decide"
+                  + (f" (a gain of {margin:+.3f} needs about {need} seeds at that spread)" if need else ""))
+    else:
+        need = seeds_needed(g["gain_sd"], margin) if g["gain_sd"] is not None else None
+        detail = (f"these {g['gain_n']} seeds could only have shown a gain larger than ±{g['gain_half_width']:.3f} "
+                  f"(the half-width of the 95 % interval over seeds)"
+                  + (f"; a gain of {margin:+.3f} needs about {need} seeds at this spread" if need
+                     else f"; at this spread even 100 seeds would not resolve a gain of {margin:+.3f}")
+                  + ("" if g["gain_ci_low"] is None or g["gain_ci_low"] <= 0
+                     else f"; the interval lies above 0 but the paired test is not significant after Holm"))
+    return v, f"Inconclusive on {dataset}: the largest gain is {gain}; {detail}; {counts}. {why}".strip()
+
+
+def _reasons(similarity: dict | None, class_gain: dict[str, float], rare: Sequence[str],
+             consistency: dict | None = None) -> list[str]:
+    out = []
+    if similarity:
+        sf, rf = similarity["class_fractions"]["synthetic"], similarity["class_fractions"]["real"]
+        under = [f"{c} ({sf[c]:.1%} of synthetic pixels vs {rf[c]:.1%} real)" for c in rf if sf[c] < UNDER * rf[c]]
+        over = [f"{c} ({sf[c]:.1%} vs {rf[c]:.1%})" for c in rf if sf[c] > OVER * rf[c] and rf[c] > 0]
+        if under:
+            out.append("the generator under-reproduces " + ", ".join(under))
+        if over:
+            out.append("over-reproduces " + ", ".join(over))
+        far = []
+        for key, m in similarity["measures"].items():
+            s, r = m["synthetic_vs_real"], m["real_vs_real"]
+            if r is not None and s is not None and (s > FAR * r if r > 0 else s > abs(r) + 1e-9):
+                far.append(f"{key} {s:.3g} vs real-vs-real {r:.3g}")
+        if far:
+            out.append("synthetic is farther from real than real from real: " + ", ".join(far))
+    if (why := consistency_reason(consistency)) is not None:
+        out.append(why)
+    lost = sorted((v, c) for c, v in class_gain.items() if v is not None and v < 0)
+    if lost:
+        v, c = lost[0]
+        flag = " (rare)" if c in rare else ""
+        out.append(f"per class, {c}{flag} loses most when synthetic data is added ({v:+.3f} Missing Class IoU on "
+                   f"average over the variants with synthetic data)")
+    return out
+
+
+def _budget_note(rows) -> str | None:
+    """How the variants with synthetic data were matched in updates (one sentence), or None without any."""
+    kinds = {k: [r["variant"] for r in rows if r.get("control_kind") == k]
+             for k in ("equal updates", "matched run", "missing", "unknown")}
+    parts = []
+    if kinds["equal updates"]:
+        updates = sorted({int(r["updates"]) for r in rows if r.get("control_kind") == "equal updates"})
+        parts.append(f"{len(kinds['equal updates'])} variant(s) with synthetic data had as many updates as their base "
+                     f"({', '.join(map(str, updates))}): the base itself is their matched control (as always under "
+                     "budget fixed)")
+    if kinds["matched run"]:
+        parts.append(f"{len(kinds['matched run'])} variant(s) had another number of updates than their base and are "
+                     "compared with their matched control run <base>@<updates> (study --matched-controls)")
+    if kinds["missing"]:
+        parts.append(f"{len(kinds['missing'])} variant(s) had another number of updates than their base and no "
+                     "matched control run "
+                     f"({', '.join(kinds['missing'][:5])}): their gain over the base mixes more updates and synthetic "
+                     "data; run `python -m dualsynth.batch study … --matched-controls` with the same settings")
+    if kinds["unknown"]:
+        parts.append(f"{len(kinds['unknown'])} variant(s) have no recorded update count (compared with their base)")
+    return ("; ".join(parts) + ".") if parts else None
+
+
+# --------------------------------------------------------------------------- the report of one experiment
+def experiment_report(experiment_dir: str | os.PathLike, alpha: float = 0.05, rare_fraction: float = 0.10,
+                      similarity: dict | None = None, compute_similarity: bool = False,
+                      similarity_dirs: Sequence[str | os.PathLike] = (), margin: float = MARGIN) -> dict[str, Any]:
+    """The results statement of one experiment as a JSON-ready dict (see the module docstring).
+
+    ``similarity``: the numbers to use; otherwise :func:`dualsynth.quality.load_similarity` (also looking in
+    ``similarity_dirs``), and with ``compute_similarity`` they are computed when none are stored.  ``margin``: the
+    smallest gain worth having; "does not help" needs the interval to exclude every gain above it.
+    """
+    from .. import quality, stats
+    from ..patching import Manifest
+
+    exp = Path(experiment_dir)
+    manifest = Manifest.load(exp / "patches")
+    classes = list(manifest.class_names)
+    dataset = manifest.data["data"].get("name", exp.name)
+    tier = quality._generator_tier(exp)
+    real_frac = _real_fractions(manifest, tier)
+    if similarity is None:
+        similarity = quality.load_similarity(exp, similarity_dirs)
+    if similarity is None and compute_similarity and (exp / "synthetic" / "pool.json").is_file():
+        similarity = quality.experiment_similarity(exp)
+    runs, summary, ranked, baseline = study_tables(exp, alpha)
+    out: dict[str, Any] = {"experiment": exp.name, "path": str(exp), "dataset": dataset, "classes": classes,
+                           "real_fractions": real_frac, "generator_tier": tier,
+                           "rare_classes": [c for c in classes if real_frac[c] < rare_fraction],
+                           "alpha": alpha, "margin": margin, "similarity": similarity,
+                           "consistency": experiment_consistency(exp), "majority_baseline": baseline}
+    if runs.empty:
+        out.update(runs=0, verdict=None, statement=f"No verdict on {dataset}: no complete U-Net run yet.")
+        return _clean(out)
+    out["runs"] = int(len(runs))
+    out["seeds_per_variant"] = {str(v): sorted(int(s) for s in g.seed) for v, g in runs.groupby("variant")}
+    out["collapsed_runs"] = [{"run": r.variant, "seed": int(r.seed), "reason": r.collapse_reason}
+                             for r in runs[runs.collapsed].itertuples()]
+    sds = summary[f"{METRIC}_std"].dropna()  # seed-to-seed spread of one variant, where it has ≥ 2 seeds
+    out["seed_sd_median"] = _num(sds.median()) if len(sds) else None
+    out["seed_sd_variants"] = int(len(sds))
+    variants_only = ranked[ranked.group != "control"]
+    best = (variants_only if len(variants_only) else ranked).iloc[0]
+    out["best"] = {"variant": best.variant, METRIC: _num(best[METRIC]), "seeds": int(best.seeds),
+                   "ci_low": _num(best.ci_low), "ci_high": _num(best.ci_high)}
+    rows = [r for r in ranked.to_dict("records") if r["group"] in ("mixed", "synthetic")]
+    heads = {r["variant"]: _headline(r) for r in rows}
+    with_syn = [r for r in rows if heads[r["variant"]]["gain"] is not None and heads[r["variant"]]["n"] > 0]
+    n_better = sum(heads[r["variant"]]["significant"] and heads[r["variant"]]["gain"] > 0 for r in with_syn)
+    n_worse = sum(heads[r["variant"]]["significant"] and heads[r["variant"]]["gain"] < 0 for r in with_syn)
+    g = None
+    if with_syn:
+        g = _gain_row(runs, ranked, max(with_syn, key=lambda r: heads[r["variant"]]["gain"])["variant"], classes)
+    class_gain = {}  # per class, the seed-matched gain against the matched control (or base), averaged over variants
+    for c in (c for c in classes if f"mciou_{c}" in runs):
+        d = np.array([stats.seed_gain(runs, r["variant"], heads[r["variant"]]["against"], f"mciou_{c}")["mean"]
+                      for r in with_syn])
+        class_gain[c] = _num(np.nanmean(d)) if np.isfinite(d).any() else None
+    splits = [_split(runs, r) for r in rows if r.get("control_kind") == "matched run"]
+    out.update(largest_gain=g, variants_with_synthetic=len(with_syn), significantly_better=int(n_better),
+               significantly_worse=int(n_worse),
+               mean_gain_with_synthetic=_num(np.mean([heads[r["variant"]]["gain"] for r in with_syn]))
+               if with_syn else None, mean_class_gain_with_synthetic=class_gain, splits=splits,
+               budget_note=_budget_note(rows))
+    family_size = stats.holm_family_size(ranked)
+    family = "paired tests" if splits else "variants"
+    verdict, text = _verdict(dataset, g, len(with_syn), n_worse, n_better,
+                             _reasons(similarity, class_gain, out["rare_classes"], out["consistency"]), alpha, margin,
+                             out["seed_sd_median"], family_size or None, family)
+    out.update(verdict=verdict, statement=text)
+    return _clean(out)
+

@@ -1,0 +1,148 @@
+"""Planning the study: which runs of ``06_unet_training`` it holds, which are finished, stale, or still to run.
+
+A run is one variant (or matched control, ``<base>@<updates>``, see :func:`dualsynth.variants.parse_run`) with one
+seed, in ``unet/<run>/seed<k>/``; it is finished when its ``metrics.json`` is complete.  :func:`plan_study` lists the
+runs of ``variants × seeds`` and, with ``matched_controls`` under 06's ``budget: epochs``, the control run of every
+mixed variant (its base trained with as many updates, :func:`dualsynth.unet.budget.matched_control`).  No
+TensorFlow, no Dask: :mod:`dualsynth.batch` runs what is planned here.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from .config import ParamError
+from .io import read_json
+from .unet import budget as unet_budget
+from .variants import load_variant, metrics_complete, parse_run, run_dir
+
+__all__ = ["StudyPlan", "plan_study", "study_runs", "data_variant", "recorded_updates", "predicted_share"]
+
+
+def data_variant(run: str, metrics: Mapping[str, Any] | None = None) -> str:
+    """The variant whose files a run trained on: ``SHQ_0`` for ``SHQ_0@320`` (recorded as ``data_variant``)."""
+    if metrics is not None and metrics.get("data_variant"):
+        return str(metrics["data_variant"])
+    return str(run).partition("@")[0]
+
+
+def _stale_check(experiment_path: Path):
+    """``is_stale(run, metrics)``: the complete run's recorded ``inputs_fingerprint`` differs from what the variant
+    file it trained on (``variants/<variant>.json``; a control's is its base's) now lists (a run recorded before
+    fingerprints existed, or whose variant file is gone, is trusted).  Fingerprints are computed once per variant."""
+    from .variants import inputs_fingerprint
+
+    current: dict[str, str | None] = {}
+
+    def is_stale(run: str, metrics: Mapping[str, Any]) -> bool:
+        recorded = metrics.get("inputs_fingerprint")
+        if recorded is None:
+            return False
+        variant = data_variant(run, metrics)
+        if variant not in current:
+            f = experiment_path / "variants" / f"{variant}.json"
+            current[variant] = inputs_fingerprint(load_variant(f)) if f.is_file() else None
+        return current[variant] is not None and recorded != current[variant]
+
+    return is_stale
+
+
+def study_runs(experiment_path: Path, variant_names: Sequence[str], seeds: Sequence[int]) -> list[dict[str, Any]]:
+    """Every (run, seed) with its folder, whether its ``metrics.json`` is complete, and whether that complete run
+    was made from other data than its variant file now lists (``stale``: its recorded ``inputs_fingerprint``
+    differs; a run recorded before fingerprints existed is trusted)."""
+    is_stale = _stale_check(experiment_path)
+    out = []
+    for v in variant_names:
+        for s in seeds:
+            d = run_dir(experiment_path / "unet", v, s)
+            done = metrics_complete(d / "metrics.json")
+            stale = done and is_stale(v, read_json(d / "metrics.json"))
+            out.append({"variant": v, "seed": int(s), "dir": d, "done": done, "stale": stale})
+    return out
+
+
+@dataclass
+class StudyPlan:
+    """The runs of a study: ``variants`` as chosen, ``controls`` (variant → its matched control run, added runs),
+    ``runs`` (:func:`study_runs` of both) and ``notes`` to print (why no control, a base not selected, ...)."""
+
+    variants: list[str]
+    controls: dict[str, str] = field(default_factory=dict)
+    runs: list[dict[str, Any]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def control_runs(self) -> list[str]:
+        """The added control runs, each once (two variants can share one), not counting chosen names."""
+        return [c for c in dict.fromkeys(self.controls.values()) if c not in self.variants]
+
+
+def plan_study(experiment_path: str | Path, variants: Sequence[str], seeds: Sequence[int],
+               params: Mapping[str, Any], matched_controls: bool = False) -> StudyPlan:
+    """The runs of ``variants × seeds`` and, with ``matched_controls``, of their matched controls.
+
+    ``params`` are 06's parameters as the runs get them (notebook defaults, preset, overrides): ``budget``,
+    ``epochs``, ``batch_size``, ``steps_per_epoch``; inconsistent ones raise :class:`~dualsynth.config.ParamError`.
+    Under ``budget: epochs`` every mixed variant whose update budget differs from its base's gets the control
+    ``<base>@<updates>`` with the same seeds; under ``fixed`` none is added (each base is its variants' control).
+    The training-set sizes come from ``variants/<variant>.json`` (05).
+    """
+    exp = Path(experiment_path)
+    unet_budget.check_params(params)
+    plan = StudyPlan(list(variants))
+    if matched_controls:
+        kw = {k: params[k] for k in ("budget", "epochs", "batch_size", "steps_per_epoch")}
+        if params["budget"] == "fixed":
+            plan.notes.append(f"budget fixed: every run gets {params['epochs']} × {params['steps_per_epoch']} = "
+                              f"{params['epochs'] * params['steps_per_epoch']} updates, so each base variant is the "
+                              "matched control of its variants; no control runs added")
+        for v in variants:
+            spec = parse_run(v).variant
+            if params["budget"] == "fixed" or spec.group != "mixed" or parse_run(v).control:
+                continue
+            base = f"{spec.tier}_0"
+            data = load_variant(exp / "variants" / f"{v}.json")
+            control = unet_budget.matched_control(v, len(data["train"]), int(data["num_real_train"]), **kw)
+            if control is None:
+                plan.notes.append(f"{v} gets as many updates as {base}: {base} is its matched control")
+                continue
+            if not (exp / "variants" / f"{base}.json").is_file():
+                raise ParamError(f"the matched control {control} of {v} trains on {exp / 'variants' / base}.json, "
+                                 f"which is missing: run 05_datasets with {base} (or variants: all)")
+            plan.controls[v] = control
+            if base not in variants:
+                plan.notes.append(f"{base} is not among the variants: the split of {v}'s gain needs it for the "
+                                  f"'more updates' part ({control} − {base}); add it to --variants")
+    plan.runs = study_runs(exp, plan.variants + plan.control_runs, seeds)
+    return plan
+
+
+def recorded_updates(metrics: Mapping[str, Any], run_folder: str | Path) -> int | None:
+    """A finished run's update budget: recorded in ``metrics.json`` (``updates``), or — for runs made before it was
+    recorded — from the run's ``unet_config.json`` (epochs, batch size, steps per epoch) and training-set size."""
+    if metrics.get("updates") is not None:
+        return int(metrics["updates"])
+    f = Path(run_folder) / "unet_config.json"
+    n = int(metrics.get("num_real_train") or 0) + int(metrics.get("num_synthetic_train") or 0)
+    if not f.is_file() or n < 1:
+        return None
+    cfg = read_json(f)
+    return int(cfg.get("epochs", 200)) * unet_budget.epoch_steps(n, int(cfg.get("batch_size", 2)),
+                                                                 cfg.get("steps_per_epoch"))
+
+
+def predicted_share(metrics: Mapping[str, Any]) -> tuple[float | None, str | None]:
+    """The largest share of the test pixels one class is predicted on, and that class (from the summed confusion
+    matrix in ``metrics.json``, columns = prediction); ``(None, None)`` when it is not recorded."""
+    cm = metrics.get("confusion")
+    if not cm:
+        return None, None
+    cols = [sum(row[j] for row in cm) for j in range(len(cm[0]))]
+    total = sum(cols)
+    if total <= 0:
+        return None, None
+    j = max(range(len(cols)), key=cols.__getitem__)
+    names = metrics.get("class_names") or [str(i) for i in range(len(cols))]
+    return cols[j] / total, str(names[j])

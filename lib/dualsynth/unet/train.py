@@ -1,0 +1,419 @@
+"""Training a U-Net as in the paper, resumable through its folder (:mod:`.files`); see :func:`train_unet`."""
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+from dualsynth.io import fingerprint as _fingerprint
+from dualsynth.io import atomic_write_json, read_json
+
+from . import files
+from ._backend import sm, tf
+from .budget import epoch_steps
+from .data import check_images, check_masks, make_dataset
+from .files import CHECKPOINT_DIR, CONFIG_FILE, HISTORY_COLUMNS, HISTORY_FILE, SUMMARY_FILE, WEIGHTS_FILE
+from .model import UNetConfig, build_unet
+from .weights import load_weights_h5
+
+__all__ = ["MONITOR", "TrainResult", "make_loss", "compile_unet", "train_unet"]
+
+#: Metric that EarlyStopping and ReduceLROnPlateau watch (name as Keras logs it:
+#: ``sm.metrics.IOUScore`` is called ``iou_score``; validation prefixes ``val_``).
+MONITOR = "val_iou_score"
+
+
+@dataclass
+class TrainResult:
+    """Outcome of :func:`train_unet`.
+
+    ``history``: column -> list over *all* finished epochs (also those of
+    earlier, resumed sessions); ``epochs_run`` = their number; ``best_epoch``
+    (1-based) = epoch of the best ``val_iou_score`` whose weights the model
+    holds; ``seconds`` = wall time of this call; ``resumed_from`` = epochs
+    already done when this call started.
+    """
+
+    model: tf.keras.Model
+    history: dict[str, list[float]]
+    epochs_run: int
+    best_epoch: int
+    seconds: float
+    best_val_iou_score: float | None = None
+    stopped_early: bool = False
+    resumed_from: int = 0
+    out_dir: Path | None = None
+    config: UNetConfig | None = None
+
+
+def make_loss(cfg: UNetConfig):
+    dice = sm.losses.DiceLoss()
+    if cfg.focal_weight == 0:
+        return dice
+    focal = sm.losses.CategoricalFocalLoss()
+    return dice + (focal if cfg.focal_weight == 1 else focal * cfg.focal_weight)
+
+
+def compile_unet(model: tf.keras.Model, cfg: UNetConfig) -> tf.keras.Model:
+    """Adam(cfg.learning_rate), Dice + focal_weight * focal, IoU and F1 at threshold 0.5."""
+    model.compile(
+        optimizer=tf.keras.optimizers.Adam(learning_rate=cfg.learning_rate),
+        loss=make_loss(cfg),
+        metrics=[sm.metrics.IOUScore(threshold=0.5), sm.metrics.FScore(threshold=0.5)],
+    )
+    return model
+
+
+def _finite(v: Any) -> bool:
+    try:
+        return math.isfinite(float(v))
+    except (TypeError, ValueError):
+        return False
+
+
+def _json_float(v: Any) -> float | None:
+    return float(v) if _finite(v) else None
+
+
+class _NanGuard(tf.keras.callbacks.Callback):
+    """Like ``TerminateOnNaN``, and remembers the failure for the other callbacks."""
+
+    def __init__(self):
+        super().__init__()
+        self.failed = False
+        self.where = ""
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not _finite(loss):
+            self.failed = True
+            self.where = self.where or f"batch {batch}"
+            self.model.stop_training = True
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_epoch_end(self, epoch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not _finite(loss):
+            self.failed = True
+            self.model.stop_training = True
+        if self.failed:
+            self.where = f"epoch {epoch + 1}, {self.where or 'end'}"
+
+
+class _ResumableReduceLR(tf.keras.callbacks.ReduceLROnPlateau):
+    def __init__(self, guard: _NanGuard, state: Mapping[str, Any] | None = None, **kwargs):
+        super().__init__(**kwargs)
+        self._guard = guard
+        self._resume = dict(state) if state else None
+
+    def on_train_begin(self, logs=None):
+        super().on_train_begin(logs)
+        if self._resume:
+            self.wait = int(self._resume["wait"])
+            self.cooldown_counter = int(self._resume["cooldown_counter"])
+            if self._resume.get("best") is not None:
+                self.best = float(self._resume["best"])
+
+    def on_epoch_end(self, epoch, logs=None):
+        if not self._guard.failed:
+            super().on_epoch_end(epoch, logs)
+
+    def state(self) -> dict:
+        return {"wait": int(self.wait), "cooldown_counter": int(self.cooldown_counter),
+                "best": _json_float(self.best)}
+
+
+class _ResumableEarlyStopping(tf.keras.callbacks.EarlyStopping):
+    def __init__(self, guard: _NanGuard, state: Mapping[str, Any] | None = None,
+                 best_weights: list | None = None, **kwargs):
+        super().__init__(**kwargs)
+        self._guard = guard
+        self._resume = dict(state) if state else None
+        self._resume_weights = best_weights
+
+    def on_train_begin(self, logs=None):
+        super().on_train_begin(logs)
+        if self._resume:
+            self.wait = int(self._resume["wait"])
+            self.best_epoch = int(self._resume["best_epoch"])
+            if self._resume.get("best") is not None:
+                self.best = float(self._resume["best"])
+            self.best_weights = self._resume_weights
+
+    def on_epoch_end(self, epoch, logs=None):
+        if not self._guard.failed:
+            super().on_epoch_end(epoch, logs)
+
+    def state(self) -> dict:
+        return {"wait": int(self.wait), "best_epoch": int(self.best_epoch), "best": _json_float(self.best)}
+
+
+class _Recorder(tf.keras.callbacks.Callback):
+    """History rows, last good weights, best weights file, checkpoint, history.csv."""
+
+    def __init__(self, guard, es, rlr, history, out: Path | None, meta: dict, initial_weights):
+        super().__init__()
+        self.guard, self.es, self.rlr = guard, es, rlr
+        self.history = history
+        self.out = out
+        self.meta = meta
+        self.last_good = initial_weights
+        self.stopped_early = False
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._t0 = time.perf_counter()
+        self._lr = float(tf.keras.backend.get_value(self.model.optimizer.learning_rate))
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.guard.failed:
+            return
+        logs = logs or {}
+        row = {"epoch": epoch + 1, "lr": self._lr, "seconds": time.perf_counter() - self._t0}
+        for k in HISTORY_COLUMNS:
+            if k not in row:
+                row[k] = float(logs[k]) if k in logs else float("nan")
+        for k, v in row.items():
+            self.history.setdefault(k, []).append(v)
+        self.last_good = self.model.get_weights()
+        self.stopped_early = bool(self.model.stop_training)
+        if self.out is None:
+            return
+        # Order: checkpoint + state.json (the commit point) -> model.h5 -> history.csv.  A resume rewrites
+        # model.h5 (when the committed epoch is the best) and history.csv from the committed state.
+        files.save_checkpoint(self.out, self.model, epoch + 1, {
+            **self.meta,
+            "epochs_done": epoch + 1,
+            "stopped_early": self.stopped_early,
+            "best_epoch": self.es.best_epoch + 1,
+            "early_stopping": self.es.state(),
+            "reduce_lr": self.rlr.state(),
+            "next_lr": float(tf.keras.backend.get_value(self.model.optimizer.learning_rate)),
+            "history": self.history,
+        })
+        if self.es.best_epoch == epoch:
+            files.save_best_weights(self.out, self.model)
+        files.write_history_csv(self.out / HISTORY_FILE, self.history)
+
+
+class _TqdmEpochs(tf.keras.callbacks.Callback):
+    def __init__(self, total: int, initial: int, desc: str):
+        super().__init__()
+        self.total, self.initial, self.desc = total, initial, desc
+        self.bar = None
+
+    def on_train_begin(self, logs=None):
+        from tqdm.auto import tqdm
+
+        self.bar = tqdm(total=self.total, initial=self.initial, desc=self.desc, unit="epoch")
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        if self.bar is not None:
+            self.bar.set_postfix(loss=f"{logs.get('loss', float('nan')):.4f}",
+                                 val_iou=f"{logs.get(MONITOR, float('nan')):.4f}", refresh=False)
+            self.bar.update(1)
+
+    def on_train_end(self, logs=None):
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def _check_xy(data: Any, cfg: UNetConfig, what: str) -> tuple[np.ndarray, np.ndarray]:
+    if not isinstance(data, (tuple, list)) or len(data) != 2:
+        raise ValueError(f"{what} must be a pair (images, masks)")
+    x = check_images(data[0], cfg.in_channels, f"{what} images")
+    y = check_masks(data[1], x.shape, cfg.num_classes, f"{what} masks")
+    if x.shape[1] % 32 or x.shape[2] % 32:
+        raise ValueError(f"{what} images are {x.shape[1]}x{x.shape[2]}; the U-Net needs height and width "
+                         "that are multiples of 32 (cut patches of such a size)")
+    return x, y
+
+
+def train_unet(
+    cfg: UNetConfig,
+    train: tuple[np.ndarray, np.ndarray],
+    val: tuple[np.ndarray, np.ndarray],
+    out_dir: str | os.PathLike | None = None,
+    *,
+    progress: bool = True,
+    verbose: int = 0,
+    resume: bool = True,
+    keep_checkpoint: bool = True,
+) -> TrainResult:
+    """Train a U-Net as in the paper; resumable through ``out_dir``.
+
+    ``train`` / ``val``: ``(uint8 images (N,H,W[,C]), class-index masks (N,H,W))``.
+    Callbacks: NaN guard (as ``TerminateOnNaN``), ``ReduceLROnPlateau`` and
+    ``EarlyStopping(restore_best_weights=True)`` on ``val_iou_score`` (mode
+    max), history/checkpoint recorder, tqdm bar over epochs (``progress``).
+    The returned model holds the best epoch's weights.  The model is built
+    with ``tf.keras.utils.set_random_seed(cfg.seed)`` (reseeds Python, NumPy
+    and TF globally).
+
+    With ``out_dir`` and ``resume`` (default), an existing checkpoint there is
+    continued: up to ``cfg.epochs`` epochs in total (a run that stopped early
+    stays finished); its config may differ only in ``epochs`` and
+    ``encoder_weights`` and the data must be identical, else ``ValueError``.
+    ``resume=False`` discards an existing checkpoint and earlier results.
+    ``keep_checkpoint=False`` deletes ``checkpoint/`` after a successful run
+    (saves disk: weights + Adam state are ~3x the weight file); calling again
+    then returns the finished run (best weights + history, no training) if it
+    has ``cfg.epochs`` epochs or stopped early, and raises ``ValueError`` if it
+    would have to be extended.  ``train_summary.json`` (written at the end of
+    a successful run) records the outcome.
+
+    A NaN/inf loss stops training and raises ``FloatingPointError``; the model
+    then holds the weights of the last finished epoch (the initial ones if
+    none), ``out_dir`` keeps the last good checkpoint, and the exception's
+    ``result`` attribute is the partial :class:`TrainResult`.
+    """
+    t_start = time.perf_counter()
+    x_tr, y_tr = _check_xy(train, cfg, "train")
+    x_va, y_va = _check_xy(val, cfg, "val")
+    steps = epoch_steps(x_tr.shape[0], cfg.batch_size, cfg.steps_per_epoch)
+    fingerprint = _fingerprint(x_tr, y_tr, x_va, y_va)
+    out = Path(out_dir) if out_dir is not None else None
+
+    state = None
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        if not resume or (out / f".{CHECKPOINT_DIR}.deleting").exists():
+            files.delete_checkpoint(out)  # also finishes a deletion that was interrupted
+        if resume:
+            state = files.read_state(out)
+        if state is None and resume and (out / HISTORY_FILE).exists():
+            summary_file = out / SUMMARY_FILE
+            if not (summary_file.is_file() and (out / WEIGHTS_FILE).is_file()):
+                raise ValueError(
+                    f"{out} holds results of an earlier run ({HISTORY_FILE}) but no {CHECKPOINT_DIR}/ to resume "
+                    "from; pass resume=False to overwrite them or use another out_dir"
+                )
+            summary = read_json(summary_file)
+            files.check_resumable(out, "finished run", summary["config"], summary["fingerprint"], cfg, fingerprint)
+            if not (summary["stopped_early"] or summary["epochs_run"] >= cfg.epochs):
+                raise ValueError(
+                    f"{out} holds a run of {summary['epochs_run']} epochs whose checkpoint was deleted "
+                    f"(keep_checkpoint=False): it cannot be extended to {cfg.epochs} epochs; pass resume=False "
+                    "to train again or use another out_dir"
+                )
+            return _finished_result(out, cfg, summary, t_start)
+        if state is None:  # history.csv first: it marks a run that has results
+            for stale in (out / HISTORY_FILE, out / SUMMARY_FILE, out / WEIGHTS_FILE):
+                stale.unlink(missing_ok=True)
+    if state is not None:
+        files.check_resumable(out, "checkpoint", state["config"], state["fingerprint"], cfg, fingerprint)
+
+    initial_epoch = int(state["epochs_done"]) if state else 0
+    history: dict[str, list[float]] = {k: list(v) for k, v in state["history"].items()} if state else {}
+    build_cfg = dataclasses.replace(cfg, encoder_weights=None) if state else cfg
+    model = compile_unet(build_unet(build_cfg, seed=cfg.seed), cfg)
+    if out is not None:
+        atomic_write_json(out / CONFIG_FILE, cfg.to_dict())
+
+    best_weights = None
+    if state:
+        model.optimizer.build(model.trainable_variables)
+        status = tf.train.Checkpoint(model=model, optimizer=model.optimizer).read(
+            str(out / CHECKPOINT_DIR / state["checkpoint"] / "ckpt"))
+        status.assert_existing_objects_matched()
+        model.optimizer.learning_rate.assign(float(state["next_lr"]))
+        if int(state["best_epoch"]) == initial_epoch:
+            # the committed epoch is the best one: its weights are the checkpoint's (model.h5 may not have
+            # been written before a kill)
+            files.save_best_weights(out, model)
+            best_weights = model.get_weights()
+        elif (out / WEIGHTS_FILE).is_file():
+            current = model.get_weights()
+            load_weights_h5(model, out / WEIGHTS_FILE, strict=True)
+            best_weights = model.get_weights()
+            model.set_weights(current)
+        files.write_history_csv(out / HISTORY_FILE, history)  # a kill may have come before it was written
+
+    finished = state is not None and (state["stopped_early"] or initial_epoch >= cfg.epochs)
+    guard = _NanGuard()
+    rlr = _ResumableReduceLR(guard, state["reduce_lr"] if state else None, monitor=MONITOR, mode="max",
+                             factor=cfg.reduce_lr_factor, patience=cfg.reduce_lr_patience, verbose=verbose)
+    es = _ResumableEarlyStopping(guard, state["early_stopping"] if state else None, best_weights,
+                                 monitor=MONITOR, mode="max", patience=cfg.early_stopping_patience,
+                                 restore_best_weights=True, verbose=verbose)
+    meta = {"config": cfg.to_dict(), "fingerprint": fingerprint, "steps_per_epoch": steps}
+    recorder = _Recorder(guard, es, rlr, history, out, meta, model.get_weights())
+    callbacks: list = [guard, rlr, es, recorder]
+    if progress:
+        callbacks.append(_TqdmEpochs(cfg.epochs, initial_epoch, f"U-Net {cfg.encoder}"))
+
+    if not finished:
+        train_ds = make_dataset(x_tr, y_tr, cfg.num_classes, cfg.batch_size, shuffle=True, augment=cfg.augment,
+                                seed=cfg.seed, repeat=True, steps_per_epoch=steps, first_epoch=initial_epoch)
+        val_ds = make_dataset(x_va, y_va, cfg.num_classes, cfg.val_batch_size, shuffle=False)
+        model.fit(train_ds, validation_data=val_ds, epochs=cfg.epochs, initial_epoch=initial_epoch,
+                  steps_per_epoch=steps, callbacks=callbacks, verbose=verbose)
+        stopped_early = recorder.stopped_early and len(history.get("epoch", [])) < cfg.epochs
+    else:
+        stopped_early = bool(state["stopped_early"])
+        if best_weights is not None:
+            model.set_weights(best_weights)
+
+    epochs_run = len(history.get("epoch", []))
+    vals = history.get(MONITOR, [])
+    finite = [(v, i) for i, v in enumerate(vals) if _finite(v)]
+    best_i = max(finite, key=lambda t: (t[0], -t[1]))[1] if finite else (epochs_run - 1)
+    result = TrainResult(
+        model=model,
+        history=history,
+        epochs_run=epochs_run,
+        best_epoch=best_i + 1 if epochs_run else 0,
+        seconds=time.perf_counter() - t_start,
+        best_val_iou_score=float(vals[best_i]) if finite else None,
+        stopped_early=stopped_early,
+        resumed_from=initial_epoch,
+        out_dir=out,
+        config=cfg,
+    )
+    if guard.failed:
+        model.set_weights(recorder.last_good)
+        kept = f"the weights of epoch {epochs_run}" if epochs_run else "its initial weights"
+        err = FloatingPointError(
+            f"U-Net training diverged: the loss became NaN/inf at {guard.where}; the model keeps {kept}. "
+            "Lower learning_rate or check the data."
+        )
+        err.result = result  # type: ignore[attr-defined]
+        raise err
+    if out is not None:
+        atomic_write_json(out / SUMMARY_FILE, {
+            "config": cfg.to_dict(), "fingerprint": fingerprint, "epochs_run": epochs_run,
+            "best_epoch": result.best_epoch, "best_val_iou_score": result.best_val_iou_score,
+            "stopped_early": stopped_early,
+        })
+        if not keep_checkpoint:
+            files.delete_checkpoint(out)
+    return result
+
+
+def _finished_result(out: Path, cfg: UNetConfig, summary: Mapping[str, Any], t_start: float) -> TrainResult:
+    """A finished run without checkpoint: its best weights and history, no training."""
+    model = build_unet(dataclasses.replace(cfg, encoder_weights=None))
+    load_weights_h5(model, out / WEIGHTS_FILE, strict=True)
+    compile_unet(model, cfg)
+    history = files.read_history_csv(out / HISTORY_FILE)
+    return TrainResult(
+        model=model,
+        history=history,
+        epochs_run=len(history["epoch"]),
+        best_epoch=int(summary["best_epoch"]),
+        seconds=time.perf_counter() - t_start,
+        best_val_iou_score=summary.get("best_val_iou_score"),
+        stopped_early=bool(summary["stopped_early"]),
+        resumed_from=len(history["epoch"]),
+        out_dir=out,
+        config=cfg,
+    )

@@ -1,0 +1,211 @@
+"""Image–mask consistency (dualsynth.quality.consistency) and pool curation (dualsynth.pretest.generate_pool)."""
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from dualsynth import config, metrics, pretest
+from dualsynth.quality import consistency, per_image_consistency
+
+K = 3
+
+
+def masks_with_films(n: int, seed: int, size: int = 32) -> np.ndarray:
+    """Matrix (0) with a blob of class 1 and a thin film of class 2 in every image."""
+    rng = np.random.default_rng(seed)
+    out = np.zeros((n, size, size), np.int64)
+    for m in out:
+        r, c = rng.integers(2, size - 12, 2)
+        m[r:r + 10, c:c + 10] = 1
+        m[rng.integers(0, size), 2:size - 2] = 2
+    return out
+
+
+def blur_prediction(masks: np.ndarray, seed: int) -> np.ndarray:
+    """A judge that gets 90 % of the pixels right."""
+    rng = np.random.default_rng(seed)
+    p = masks.copy()
+    flip = rng.random(masks.shape) < 0.1
+    p[flip] = rng.integers(0, K, flip.sum())
+    return p
+
+
+def test_consistency_is_one_when_synthetic_agrees_like_real():
+    real = masks_with_films(20, 0)
+    syn = masks_with_films(30, 1)
+    rec = consistency(syn, blur_prediction(syn, 2), real, blur_prediction(real, 3), K, ["m", "blob", "film"])
+    assert rec["consistency"] == pytest.approx(1.0, abs=0.05)
+    assert rec["classes"] == ["m", "blob", "film"]
+    assert rec["failing_classes"] == []
+    for c in rec["per_class"].values():
+        assert c["ratio"] == pytest.approx(1.0, abs=0.1)
+        assert c["fraction_ratio"] == pytest.approx(1.0, abs=0.15)
+
+
+def test_dropping_a_class_lowers_consistency_where_missing_class_iou_would_rise():
+    """The judge sees the films in the synthetic micrographs, but the synthetic masks label them matrix:
+    consistency falls and names the class; the per-image Missing Class IoU (the old pre-test number) rises,
+    because a class absent from a mask is not averaged."""
+    real = masks_with_films(20, 0)
+    syn = masks_with_films(30, 1)
+    judge_syn = blur_prediction(syn, 2)
+    judge_real = blur_prediction(real, 3)
+    dropped = np.where(syn == 2, 0, syn)
+    good = consistency(syn, judge_syn, real, judge_real, K, ["m", "blob", "film"])
+    bad = consistency(dropped, judge_syn, real, judge_real, K, ["m", "blob", "film"])
+    assert bad["consistency"] < good["consistency"] - 0.15  # about the film's share of the IoU sum
+    assert bad["per_class"]["film"]["iou_synthetic"] == 0.0
+    assert bad["per_class"]["film"]["fraction_ratio"] == 0.0
+    assert "film" in bad["failing_classes"]
+    old_good = metrics.evaluate(syn, judge_syn, K)["missing_class_iou"]
+    old_bad = metrics.evaluate(dropped, judge_syn, K)["missing_class_iou"]
+    assert old_bad > old_good  # the flaw the new definition removes
+
+
+def test_a_class_the_judge_cannot_segment_weighs_nothing():
+    real = masks_with_films(20, 0)
+    syn = masks_with_films(30, 1)
+    judge_real = np.where(real == 2, 0, real)  # the judge never finds films, on real or synthetic images
+    judge_syn = np.where(syn == 2, 0, syn)
+    rec = consistency(syn, judge_syn, real, judge_real, K)
+    assert rec["per_class"]["2"]["iou_real"] == 0.0 and rec["per_class"]["2"]["ratio"] is None
+    assert rec["consistency"] == pytest.approx(1.0, abs=0.02)
+
+
+def test_consistency_input_errors():
+    real = masks_with_films(4, 0)
+    with pytest.raises(ValueError, match="differ in shape"):
+        consistency(real, real[:2], real, real, K)
+    with pytest.raises(ValueError, match="outside 0..2"):
+        consistency(real + 5, real, real, real, K)
+    with pytest.raises(ValueError, match="no masks"):
+        consistency(real[:0], real[:0], real, real, K)
+
+
+def test_per_image_consistency():
+    syn = masks_with_films(5, 1)
+    pred = syn.copy()
+    pred[2] = 0  # one image the judge sees as matrix only
+    scores = per_image_consistency(syn, pred, K, reference=0.5)
+    np.testing.assert_allclose(scores[[0, 1, 3, 4]], 2.0)
+    assert scores[2] < 0.8
+    with pytest.raises(ValueError, match="reference"):
+        per_image_consistency(syn, pred, K, reference=0.0)
+
+
+class FakeJudge(pretest.Judge):
+    """Sees the template mask in bright images (good pairs) and matrix only in dark ones (bad pairs)."""
+
+    template = masks_with_films(1, 9)[0]
+
+    def predict(self, images):
+        return np.stack([self.template if img.mean() > 0.5 else np.zeros_like(self.template) for img in images])
+
+    @property
+    def reference(self):
+        return 1.0
+
+
+def make_judge() -> FakeJudge:
+    real = masks_with_films(4, 0)
+    return FakeJudge(model=None, encoder="fake", epochs=0, real_images=real, real_masks=real, real_preds=real,
+                     real_train_masks=real, num_classes=K, class_names=["m", "blob", "film"])
+
+
+def fake_generate(bad_every: int):
+    """Sample i (global index) is bad when i % bad_every == 0; every sample's mask is the judge's template."""
+    template = FakeJudge.template
+    calls = []
+
+    def generate(n, start_index):
+        calls.append((n, start_index))
+        out = []
+        for i in range(start_index, start_index + n):
+            img = np.full((32, 32, 1), 0.0 if i % bad_every == 0 else 1.0)
+            out.append(SimpleNamespace(image=img, cleaned=template.copy(), index=i))
+        return out
+    return generate, calls
+
+
+def test_curation_drops_bad_pairs_and_draws_more():
+    generate, calls = fake_generate(bad_every=3)
+    samples, preds, rec = pretest.generate_pool(generate, 12, judge=make_judge(), min_consistency=0.5)
+    assert len(samples) == 12 and len(preds) == 12
+    assert all(s.index % 3 for s in samples)  # no bad one kept
+    assert [s.index for s in samples] == sorted(s.index for s in samples)
+    assert rec["drawn"] > 12 and rec["dropped"] == rec["drawn"] - 12
+    assert rec["filled_below_threshold"] == 0
+    assert calls[0] == (12, 0) and calls[1][1] == 12  # the second round continues the indices
+
+
+def test_curation_without_threshold_keeps_the_first_draw():
+    generate, calls = fake_generate(bad_every=3)
+    samples, preds, rec = pretest.generate_pool(generate, 6, judge=make_judge(), min_consistency=0.0)
+    assert [s.index for s in samples] == list(range(6)) and rec["dropped"] == 0 and len(calls) == 1
+    samples, preds, rec = pretest.generate_pool(generate, 6, judge=None)
+    assert preds is None and len(samples) == 6
+
+
+def test_curation_fills_with_the_best_when_the_threshold_is_unreachable():
+    generate, _ = fake_generate(bad_every=1)  # every sample is bad
+    with pytest.warns(UserWarning, match="reach min_consistency"):
+        samples, _, rec = pretest.generate_pool(generate, 4, judge=make_judge(), min_consistency=0.5, max_rounds=2)
+    assert len(samples) == 4 and rec["filled_below_threshold"] == 4 and rec["rounds"] == 2
+    with pytest.raises(ValueError, match="needs the pre-test judge"):
+        pretest.generate_pool(generate, 4, judge=None, min_consistency=0.5)
+
+
+def test_min_consistency_needs_the_pretest():
+    ns = {"experiment": "x", "outputs_dir": "outputs", "seed": 0, "pool_size": 4, "temperature": 1.0,
+          "sample_batch": 4, "min_object_px": -1, "use_kmeans": True, "cleanup": "thin", "min_object_len": -1.0,
+          "rim_px": 1, "min_consistency": 0.8, "max_curation_rounds": 3, "rare_boost": 0.0, "pretest": False,
+          "pretest_encoder": "efficientnetb0", "pretest_epochs": 1, "save_figures": False}
+    with pytest.raises(config.ParamError, match="min_consistency > 0 needs pretest=True"):
+        config.start_stage("04_synthesis", ns)
+
+
+# --------------------------------------------------------------------------- target fractions for a conditioned prior
+def test_condition_source_for_an_unconditional_prior(tmp_path):
+    from dualsynth.synthesis import ConditionSource
+
+    prior = SimpleNamespace(num_conditions=0)
+    src = ConditionSource.for_prior(prior, tmp_path)
+    assert not src.active and src.draw(5) is None and src.describe() == "unconditional"
+    with pytest.raises(ValueError, match="rare_boost=1.0 needs a prior conditioned"):
+        ConditionSource.for_prior(prior, tmp_path, rare_boost=1.0)
+
+
+def test_condition_source_draws_real_training_fractions(tmp_path):
+    from dualsynth.io import DataError
+    from dualsynth.prior import save_conditions
+    from dualsynth.synthesis import ConditionSource
+
+    rng = np.random.default_rng(0)
+    train = rng.dirichlet([5, 1, 1], size=20).astype(np.float32)
+    save_conditions(tmp_path / "conditions.npz", train, train[:4], ["a", "b", "c"])
+    prior = SimpleNamespace(num_conditions=3)
+    src = ConditionSource.for_prior(prior, tmp_path, seed=1)
+    first, again, more = src.draw(10, 0), src.draw(10, 0), src.draw(10, 10)
+    assert first.shape == (10, 3)
+    np.testing.assert_array_equal(first, again)  # fixed by seed and index
+    assert not np.array_equal(first, more)  # a later curation round gets other targets
+    assert all(any(np.allclose(row, t) for t in train) for row in first)  # each a real map's fractions
+    with pytest.raises(DataError, match="conditions.npz"):
+        ConditionSource.for_prior(prior, tmp_path / "nowhere")
+
+
+def test_generate_samples_checks_conditions_against_the_prior():
+    from dualsynth.synthesis import generate_samples
+
+    gen = SimpleNamespace(config={"num_embeddings": 4})
+    plain = SimpleNamespace(num_embeddings=4, num_conditions=0)
+    cond = SimpleNamespace(num_embeddings=4, num_conditions=3)
+    kw = dict(code_shape=(4, 4), progress=False)
+    with pytest.raises(ValueError, match="the prior is not conditioned"):
+        generate_samples(gen, plain, 2, None, conditions=np.ones((2, 3)) / 3, **kw)
+    with pytest.raises(ValueError, match="pass conditions"):
+        generate_samples(gen, cond, 2, None, **kw)
+    with pytest.raises(ValueError, match=r"shape \(2, 3\)"):
+        generate_samples(gen, cond, 2, None, conditions=np.ones((2, 4)) / 4, **kw)
