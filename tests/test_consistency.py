@@ -150,7 +150,7 @@ def test_curation_without_threshold_keeps_the_first_draw():
 
 def test_curation_fills_with_the_best_when_the_threshold_is_unreachable():
     generate, _ = fake_generate(bad_every=1)  # every sample is bad
-    with pytest.warns(UserWarning, match="reach min_consistency"):
+    with pytest.warns(UserWarning, match="pass the curation"):
         samples, _, rec = pretest.generate_pool(generate, 4, judge=make_judge(), min_consistency=0.5, max_rounds=2)
     assert len(samples) == 4 and rec["filled_below_threshold"] == 4 and rec["rounds"] == 2
     with pytest.raises(ValueError, match="needs the pre-test judge"):
@@ -160,7 +160,7 @@ def test_curation_fills_with_the_best_when_the_threshold_is_unreachable():
 def test_min_consistency_needs_the_pretest():
     ns = {"experiment": "x", "outputs_dir": "outputs", "seed": 0, "pool_size": 4, "temperature": 1.0,
           "sample_batch": 4, "min_object_px": -1, "use_kmeans": True, "cleanup": "thin", "min_object_len": -1.0,
-          "rim_px": 1, "min_consistency": 0.8, "max_curation_rounds": 3, "rare_boost": 0.0, "pretest": False,
+          "rim_px": 1, "min_consistency": 0.8, "max_fraction_error": -1.0, "max_curation_rounds": 3, "rare_boost": 0.0, "pretest": False,
           "pretest_encoder": "efficientnetb0", "pretest_epochs": 1, "save_figures": False}
     with pytest.raises(config.ParamError, match="min_consistency > 0 needs pretest=True"):
         config.start_stage("04_synthesis", ns)
@@ -209,3 +209,30 @@ def test_generate_samples_checks_conditions_against_the_prior():
         generate_samples(gen, cond, 2, None, **kw)
     with pytest.raises(ValueError, match=r"shape \(2, 3\)"):
         generate_samples(gen, cond, 2, None, conditions=np.ones((2, 4)) / 4, **kw)
+
+
+def test_curation_by_fraction_error_keeps_samples_that_match_their_target():
+    """A conditioned prior does not hit its target fractions exactly; max_fraction_error keeps the samples that do."""
+    from dualsynth.pretest import fraction_error
+
+    mask = np.zeros((10, 10), np.int64)
+    mask[:, :3] = 1  # fractions (0.7, 0.3, 0)
+
+    def generate(n, start_index):
+        out = []
+        for i in range(start_index, start_index + n):
+            target = np.array([0.7, 0.3, 0.0]) if i % 2 else np.array([0.2, 0.8, 0.0])  # odd: on target
+            out.append(SimpleNamespace(image=np.ones((10, 10, 1)), cleaned=mask.copy(), condition=target, index=i))
+        return out
+
+    assert fraction_error(generate(1, 1)[0], K) == pytest.approx(0.0)
+    assert fraction_error(generate(1, 0)[0], K) == pytest.approx(0.5)
+    samples, preds, rec = pretest.generate_pool(generate, 6, max_fraction_error=0.1, num_classes=K)
+    assert preds is None and len(samples) == 6 and all(s.index % 2 for s in samples)
+    assert rec["dropped"] == rec["drawn"] - 6 and rec["fraction_error_mean_kept"] == pytest.approx(0.0)
+    assert rec["fraction_error_mean_drawn"] > 0.1
+    unconditioned = lambda n, start: [SimpleNamespace(image=None, cleaned=mask, condition=None)] * n  # noqa: E731
+    with pytest.raises(ValueError, match="needs a prior conditioned"):
+        pretest.generate_pool(unconditioned, 2, max_fraction_error=0.1, num_classes=K)
+    with pytest.raises(ValueError, match="num_classes"):
+        pretest.generate_pool(generate, 2, max_fraction_error=0.1)

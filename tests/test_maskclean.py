@@ -103,3 +103,38 @@ def test_clean_labels_methods():
         clean_labels(decoded, 4, "magic", 50)
     with pytest.raises(ValueError, match="min_object_len"):
         remove_small_objects_fill(decoded, 50, 4, min_object_len=-2)
+
+
+def test_paper_preset_keeps_the_papers_mask_channel_and_cleanup():
+    """The paper preset stays a reproduction: grey-level mask channel, the paper's clean-up, an unconditioned prior."""
+    import yaml
+
+    from dualsynth.config import project_root
+
+    presets = project_root() / "params" / "presets" / "paper"
+    p02 = yaml.safe_load((presets / "02_vqvae.yaml").read_text())
+    p03 = yaml.safe_load((presets / "03_pixelcnn.yaml").read_text())
+    p04 = yaml.safe_load((presets / "04_synthesis.yaml").read_text())
+    assert p02["mask_encoding"] == "grey"
+    assert p04["cleanup"] == "paper" and p04["min_object_px"] == 200 and p04["use_kmeans"] is True
+    assert p03.get("condition", "none") == "none"
+
+
+def test_quick_preset_and_notebook_defaults_use_the_measured_best_method():
+    """One-hot masks, a gated prior conditioned on class fractions, no clean-up (README: masks that agree with their
+    micrographs) — in the quick preset and in the notebooks' own defaults."""
+    import yaml
+
+    from dualsynth.config import project_root
+    from dualsynth.batch import notebook_parameters
+
+    root = project_root()
+    quick = {nb: yaml.safe_load((root / "params" / "presets" / "quick" / f"{nb}.yaml").read_text())
+             for nb in ("02_vqvae", "03_pixelcnn", "04_synthesis")}
+    assert quick["02_vqvae"]["mask_encoding"] == "onehot"
+    assert quick["03_pixelcnn"]["prior"] == "gated" and quick["03_pixelcnn"]["condition"] == "class_fractions"
+    assert quick["04_synthesis"]["cleanup"] == "none"
+    defaults = {nb: notebook_parameters(root / "notebooks" / f"{nb}.ipynb") for nb in quick}
+    assert defaults["02_vqvae"]["mask_encoding"] == "onehot"
+    assert defaults["03_pixelcnn"]["prior"] == "gated" and defaults["03_pixelcnn"]["condition"] == "class_fractions"
+    assert defaults["04_synthesis"]["cleanup"] == "none"

@@ -149,6 +149,13 @@ def test_smoke_04_synthesis(smoke_chain):
     assert abs(sum(q["class_fractions"]["synthetic (cleaned)"].values()) - 1) < 1e-6
     assert 0 <= q["pretest"]["missing_class_iou_synthetic"] <= 1
     assert 0 <= q["pretest"]["missing_class_iou_real_test"] <= 1
+    cons = q["pretest"]["consistency"]
+    assert cons["classes"][0] == "matrix" and set(cons["per_class"]) == set(cons["classes"])
+    assert cons["consistency"] is None or cons["consistency"] >= 0
+    assert (exp / "synthetic" / "figures" / "consistency.png").is_file()
+    # the defaults are the measured best method: one-hot masks, a class-fraction-conditioned prior, no clean-up
+    assert pool["mask_encoding"] == "onehot" and pool["cleanup"] == "none" and pool["conditioned"] is True
+    assert pool["curation"]["drawn"] == 144 and pool["curation"]["dropped"] == 0
     sim = q["similarity"]
     assert set(sim["measures"]) == {"class_fraction_w1", "s2_rms", "kid", "boundary_disagreement"}
     assert sim["n_real"] == 48 and sim["n_synthetic"] == 144 and sim["class_names"][0] == "matrix"
@@ -243,7 +250,7 @@ def test_generative_chain_on_grey_real_data(tmp_path):
     m = json.loads((exp / "patches" / "manifest.json").read_text())
     assert m["channels"] == 1 and [c["name"] for c in m["data"]["classes"]][0] == "matrix"
     cfg = json.loads((exp / "vqvae" / "checkpoint" / "config.json").read_text())
-    assert cfg["in_channels"] == 2  # grey micrograph + mask channel
+    assert cfg["in_channels"] == 1 + 3  # grey micrograph + one mask channel per class (onehot, the default)
     pool = json.loads((exp / "synthetic" / "pool.json").read_text())
     from dualsynth.io import read_image
 

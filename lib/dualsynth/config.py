@@ -392,6 +392,9 @@ NOTEBOOK_RULES: dict[str, dict[str, tuple]] = {
                            "-1 (twice the side of a square of min_object_px) or a length in pixels ≥ 0"),
         "rim_px": (int, _non_negative, "an integer ≥ 0 (0: no rim step)"),
         "min_consistency": ((int, float), lambda v: 0 <= v <= 10, "0 (keep every sample) or a per-image consistency > 0"),
+        "max_fraction_error": ((int, float), lambda v: v == -1 or 0 <= v <= 1,
+                               "-1 (off) or a total-variation distance in [0, 1] between a sample's mask class "
+                               "fractions and its target (needs a prior conditioned on class fractions)"),
         "max_curation_rounds": (int, _positive, "an integer ≥ 1"),
         "rare_boost": ((int, float), _non_negative, "0 (target fractions as in the real maps) or a number > 0"),
         "pretest": (bool, None, "True or False"),

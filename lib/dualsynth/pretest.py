@@ -94,59 +94,95 @@ def judge_record(judge: Judge, syn_masks: np.ndarray, syn_preds: np.ndarray) -> 
     }
 
 
+def fraction_error(sample, num_classes: int) -> float:
+    """Total-variation distance between a sample's cleaned-mask class fractions and the fractions it was
+    generated for (``sample.condition``): half the L1 distance, 0 = exactly the target, 1 = disjoint."""
+    got = np.bincount(np.asarray(sample.cleaned).ravel(), minlength=num_classes)[:num_classes] / sample.cleaned.size
+    return float(0.5 * np.abs(got - np.asarray(sample.condition, np.float64)).sum())
+
+
 def generate_pool(generate, pool_size: int, *, judge: Judge | None = None, min_consistency: float = 0.0,
+                  max_fraction_error: float | None = None, num_classes: int | None = None,
                   max_rounds: int = 5) -> tuple[list, np.ndarray | None, dict[str, Any]]:
-    """Draw a pool of ``pool_size`` synthetic samples, optionally curated by the judge.
+    """Draw a pool of ``pool_size`` synthetic samples, optionally curated.
 
     ``generate(n, start_index)`` returns ``n`` :class:`~dualsynth.synthesis.SyntheticSample` drawn as if
-    ``start_index`` samples had been drawn before.  With ``min_consistency`` > 0
-    (needs a judge) samples whose per-image consistency is below it are dropped and more are drawn, in up to
-    ``max_rounds`` rounds, each sized by the acceptance rate so far; if the pool is still short, the best of the
-    dropped samples fill it (counted in ``filled_below_threshold``).  Returns ``(samples, judge predictions or
-    None, curation record)``; samples keep the order in which they were drawn.
+    ``start_index`` samples had been drawn before.  A sample is accepted when
+
+    * ``min_consistency`` > 0 (needs a judge): its per-image consistency is at least that, and
+    * ``max_fraction_error`` is set (needs a prior conditioned on class fractions, so every sample carries the
+      target it was drawn for, and ``num_classes``): its :func:`fraction_error` is at most that.
+
+    Rejected samples are replaced by drawing more, in up to ``max_rounds`` rounds, each sized by the acceptance
+    rate so far; if the pool is still short, the rejected samples that fail fewest criteria (then the most
+    consistent, then the closest to their target) fill it (counted in ``filled_below_threshold``, with a
+    warning).  Returns ``(samples, judge predictions or None, curation record)``; samples keep the order in which
+    they were drawn.
     """
     if min_consistency < 0 or not np.isfinite(min_consistency):
         raise ValueError(f"min_consistency must be >= 0, got {min_consistency!r}")
     if min_consistency > 0 and judge is None:
         raise ValueError("min_consistency > 0 needs the pre-test judge (pretest: true)")
+    if max_fraction_error is not None and not 0 <= max_fraction_error <= 1:
+        raise ValueError(f"max_fraction_error must be in [0, 1] or None, got {max_fraction_error!r}")
+    if max_fraction_error is not None and not num_classes:
+        raise ValueError("max_fraction_error needs num_classes")
     if max_rounds < 1:
         raise ValueError(f"max_rounds must be >= 1, got {max_rounds!r}")
-    samples = list(generate(pool_size, 0))
-    drawn = len(samples)
-    if judge is None:
-        return samples, None, {"min_consistency": 0.0, "drawn": drawn, "dropped": 0}
-    preds, scores = score_samples(judge, np.stack([s.image for s in samples]), np.stack([s.cleaned for s in samples]))
-    if min_consistency == 0:
-        return samples, preds, {"min_consistency": 0.0, "drawn": drawn, "dropped": 0,
-                                "per_image_mean": float(np.mean(scores))}
-    kept = [i for i in range(drawn) if scores[i] >= min_consistency]
-    pool_s, pool_p, pool_c = samples, list(preds), list(scores)
-    rounds = 1
+
+    def judged(batch):
+        if judge is None:
+            return [None] * len(batch), [None] * len(batch)
+        p, c = score_samples(judge, np.stack([s.image for s in batch]), np.stack([s.cleaned for s in batch]))
+        return list(p), [float(x) for x in c]
+
+    def errors(batch):
+        if max_fraction_error is None:
+            return [None] * len(batch)
+        if any(getattr(s, "condition", None) is None for s in batch):
+            raise ValueError("max_fraction_error needs a prior conditioned on class fractions (03_pixelcnn "
+                             "condition: class_fractions): unconditioned samples have no target fractions")
+        return [fraction_error(s, num_classes) for s in batch]
+
+    def failures(c, e) -> int:
+        return int(min_consistency > 0 and c < min_consistency) + int(e is not None and e > max_fraction_error)
+
+    pool_s = list(generate(pool_size, 0))
+    pool_p, pool_c = judged(pool_s)
+    pool_e = errors(pool_s)
+    drawn, rounds = len(pool_s), 1
+    kept = [i for i in range(drawn) if failures(pool_c[i], pool_e[i]) == 0]
     while len(kept) < pool_size and rounds < max_rounds:
         rate = max(len(kept) / len(pool_s), 0.1)
-        need = int(np.ceil((pool_size - len(kept)) / rate * 1.2))
-        more = list(generate(need, drawn))
-        drawn += len(more)
-        p, c = score_samples(judge, np.stack([s.image for s in more]), np.stack([s.cleaned for s in more]))
+        more = list(generate(int(np.ceil((pool_size - len(kept)) / rate * 1.2)), drawn))
+        p, c = judged(more)
+        e = errors(more)
         base = len(pool_s)
-        pool_s += more
-        pool_p += list(p)
-        pool_c += list(c)
-        kept += [base + i for i in range(len(more)) if c[i] >= min_consistency]
+        pool_s, pool_p, pool_c, pool_e = pool_s + more, pool_p + p, pool_c + c, pool_e + e
+        kept += [base + i for i in range(len(more)) if failures(c[i], e[i]) == 0]
+        drawn += len(more)
         rounds += 1
     filled = 0
     if len(kept) < pool_size:
-        rest = sorted((i for i in range(len(pool_s)) if i not in set(kept)), key=lambda i: -pool_c[i])
+        taken = set(kept)
+        rest = sorted((i for i in range(len(pool_s)) if i not in taken),
+                      key=lambda i: (failures(pool_c[i], pool_e[i]), -(pool_c[i] or 0.0), pool_e[i] or 0.0))
         filled = pool_size - len(kept)
         kept += rest[:filled]
         import warnings
 
-        warnings.warn(f"only {pool_size - filled} of {drawn} synthetic samples reach min_consistency "
-                      f"{min_consistency} after {rounds} rounds; the best {filled} below it fill the pool",
-                      stacklevel=2)
+        warnings.warn(f"only {pool_size - filled} of {drawn} synthetic samples pass the curation "
+                      f"(min_consistency {min_consistency}, max_fraction_error {max_fraction_error}) after {rounds} "
+                      f"rounds; the best {filled} of the others fill the pool", stacklevel=2)
     kept = sorted(kept[:pool_size])
-    record = {"min_consistency": float(min_consistency), "drawn": drawn, "dropped": drawn - len(kept),
-              "rounds": rounds, "filled_below_threshold": filled,
-              "per_image_mean_drawn": float(np.mean(pool_c)),
-              "per_image_mean_kept": float(np.mean([pool_c[i] for i in kept]))}
-    return [pool_s[i] for i in kept], np.stack([pool_p[i] for i in kept]), record
+    record: dict[str, Any] = {"min_consistency": float(min_consistency), "max_fraction_error": max_fraction_error,
+                              "drawn": drawn, "dropped": drawn - len(kept), "rounds": rounds,
+                              "filled_below_threshold": filled}
+    if judge is not None:
+        record["per_image_mean_drawn"] = float(np.mean(pool_c))
+        record["per_image_mean_kept"] = float(np.mean([pool_c[i] for i in kept]))
+    if max_fraction_error is not None:
+        record["fraction_error_mean_drawn"] = float(np.mean(pool_e))
+        record["fraction_error_mean_kept"] = float(np.mean([pool_e[i] for i in kept]))
+    preds = np.stack([pool_p[i] for i in kept]) if judge is not None else None
+    return [pool_s[i] for i in kept], preds, record

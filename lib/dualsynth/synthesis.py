@@ -57,6 +57,7 @@ class SyntheticSample:
     changed_fraction: float
     removed_objects: int
     codes: np.ndarray | None = None
+    condition: np.ndarray | None = None  # the class fractions a conditioned prior was asked for
 
 
 def _sorted_levels(palette) -> tuple[np.ndarray, np.ndarray]:
@@ -236,6 +237,8 @@ def generate_samples(generator, prior, num_samples: int, palette, *, code_shape:
                                          seed=seed + start_index + start + i, use_kmeans=use_kmeans, codes=codes[i],
                                          encoding=encoding, cleanup=cleanup, min_object_len=min_object_len,
                                          rim_px=rim_px))
+                if conditions is not None:
+                    out[-1].condition = conditions[start + i]
                 bar.update(1)
     finally:
         bar.close()
