@@ -76,7 +76,7 @@ def compare(exp: Path, pool: int, seed: int, judge_epochs: int, rim_px: int) -> 
                            for key, m in sim["measures"].items()},
         }
         fr = {n: round(v["fraction_ratio"] or 0, 2) for n, v in cons["per_class"].items()}
-        print(f"{exp.name:32s} {method:6s} consistency {cons['consistency']:.3f}  fraction ratios {fr}  "
+        print(f"{exp.name:32s} {method:6s} consistency {synthesis.fmt(cons['consistency'], '.3f')}  fraction ratios {fr}  "
               + "  ".join(f"{key} {m['synthetic_vs_real']:.4f}/{m['real_vs_real']:.4f}"
                           for key, m in sim["measures"].items()), flush=True)
     return out

@@ -173,8 +173,11 @@ def test_condition_source_for_an_unconditional_prior(tmp_path):
     prior = SimpleNamespace(num_conditions=0)
     src = ConditionSource.for_prior(prior, tmp_path)
     assert not src.active and src.draw(5) is None and src.describe() == "unconditional"
-    with pytest.raises(ValueError, match="rare_boost=1.0 needs a prior conditioned"):
+    with pytest.raises(ValueError, match="rare_boost=1.0 need.s. a prior conditioned"):
         ConditionSource.for_prior(prior, tmp_path, rare_boost=1.0)
+    with pytest.raises(ValueError, match="max_fraction_error=0.05 need.s. a prior conditioned.*max_fraction_error=-1"):
+        ConditionSource.for_prior(prior, tmp_path, max_fraction_error=0.05)
+    assert not ConditionSource.for_prior(prior, tmp_path, max_fraction_error=-1.0).active  # -1: off
 
 
 def test_condition_source_draws_real_training_fractions(tmp_path):
@@ -194,6 +197,8 @@ def test_condition_source_draws_real_training_fractions(tmp_path):
     assert all(any(np.allclose(row, t) for t in train) for row in first)  # each a real map's fractions
     with pytest.raises(DataError, match="conditions.npz"):
         ConditionSource.for_prior(prior, tmp_path / "nowhere")
+    with pytest.raises(DataError, match="fractions of 3 classes but the prior is conditioned on 4"):
+        ConditionSource.for_prior(SimpleNamespace(num_conditions=4), tmp_path)
 
 
 def test_generate_samples_checks_conditions_against_the_prior():
@@ -236,3 +241,30 @@ def test_curation_by_fraction_error_keeps_samples_that_match_their_target():
         pretest.generate_pool(unconditioned, 2, max_fraction_error=0.1, num_classes=K)
     with pytest.raises(ValueError, match="num_classes"):
         pretest.generate_pool(generate, 2, max_fraction_error=0.1)
+
+
+def test_rounds_of_a_curated_pool_never_reuse_a_sampling_seed(monkeypatch):
+    """generate_samples seeds each batch by the global index of its first sample, so the rounds of a curated pool
+    (start_index = samples drawn so far, any sizes) never repeat a batch's noise."""
+    from dualsynth import pixelcnn, synthesis, vqvae
+    from dualsynth.palette import NDFEB_PALETTE
+
+    seeds = []
+
+    def fake_sample(prior, n, h, w, *, seed, **kw):
+        seeds.append(seed)
+        return np.zeros((n, h, w), np.int32)
+
+    monkeypatch.setattr(pixelcnn, "sample_fast", fake_sample)
+    monkeypatch.setattr(vqvae, "decode_codes", lambda g, codes: np.zeros((len(codes), 8, 8, 1 + 4), np.float32))
+    gen = SimpleNamespace(config={"num_embeddings": 4})
+    prior = SimpleNamespace(num_embeddings=4, num_conditions=0)
+    drawn = 0
+    for n in (10, 20, 10, 7, 9):  # the sizes of successive curation rounds
+        out = synthesis.generate_samples(gen, prior, n, NDFEB_PALETTE, code_shape=(2, 2), batch_size=16,
+                                         encoding="onehot", image_channels=1, progress=False, start_index=drawn,
+                                         seed=3, min_object_px=0)
+        assert len(out) == n
+        drawn += n
+    assert len(seeds) == len(set(seeds)) == 6  # 1 + 2 + 1 + 1 + 1 batches, no seed twice
+    assert seeds[0] == 3  # the first batch of a pool keeps the pool's seed

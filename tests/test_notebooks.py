@@ -151,7 +151,10 @@ def test_smoke_04_synthesis(smoke_chain):
     assert 0 <= q["pretest"]["missing_class_iou_real_test"] <= 1
     cons = q["pretest"]["consistency"]
     assert cons["classes"][0] == "matrix" and set(cons["per_class"]) == set(cons["classes"])
-    assert cons["consistency"] is None or cons["consistency"] >= 0
+    if cons["iou_sum_real"] > 0:  # consistency = the two IoU sums' ratio over the classes of the real masks
+        assert cons["consistency"] == pytest.approx(cons["iou_sum_synthetic"] / cons["iou_sum_real"])
+    else:
+        assert cons["consistency"] is None
     assert (exp / "synthetic" / "figures" / "consistency.png").is_file()
     # the defaults are the measured best method: one-hot masks, a class-fraction-conditioned prior, no clean-up
     assert pool["mask_encoding"] == "onehot" and pool["cleanup"] == "none" and pool["conditioned"] is True

@@ -328,7 +328,7 @@ def test_notebook_03_refuses_class_fractions_without_gated_prior(tmp_path):
     from dualsynth import batch, config
 
     params = {**batch.notebook_parameters("03_pixelcnn"), "outputs_dir": str(tmp_path)}
-    assert params["condition"] == "none"
+    assert params["condition"] == "class_fractions" and params["prior"] == "gated"  # the defaults (README)
     with pytest.raises(config.ParamError, match=r"condition='class_fractions' needs prior='gated'"):
         config.start_stage("03_pixelcnn", {**params, "prior": "pixelcnn", "condition": "class_fractions"})
     with pytest.raises(config.ParamError, match=r"condition='fractions': none or class_fractions"):

@@ -457,7 +457,7 @@ def test_consistency_section_says_how_a_class_fails_and_is_a_reason(tmp_path, rn
     # the verdict's reasons (synthetic data does not help here: one seed, a loss)
     assert rep["verdict"] == "inconclusive"
     assert ("the synthetic masks match their micrographs less well than real masks (image–mask consistency 0.71, "
-            "below 0.80) and fail for pores under-produced (3.1 % vs 7.8 % real)") in rep["statement"]
+            "below 0.80) and the synthetic masks fail for pores under-produced (3.1 % vs 7.8 % real)") in rep["statement"]
     # the per-class table of 07: the same numbers as a DataFrame
     df = report.consistency_table(exp)
     assert list(df["class"]) == ["matrix", "pores"] and df.attrs["consistency"] == pytest.approx(0.71)
@@ -537,3 +537,15 @@ def test_consistency_not_measured_in_older_experiments(tmp_path, rng, case, note
     df = report.consistency_table(exp)
     assert df.empty and note in df.attrs["note"]
     assert report.consistency_table({"experiment": "x"}).empty  # a report.json that predates the entry
+
+
+def test_consistency_reason_does_not_call_a_high_overall_score_low():
+    """An overall consistency above the threshold with a failing class: the reason names the class, not 'less well'."""
+    from dualsynth.report.consistency import consistency_reason
+
+    entry = {"measured": True, "fail_below": 0.8, "consistency": 1.04, "failing_classes": ["defect"],
+             "per_class": {"defect": {"iou_synthetic": 0.0, "iou_real": 0.0, "ratio": None,
+                                      "fraction_synthetic": 0.003, "fraction_real": 0.011, "fraction_ratio": 0.3}}}
+    reason = consistency_reason(entry)
+    assert "less well" not in reason
+    assert reason.startswith("the image–mask consistency is 1.04 overall but the synthetic masks fail for defect")

@@ -22,11 +22,13 @@ Measures (pure functions on arrays; images ``(N, H, W[, C])``, masks ``(N, H, W)
   Per class c present in the real reference masks, IoU_c is taken from the confusion matrix summed over all
   images (pooled, not per image).  ``consistency`` = Σ_c IoU_c(synthetic masks vs the judge on synthetic
   micrographs) / Σ_c IoU_c(real masks vs the judge on real images), every such class weighted equally (a rare
-  phase counts as much as the matrix: the rare ones are why the tool exists).  A class the synthetic pool does
-  not contain contributes 0 to the numerator -- unlike a per-image Missing Class IoU, where an absent class is
-  simply not averaged, so leaving a hard class out of the masks could *raise* the score.  Dropping a class from
-  the synthetic masks therefore cannot raise consistency unless the judge already disagreed with every pixel of
-  it; classes the judge cannot segment on real data (IoU ≈ 0) weigh nothing on either side.  Per class:
+  phase counts as much as the matrix: the IoUs are summed, not weighted by pixels).  A class the synthetic pool
+  does not contain contributes 0 to the numerator -- unlike a per-image Missing Class IoU, where an absent class
+  is simply not averaged, so leaving a hard class out of the masks *raises* that score.  Dropping a class from the
+  synthetic masks loses its whole IoU term; it can still raise consistency a little when the judge already
+  labelled almost all of that class as another one (the other class's IoU then grows), which is why the fraction
+  ratios are always reported beside it.  A class the judge cannot segment on real data (IoU ≈ 0) adds nothing to
+  the denominator, and on the synthetic side only what the judge finds of it.  Per class:
   IoU ratio synthetic / real, and the fraction ratio (synthetic / real training masks), always reported together.
 * **boundary disagreement** (:func:`boundary_disagreement`): a pixel classifier (random forest on the pixel's
   value and ``skimage.feature.multiscale_basic_features``: intensity, edges, texture at 4 scales) is fitted on real
@@ -307,7 +309,8 @@ def per_image_consistency(syn_masks, syn_preds, num_classes: int, reference: flo
     from .metrics import iou_per_class
 
     if not reference > 0:
-        raise ValueError(f"reference score must be > 0, got {reference!r}")
+        raise ValueError(f"reference score must be > 0, got {reference!r}: the pre-test judge (synthetic/pretest_unet) "
+                         f"agrees with no real test mask; train it longer (pretest_epochs)")
     sm, sp = _masks(syn_masks, "synthetic masks"), _masks(syn_preds, "synthetic predictions")
     if sm.shape != sp.shape:
         raise ValueError(f"synthetic masks {sm.shape} and predictions {sp.shape} differ in shape")

@@ -116,6 +116,11 @@ def clean_decoded(image: np.ndarray, mask_part: np.ndarray, palette, min_object_
     )
 
 
+def fmt(value, spec: str = ".2f") -> str:
+    """A number for a printed summary, or "n/a" for None (e.g. a consistency the judge could not measure)."""
+    return "n/a" if value is None else format(value, spec)
+
+
 def cleanup_titles(encoding: str, cleanup: str, use_kmeans: bool = True) -> dict[str, str]:
     """Panel titles of :func:`dualsynth.plots.plot_cleanup_steps` for this encoding and clean-up method."""
     if encoding == "onehot":
@@ -145,16 +150,30 @@ class ConditionSource:
         return self.train_fractions is not None
 
     @classmethod
-    def for_prior(cls, prior, pixelcnn_dir, rare_boost: float = 0.0, seed: int = 0) -> "ConditionSource":
-        """The source for ``prior``: the training maps' fractions from ``<pixelcnn_dir>/conditions.npz``."""
+    def for_prior(cls, prior, pixelcnn_dir, rare_boost: float = 0.0, seed: int = 0,
+                  max_fraction_error: float | None = None) -> "ConditionSource":
+        """The source for ``prior``: the training maps' fractions from ``<pixelcnn_dir>/conditions.npz``.
+
+        ``rare_boost`` > 0 and ``max_fraction_error`` (not None, ≥ 0) need a conditioned prior: refused otherwise.
+        """
         if not int(getattr(prior, "num_conditions", 0) or 0):
-            if rare_boost:
-                raise ValueError(f"rare_boost={rare_boost} needs a prior conditioned on class fractions: re-run "
-                                 f"03_pixelcnn with prior: gated and condition: class_fractions")
+            needs = [f"rare_boost={rare_boost}"] if rare_boost else []
+            if max_fraction_error is not None and max_fraction_error >= 0:
+                needs.append(f"max_fraction_error={max_fraction_error}")
+            if needs:
+                raise ValueError(f"{' and '.join(needs)} need(s) a prior conditioned on class fractions, but "
+                                 f"{Path(pixelcnn_dir) / 'prior'} is not: re-run 03_pixelcnn with prior: gated and "
+                                 f"condition: class_fractions, or set rare_boost=0 and max_fraction_error=-1")
             return cls(None, rare_boost, seed)
         from . import prior as prior_pkg
+        from .io import DataError
 
-        return cls(prior_pkg.load_conditions(Path(pixelcnn_dir) / "conditions.npz").train, rare_boost, seed)
+        path = Path(pixelcnn_dir) / "conditions.npz"
+        train = prior_pkg.load_conditions(path).train
+        if train.shape[1] != prior.num_conditions:
+            raise DataError(f"{path}: holds fractions of {train.shape[1]} classes but the prior is conditioned on "
+                            f"{prior.num_conditions}: re-run 03_pixelcnn")
+        return cls(train, rare_boost, seed)
 
     def draw(self, n: int, start_index: int = 0) -> np.ndarray | None:
         if not self.active:
@@ -188,6 +207,11 @@ def check_generator_pair(generator, prior) -> None:
                         f"03_pixelcnn): re-run 03_pixelcnn after deleting {folder}, or pass a new experiment name")
 
 
+def batch_seed(seed: int, first_index: int) -> int:
+    """Sampling seed of a batch whose first sample has global index ``first_index`` (distinct per index)."""
+    return int(seed) + 7919 * int(first_index)
+
+
 def generate_samples(generator, prior, num_samples: int, palette, *, code_shape: tuple[int, int],
                      temperature: float = 1.0, seed: int = 0, batch_size: int = 16, min_object_px=200,
                      use_kmeans: bool = True, progress: bool = True, encoding: str = "grey",
@@ -199,8 +223,10 @@ def generate_samples(generator, prior, num_samples: int, palette, *, code_shape:
     Batches use seeds ``seed``, ``seed + 1``, … so a pool is reproducible and batches differ.
     ``conditions`` (num_samples, C): target class fractions, one row per sample, for a prior trained
     with ``num_conditions = C`` (see :mod:`dualsynth.prior`); ``None`` for an unconditional prior.
-    ``start_index`` shifts the seeds past those of an earlier call that drew ``start_index`` samples with the
-    same ``batch_size`` (to draw more samples that differ from a first round, e.g. to replace curated ones).
+    ``start_index`` is the global index of the first sample: a batch's sampling seed is
+    :func:`batch_seed` of ``seed`` and the global index of its first sample, so calls that continue each other
+    (``start_index`` = the samples drawn so far, e.g. the rounds of a curated pool) never reuse a seed, whatever
+    their sizes and ``batch_size``.
     """
     from tqdm.auto import tqdm
 
@@ -221,7 +247,6 @@ def generate_samples(generator, prior, num_samples: int, palette, *, code_shape:
             raise ValueError(f"conditions must have shape ({num_samples}, {needs}), got {conditions.shape}")
     if start_index < 0:
         raise ValueError(f"start_index must be >= 0, got {start_index}")
-    first_batch = -(-start_index // batch_size)  # the batches an earlier call of start_index samples used
     h, w = code_shape
     out: list[SyntheticSample] = []
     bar = tqdm(total=num_samples, desc=desc, unit="image", disable=not progress)
@@ -230,7 +255,7 @@ def generate_samples(generator, prior, num_samples: int, palette, *, code_shape:
             n = min(batch_size, num_samples - start)
             kw = {} if conditions is None else {"condition": conditions[start:start + n]}
             codes = pixelcnn.sample_fast(prior, n, h, w, temperature=temperature,
-                                         seed=seed + first_batch + b, batch_size=n, **kw)
+                                         seed=batch_seed(seed, start_index + start), batch_size=n, **kw)
             images, parts = split(vqvae.decode_codes(generator, codes), image_channels, encoding)
             for i in range(n):
                 out.append(clean_decoded(images[i], parts[i], palette, min_object_px,

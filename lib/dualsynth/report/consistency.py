@@ -122,11 +122,16 @@ def consistency_reason(entry: Mapping | None) -> str | None:
     low = overall is not None and overall < lo
     if not failing and not low:
         return None
-    head = (f"the synthetic masks match their micrographs less well than real masks (image–mask consistency "
-            f"{overall:.2f}" if overall is not None else "the image–mask consistency cannot be computed (")
-    head += f", below {lo:.2f})" if low else ")"
+    if overall is None:
+        head = "the image–mask consistency cannot be computed"
+    elif low:
+        head = (f"the synthetic masks match their micrographs less well than real masks (image–mask consistency "
+                f"{overall:.2f}, below {lo:.2f})")
+    else:
+        head = f"the image–mask consistency is {overall:.2f} overall"
     if failing:
-        head += " and fail for " + ", ".join(_short(c, per[c], lo) for c in failing)
+        head += (" and " if low or overall is None else " but ") + "the synthetic masks fail for " + ", ".join(
+            _short(c, per[c], lo) for c in failing)
     return head
 
 
