@@ -236,14 +236,9 @@ def vqvae_features(model, palette, encoding: str = "grey", batch_size: int = 16)
 
 def _pooled_iou(masks: np.ndarray, preds: np.ndarray, num_classes: int) -> np.ndarray:
     """IoU per class from the confusion matrix summed over all images; NaN where a class is in neither."""
-    from .metrics import confusion_matrix
+    from .metrics import _iou_from_confusion, confusion_matrix
 
-    cm = sum(confusion_matrix(m, p, num_classes) for m, p in zip(masks, preds))
-    inter = np.diag(cm).astype(np.float64)
-    union = cm.sum(0) + cm.sum(1) - np.diag(cm)
-    out = np.full(num_classes, np.nan)
-    out[union > 0] = inter[union > 0] / union[union > 0]
-    return out
+    return _iou_from_confusion(sum(confusion_matrix(m, p, num_classes) for m, p in zip(masks, preds)))
 
 
 def _ratio(a: float, b: float) -> float | None:
