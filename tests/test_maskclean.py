@@ -138,3 +138,20 @@ def test_quick_preset_and_notebook_defaults_use_the_measured_best_method():
     assert defaults["02_vqvae"]["mask_encoding"] == "onehot"
     assert defaults["03_pixelcnn"]["prior"] == "gated" and defaults["03_pixelcnn"]["condition"] == "class_fractions"
     assert defaults["04_synthesis"]["cleanup"] == "none"
+
+
+def test_per_class_sizes_follow_the_palette_order_when_grey_levels_do_not():
+    """clean_decoded works in grey-level order; per-class thresholds given in palette order must follow the classes."""
+    from dualsynth.palette import Palette
+    from dualsynth.synthesis import clean_decoded
+
+    pal = Palette(("a", "b", "c"), ((1, 1, 1), (2, 2, 2), (3, 3, 3)), (255, 0, 128))  # a is the brightest
+    grey = np.zeros((30, 30), np.float32)  # class b (grey 0) everywhere
+    grey[2:5, 2:5] = 1.0  # 9 px of class a
+    grey[20:23, 20:23] = 128 / 255  # 9 px of class c
+    image = np.zeros((30, 30, 1), np.uint8)
+    out = clean_decoded(image, grey, pal, [0, 50, 50], use_kmeans=False, cleanup="paper")  # a may be small
+    assert (out.cleaned[2:5, 2:5] == 0).all()  # a kept
+    assert not (out.cleaned == 2).any()  # c filled
+    out = clean_decoded(image, grey, pal, [50, 50, 0], use_kmeans=False, cleanup="paper")  # c may be small
+    assert (out.cleaned[20:23, 20:23] == 2).all() and not (out.cleaned == 0).any()

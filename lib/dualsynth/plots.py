@@ -262,7 +262,8 @@ def plot_cleanup_steps(image: np.ndarray, raw: np.ndarray, naive: np.ndarray, cl
 def plot_consistency(record: Mapping, title: str = "") -> plt.Figure:
     """Per class: the judge's IoU on synthetic / on real (consistency) and the class fraction synthetic / real.
 
-    ``record`` is :func:`dualsynth.quality.consistency`'s result.  The shaded band is ±20 % around 1.
+    ``record`` is :func:`dualsynth.quality.consistency`'s result.  The shaded band is where a class passes
+    (``fail_below`` … 1 / ``fail_below``, 0.8 … 1.25 by default).
     """
     per = record["per_class"]
     names = list(per)
@@ -270,7 +271,8 @@ def plot_consistency(record: Mapping, title: str = "") -> plt.Figure:
     iou = [per[n]["ratio"] if per[n]["ratio"] is not None else np.nan for n in names]
     frac = [per[n]["fraction_ratio"] if per[n]["fraction_ratio"] is not None else np.nan for n in names]
     fig, ax = plt.subplots(figsize=(2.0 + 1.4 * len(names), 3.4))
-    ax.axhspan(0.8, 1.25, color="0.9", zorder=0)
+    lo = float(record.get("fail_below", 0.8))
+    ax.axhspan(lo, 1 / lo, color="0.9", zorder=0)
     ax.axhline(1.0, color="0.4", lw=0.8, zorder=1)
     ax.bar(x - 0.2, iou, 0.4, label="IoU synthetic / real (judge)")
     ax.bar(x + 0.2, frac, 0.4, label="class fraction synthetic / real")

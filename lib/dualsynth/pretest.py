@@ -99,7 +99,7 @@ def judge_record(judge: Judge, syn_masks: np.ndarray, syn_preds: np.ndarray) -> 
 def fraction_error(sample, num_classes: int) -> float:
     """Total-variation distance between a sample's cleaned-mask class fractions and the fractions it was
     generated for (``sample.condition``): half the L1 distance, 0 = exactly the target, 1 = disjoint."""
-    got = np.bincount(np.asarray(sample.cleaned).ravel(), minlength=num_classes)[:num_classes] / sample.cleaned.size
+    got = quality.per_patch_fractions(np.asarray(sample.cleaned)[None], num_classes)[0]
     return float(0.5 * np.abs(got - np.asarray(sample.condition, np.float64)).sum())
 
 

@@ -18,6 +18,7 @@ from .maskclean import (  # noqa: F401  (re-exported: the clean-up used to live 
     CLEANUP_METHODS,
     CleanupResult,
     _nearest,
+    _per_class_min_px,
     clean_labels,
     clean_mask,
     default_min_object_len,
@@ -97,10 +98,7 @@ def clean_decoded(image: np.ndarray, mask_part: np.ndarray, palette, min_object_
                                changed_fraction=float(np.mean(cleaned != naive)), removed_objects=removed, codes=codes)
     levels, classes = _sorted_levels(palette)
     if np.ndim(min_object_px) > 0:  # per class: put the thresholds in grey-level order like the labels
-        per_class = list(min_object_px)
-        if len(per_class) != palette.num_classes:
-            raise ValueError(f"min_object_px per class needs {palette.num_classes} values, got {len(per_class)}")
-        min_object_px = [per_class[int(c)] for c in classes]
+        min_object_px = _per_class_min_px(min_object_px, palette.num_classes)[classes].tolist()
     res = clean_mask(mask_part, levels, min_object_px, seed=seed, use_kmeans=use_kmeans, cleanup=cleanup,
                      min_object_len=min_object_len, rim_px=rim_px)
     naive = nearest_level_labels(mask_part, levels)
