@@ -78,3 +78,73 @@ def test_fork_experiment_shares_data_not_runs(tmp_path, capsys):
     assert batch.main(["study", "--preset", "smoke", "--experiment", "h", "--from-experiment", "a",
                        "--outputs-dir", str(tmp_path)]) == 2
     assert (tmp_path / "h" / "forked_from.json").is_file() and "have no file in" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- issue 15: bad command lines named
+@pytest.fixture
+def no_notebooks(monkeypatch):
+    """No notebook may run in these tests: a command that got past its checks fails loudly."""
+    def refuse(*a, **k):
+        raise AssertionError("a notebook was started")
+
+    monkeypatch.setattr(batch, "run_notebook", refuse)
+    monkeypatch.setattr(batch, "run_study", refuse)
+
+
+@pytest.mark.parametrize("args,first", [
+    (["--seeds", "a,b"], "error: --seeds 'a,b': 'a' is not a number ≥ 0 or a range like 2-4; write e.g. 0,1,2 or 0-4"),
+    (["--seeds", "1-"], "error: --seeds '1-': '1-' is not a number ≥ 0 or a range like 2-4"),
+    (["--seeds", "0..2"], "error: --seeds '0..2': '0..2' is not a number ≥ 0"),
+    (["--seeds", "-1"], "error: --seeds '-1': '-1' is not a number ≥ 0"),
+    (["--seeds", "4-2"], "error: --seeds '4-2': the range '4-2' runs backwards"),
+    (["--stages", "1-x"], "error: --stages '1-x': '1-x' is not a number ≥ 0 or a range like 2-4; write e.g. 01-04"),
+    (["--experiment", "x" * 300], "error: experiment name of 300 characters (xxxxxxxxxxxxxxxxxxxx…): use at most 100"),
+    (["--stages", "06", "--workers", "0"], "error: --workers 0: the number of Dask worker processes, an integer ≥ 1"),
+    (["--stages", "05-06", "--variants", "BMQ_5O"], "error: unknown variant 'BMQ_5O'"),
+    (["--stages", "06", "--variants", ","], "error: --variants ',' selects no variant"),
+])
+def test_chain_bad_options_one_line_error(capsys, tmp_path, no_notebooks, args, first):
+    """Issue 15 items 5, 9, 11: bad --seeds / --stages / --workers / --variants and a 300-character experiment name
+    are a one-line error (exit 2, no traceback) before any stage runs or anything is written."""
+    rc = batch.main(["chain", "--preset", "smoke", "--outputs-dir", str(tmp_path), "--stages", "01"] + args)
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith(first) and "Traceback" not in err, err
+    assert len(err.strip().splitlines()) == 1
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("args,first", [
+    (["--workers", "0"], "error: --workers 0: the number of Dask worker processes, an integer ≥ 1"),
+    (["--workers", "-1"], "error: --workers -1:"),
+    (["--threads", "-2"], "error: --threads -2: TensorFlow threads per run, an integer ≥ 1"),
+    (["--variants", ","], "error: --variants ',' selects no variant"),
+    (["--variants", "BMQ_5O"], "error: unknown variant 'BMQ_5O'"),
+])
+def test_study_bad_workers_and_empty_variants(capsys, tmp_path, args, first):
+    """Issue 15 items 3 and 5: `study --workers 0` (or -1) no longer waits forever, `--variants ","` no longer runs 0
+    runs and rewrites metrics.csv empty: both are an error before any cluster starts."""
+    exp = tmp_path / "e"
+    (exp / "results").mkdir(parents=True)
+    (exp / "results" / "metrics.csv").write_text("variant,seed\nSHQ_0,0\n")
+    rc = batch.main(["study", "--preset", "smoke", "--experiment", "e", "--outputs-dir", str(tmp_path)] + args)
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith(first), err
+    assert (exp / "results" / "metrics.csv").read_text() == "variant,seed\nSHQ_0,0\n"
+    with pytest.raises(ParamError, match="workers"):
+        batch.run_study("smoke", "e", "SHQ_0", workers=0, outputs_dir=str(tmp_path))
+
+
+def test_chain_checks_later_stages_before_the_first(tmp_path, no_notebooks, capsys):
+    """Issue 15 item 11: a variant typo for 05 (--set variants=…) or 06 (--variants) is refused before 01–05 run;
+    patch_size=2048 on the embedded default is a warning printed before 01 starts (it would generate for minutes)."""
+    from dualsynth.variants import VariantError
+
+    with pytest.raises(VariantError, match="BMQ_5O"):
+        batch.run_chain("smoke", experiment="t", stages="05-06", outputs_dir=str(tmp_path), variants="BMQ_5O")
+    with pytest.raises(VariantError, match="SHQ_6"):
+        batch.run_chain("smoke", experiment="t", stages="05", outputs_dir=str(tmp_path),
+                        overrides={"variants": "SHQ_0,SHQ_6"})
+    assert not (tmp_path / "t").exists()
+    with pytest.raises(AssertionError, match="a notebook was started"):
+        batch.run_chain("smoke", experiment="t", stages="01", outputs_dir=str(tmp_path), overrides={"patch_size": 2048})
+    assert "warning: patch_size=2048 makes the generated image 22016×17664 px" in capsys.readouterr().err

@@ -71,8 +71,11 @@ def test_run_budget_of_plain_and_control_runs():
 @pytest.mark.parametrize("params,message", [
     ({"budget": "fixed", "steps_per_epoch": 0, "epochs": 10}, r"budget='fixed' with steps_per_epoch=0.*budget='epochs'"),
     ({"budget": "epochs", "steps_per_epoch": 16, "epochs": 10}, r"budget='epochs' with steps_per_epoch=16.*steps_per_epoch=0"),
-    ({"budget": "fixed", "steps_per_epoch": 16, "epochs": 10, "variant": "SHQ_0@320"},
-     r"SHQ_0@320' is a matched control run, which only budget='epochs' needs"),
+    # under fixed a control run is needed only by PT_ variants; one with the fixed budget itself is the base
+    ({"budget": "fixed", "steps_per_epoch": 16, "epochs": 10, "variant": "SHQ_0@160"},
+     r"SHQ_0@160' is a matched control run with the 160 updates every run gets under budget='fixed'"),
+    ({"budget": "fixed", "steps_per_epoch": 16, "epochs": 10, "variant": "SHQ_0@325"},
+     r"325 updates are not a whole number .* over epochs=10"),
     ({"budget": "epochs", "steps_per_epoch": 0, "epochs": 20, "variant": "SHQ_0@330"},
      r"330 updates are not a whole number .* over epochs=20"),
     ({"budget": "steps", "steps_per_epoch": 0, "epochs": 20}, r"budget='steps': 'fixed' .* or 'epochs'"),

@@ -270,3 +270,178 @@ def test_synthesis_refuses_prior_of_another_generator(tmp_path):
     with pytest.raises(DataError, match=r"prior in .*pixelcnn was trained on the code maps of another VQ-VAE than the "
                                         r"one in .*g2 .*re-run 03_pixelcnn after deleting .*pixelcnn"):
         generate_samples(g2, prior, 1, NDFEB_PALETTE, code_shape=(4, 4), progress=False, image_channels=1)
+
+
+# --------------------------------------------------------------------------- issue 15: multi-page images
+def test_multi_page_tiff_refused(tmp_path):
+    """Issue 15 item 2: a TIFF stack (or channels saved as pages) is refused naming the file and its page count,
+    instead of being averaged into one grey picture with a 'colour image converted to grey' warning."""
+    import tifffile
+
+    from dualsynth.io import read_image, read_mask
+    from dualsynth.palette import NDFEB_PALETTE
+
+    tifffile.imwrite(tmp_path / "stack.tif", np.zeros((5, 32, 32), np.uint8))
+    tifffile.imwrite(tmp_path / "hyper.tif", np.zeros((4, 32, 32), np.uint8), imagej=True)
+    with tifffile.TiffWriter(tmp_path / "pages.tif") as w:
+        w.write(np.zeros((32, 32), np.uint8))
+        w.write(np.ones((32, 32), np.uint8))
+    for name, n in (("stack", 5), ("hyper", 4), ("pages", 2)):
+        with pytest.raises(DataError, match=rf"{name}\.tif: a multi-page image \({n} pages.*one file must hold one "
+                                            r"micrograph or mask"):
+            read_image(tmp_path / f"{name}.tif", channels=1)
+        with pytest.raises(DataError, match=rf"{name}\.tif: a multi-page image"):
+            read_mask(tmp_path / f"{name}.tif", NDFEB_PALETTE)
+    from PIL import Image
+
+    frames = [Image.fromarray(np.full((32, 32), v, np.uint8)) for v in (0, 255)]
+    frames[0].save(tmp_path / "anim.png", save_all=True, append_images=frames[1:])
+    with pytest.raises(DataError, match=r"anim\.png: a multi-page image \(2 frames"):
+        read_image(tmp_path / "anim.png")
+    # one image per file still reads: RGB, and a pyramid (reduced-resolution levels are not further images)
+    tifffile.imwrite(tmp_path / "rgb.tif", np.zeros((32, 32, 3), np.uint8))
+    assert read_image(tmp_path / "rgb.tif").shape == (32, 32, 3)
+    with tifffile.TiffWriter(tmp_path / "pyr.tif") as w:
+        w.write(np.zeros((64, 64), np.uint8), subifds=1)
+        w.write(np.zeros((32, 32), np.uint8), subfiletype=1)
+    assert read_image(tmp_path / "pyr.tif").shape == (64, 64, 1)
+
+
+# --------------------------------------------------------------------------- issue 15: records of failed re-runs
+def _fake_papermill(monkeypatch, fail=lambda params: None):
+    """papermill.execute_notebook without a kernel: it writes the executed notebook as papermill does (the output
+    file, as it goes), runs the notebook's first cell (``config.start_stage``) in this process, prints a project
+    warning into the notebook, then raises what ``fail(parameters)`` returns (an exception) or succeeds."""
+    import papermill as pm
+
+    calls = []
+
+    def execute(input_path, output_path, parameters=None, **kw):
+        from dualsynth import batch
+
+        name = Path(input_path).stem
+        calls.append((name, dict(parameters)))
+        warning = "/tmp/ipykernel_7/123.py:4: UserWarning: class(es) ['oxide'] appear in no test patch\n"
+        nb = {"cells": [{"cell_type": "code", "source": "stage = config.start_stage(…)", "metadata": {},
+                         "outputs": [{"output_type": "stream", "name": "stderr", "text": [warning]}]}],
+              "metadata": {"papermill": {"parameters": dict(parameters)}}, "nbformat": 4, "nbformat_minor": 5}
+        Path(output_path).write_text(json.dumps(nb))
+        config.start_stage(name, {**batch.notebook_parameters(name), **parameters})
+        error = fail(parameters)
+        if error is not None:
+            raise error
+
+    monkeypatch.setattr(pm, "execute_notebook", execute)
+    return calls
+
+
+def _notebook_error():
+    from papermill.exceptions import PapermillExecutionError
+
+    return PapermillExecutionError(3, 5, "manifest = patching.prepare_dataset(…)", "PatchingError",
+                                   "no patch left after filtering: …; raise max_majority_fraction",
+                                   ["\x1b[0;31m-----\x1b[0m"] + [f"  frame {i}" for i in range(60)])
+
+
+def test_failed_rerun_keeps_the_last_good_records(tmp_path, monkeypatch, capsys):
+    """Issue 15 items 6 and 13: a re-run of a stage that fails inside its notebook, is interrupted or hits a full disk
+    leaves the last good run's executed notebook and runs/ record as they were; the attempt's notebook is kept as
+    01_patching-failed.ipynb and named in the error, whose first line is the project's message."""
+    import errno
+
+    from dualsynth import batch
+
+    outcome: dict = {}
+    _fake_papermill(monkeypatch, lambda p: outcome.get(p["patch_size"]))
+    exp = tmp_path / "e"
+    batch.run_chain("smoke", experiment="e", stages="01", outputs_dir=str(tmp_path))
+    good_nb = (exp / "notebooks" / "01_patching.ipynb").read_bytes()
+    good_rec = (exp / "runs" / "run_01_patching.json").read_bytes()
+    assert json.loads(good_rec)["params"]["patch_size"] == 64
+    assert "warning: UserWarning: class(es) ['oxide'] appear in no test patch" in capsys.readouterr().out
+
+    def same_records():
+        assert (exp / "notebooks" / "01_patching.ipynb").read_bytes() == good_nb
+        assert (exp / "runs" / "run_01_patching.json").read_bytes() == good_rec
+        assert not [p.name for p in (exp / "runs" / ".pending").iterdir()]
+        assert not [p.name for p in (exp / "notebooks").iterdir() if p.name.startswith(".")]
+
+    failed = exp / "notebooks" / "01_patching-failed.ipynb"
+    outcome[128] = _notebook_error()
+    with pytest.raises(batch.StageError) as err:
+        batch.run_chain("smoke", experiment="e", stages="01", outputs_dir=str(tmp_path), overrides={"patch_size": 128})
+    first, second = str(err.value).splitlines()
+    assert first == "01_patching failed: PatchingError: no patch left after filtering: …; raise max_majority_fraction"
+    assert f"full traceback in the failed attempt's notebook {failed} (cell [5])" in second
+    same_records()
+    assert json.loads(failed.read_text())["metadata"]["papermill"]["parameters"]["patch_size"] == 128
+    outcome[96] = KeyboardInterrupt()  # Ctrl-C (or SIGINT) during a long stage
+    with pytest.raises(KeyboardInterrupt):
+        batch.run_chain("smoke", experiment="e", stages="01", outputs_dir=str(tmp_path), overrides={"patch_size": 96})
+    same_records()
+    assert json.loads(failed.read_text())["metadata"]["papermill"]["parameters"]["patch_size"] == 96
+    outcome[32] = OSError(errno.ENOSPC, "No space left on device")
+    with pytest.raises(batch.StageError, match=r"01_patching failed: OSError: \[Errno 28\] No space left on device"):
+        batch.run_chain("smoke", experiment="e", stages="01", outputs_dir=str(tmp_path), overrides={"patch_size": 32})
+    same_records()
+    # the command line prints the one-line message first, then where the traceback is; no Python traceback
+    rc = batch.main(["chain", "--preset", "smoke", "--experiment", "e", "--stages", "01", "--outputs-dir",
+                     str(tmp_path), "--set", "patch_size=128"])
+    err_lines = capsys.readouterr().err.strip().splitlines()
+    assert rc == 1 and err_lines[0].startswith("error: 01_patching failed: PatchingError: no patch left")
+    assert "01_patching-failed.ipynb" in err_lines[1] and len(err_lines) == 2
+    same_records()
+    # a good re-run replaces both records
+    batch.run_chain("smoke", experiment="e", stages="01", outputs_dir=str(tmp_path), overrides={"patch_size": 48})
+    assert json.loads((exp / "runs" / "run_01_patching.json").read_text())["params"]["patch_size"] == 48
+
+
+# --------------------------------------------------------------------------- issue 15: one writer per experiment
+_HOLDER = r"""
+import sys, time
+from dualsynth.config import experiment_lock
+lock = experiment_lock(sys.argv[1], "holder chain")
+lock.__enter__()
+print("held", flush=True)
+time.sleep(120)
+"""
+
+
+def test_experiment_locked_by_its_first_writer(tmp_path, monkeypatch, capsys):
+    """Issue 15 item 7: while one chain writes an experiment, a second chain, a study and a notebook run by hand are
+    refused naming the holder's process; once the holder is killed (SIGKILL: the lock file stays), the next chain
+    takes the stale lock over with a warning and runs."""
+    import signal
+    import subprocess
+    import sys
+
+    from dualsynth import batch
+
+    calls = _fake_papermill(monkeypatch)
+    exp = tmp_path / "e"
+    exp.mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", _HOLDER, str(exp)], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        lock = json.loads((exp / "experiment.lock").read_text())
+        assert lock["pid"] == holder.pid and lock["command"] == "holder chain"
+        who = rf"experiment .*e is in use by process {holder.pid} on .*holder chain.*pass another experiment name"
+        with pytest.raises(config.ExperimentLocked, match=who):
+            batch.run_chain("smoke", experiment="e", stages="01", outputs_dir=str(tmp_path))
+        with pytest.raises(config.ExperimentLocked, match=who):
+            batch.run_study("smoke", "e", "SHQ_0", outputs_dir=str(tmp_path), progress=False)
+        with pytest.raises(config.ExperimentLocked, match=who):
+            config.start_stage("01_patching", {**_defaults("01_patching"), "experiment": "e",
+                                               "outputs_dir": str(tmp_path)})
+        assert batch.main(["chain", "--preset", "smoke", "--experiment", "e", "--stages", "01",
+                           "--outputs-dir", str(tmp_path)]) == 2
+        assert f"is in use by process {holder.pid}" in capsys.readouterr().err
+        assert not calls and not (exp / "runs").exists()
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    assert (exp / "experiment.lock").exists()  # a killed holder leaves its lock file
+    with pytest.warns(UserWarning, match=rf"taking over a stale lock of process {holder.pid} .*is no longer running"):
+        batch.run_chain("smoke", experiment="e", stages="01", outputs_dir=str(tmp_path))
+    assert [c[0] for c in calls] == ["01_patching"] and (exp / "runs" / "run_01_patching.json").is_file()
+    assert not (exp / "experiment.lock").exists()  # released when the chain ends

@@ -172,9 +172,12 @@ def test_smoke_05_to_07(smoke_chain):
 
     exp, timings = smoke_chain
     variants = sorted(p.stem for p in (exp / "variants").glob("*.json"))
-    assert len(variants) == 47
+    assert len(variants) == 47 + 28  # 05's "all" also writes the PT_ variants (the study's "all" is the 47)
     v = json.loads((exp / "variants" / "SHQ_50.json").read_text())
     assert v["num_real_train"] == 16 and v["num_synthetic_train"] == 8
+    pt = json.loads((exp / "variants" / "PT_SHQ_50.json").read_text())
+    assert pt["train"] == json.loads((exp / "variants" / "SHQ_0.json").read_text())["train"]
+    assert pt["pretrain"] == [t for t in v["train"] if t["source"] == "synthetic"]
     table = pd.read_csv(exp / "results" / "metrics.csv")
     assert sorted(table.variant) == ["SHQ_0", "SHQ_50"] and table.seed.tolist() == [0, 0]
     for col in ("accuracy", "miou", "missing_class_iou"):

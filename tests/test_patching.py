@@ -182,3 +182,157 @@ def test_real_dataset_patching(name, tmp_path):
 def test_manifest_missing_says_what_to_run(tmp_path):
     with pytest.raises(DataError, match=r"manifest\.json: file not found; run 01_patching"):
         Manifest.load(tmp_path / "patches")
+
+
+# --------------------------------------------------------------------------- issue 15: data mistakes named
+def _folder_cfg(tmp_path, pal, encoding="auto", channels=1, tiers=TierSpec((1, 1), (1, 1), 1, 0), **source):
+    src = {"kind": "pairs", "images": str(tmp_path / "images"), "masks": str(tmp_path / "masks"),
+           "test_image_fraction": 0.0, "lq_masks": "hq", "mask_encoding": encoding, **source}
+    return DataConfig("t", channels, pal, src, tiers, path=tmp_path / "d.yaml")
+
+
+def _two_class_pair(tmp_path, rng, stem="x", size=64, suffix=".png"):
+    (tmp_path / "images").mkdir(exist_ok=True)
+    (tmp_path / "masks").mkdir(exist_ok=True)
+    mask = np.zeros((size, size), np.uint8)
+    mask[:, size // 2:] = 1
+    write_png(tmp_path / "images" / f"{stem}.png", rng.integers(0, 256, (size, size), dtype=np.uint8))
+    return mask
+
+
+@pytest.mark.parametrize("text,match", [
+    ("tiers: {small: '21'}", r"d\.yaml: tiers\.small must be \[train, val\], two integers ≥ 1 .*got '21'"),
+    ("tiers: {small: 2}", r"d\.yaml: tiers\.small must be \[train, val\].*got 2"),
+    ("tiers: {test_extra: two}", r"d\.yaml: tiers\.test_extra must be an integer ≥ 0, got 'two'"),
+    ("source: {kind: pairs, images: i, masks: m, test_image_fraction: quarter}",
+     r"d\.yaml: source\.test_image_fraction must be a fraction in \[0, 1\).*got 'quarter'"),
+    ("classes: [{name: a, color: [0, 0, 0]}, {name: b, color: [9, 9, 9], grey: mid}]",
+     r"classes\[1\] \('b'\) in .*d\.yaml: grey must be an integer 0\.\.255.*got 'mid'"),
+    ("classes: [{name: a, color: [0, 0, 0]}, {name: b, color: blue}]",
+     r"classes\[1\] \('b'\) in .*d\.yaml: color must be \[R, G, B\] with integers 0\.\.255, got 'blue'"),
+    ("source: {kind: generated, width: 2752.5}", r"d\.yaml: source\.width must be an integer number of pixels"),
+    ("source: {kind: large_images}", r"d\.yaml: source\.kind must be one of \['generated', 'pairs'\]"),
+])
+def test_data_yaml_wrong_types_name_file_and_key(tmp_path, text, match):
+    """Issue 15 item 8: a value of the wrong type is a ParamError naming the file and the key (not a bare
+    TypeError / ValueError from deep inside)."""
+    import yaml
+
+    base = {"name": "x", "channels": 1, "classes": [{"name": "a", "color": [0, 0, 0]}, {"name": "b", "color": [9, 9, 9]}],
+            "source": {"kind": "pairs", "images": "i", "masks": "m"}}
+    base.update(yaml.safe_load(text))
+    p = tmp_path / "d.yaml"
+    p.write_text(yaml.safe_dump(base))
+    with pytest.raises(ParamError, match=match):
+        load_data_config(p)
+
+
+def test_same_name_masks_and_hidden_files(tmp_path, rng):
+    """Issue 15 items 1 and 10: two masks of one name (x.png, x.tif) are an error naming both; macOS resource forks
+    (._x.png) and other hidden files are ignored like .DS_Store; the same image under two names is refused."""
+    from dualsynth.patching import load_sources
+
+    pal = Palette.from_names(["a", "b"], [[0, 0, 0], [255, 255, 255]])
+    mask = _two_class_pair(tmp_path, rng)
+    write_png(tmp_path / "masks" / "x.png", mask)
+    (tmp_path / "images" / "._x.png").write_bytes(b"\0\5\26\7AppleDouble")
+    (tmp_path / "masks" / "._x.png").write_bytes(b"\0\5\26\7AppleDouble")
+    (tmp_path / "images" / ".DS_Store").write_bytes(b"\0")
+    cfg = _folder_cfg(tmp_path, pal)
+    assert [s.name for s in load_sources(cfg, 32, 0)] == ["x"]
+    import tifffile
+
+    tifffile.imwrite(tmp_path / "masks" / "x.tif", mask)
+    with pytest.raises(DataError, match=r"masks/x\.png and .*masks/x\.tif are two masks with the same name 'x'"):
+        load_sources(cfg, 32, 0)
+    (tmp_path / "masks" / "x.tif").unlink()
+    (tmp_path / "images" / "y.png").write_bytes((tmp_path / "images" / "x.png").read_bytes())
+    write_png(tmp_path / "masks" / "y.png", mask)
+    with pytest.raises(DataError, match=r"images/x\.png and .*images/y\.png hold the same image"):
+        load_sources(cfg, 32, 0)
+
+
+def test_every_image_held_out_is_explained(tmp_path, rng):
+    """Issue 15 item 10: one source image (or test_image_fraction 0.95) with test_extra > 0 held every image out for
+    testing; the error says so instead of 'only 0 patches are left after filtering'."""
+    from dualsynth.patching import load_sources
+
+    pal = Palette.from_names(["a", "b"], [[0, 0, 0], [255, 255, 255]])
+    write_png(tmp_path / "masks" / "x.png", _two_class_pair(tmp_path, rng))
+    cfg = _folder_cfg(tmp_path, pal, tiers=TierSpec((1, 1), (1, 1), 1, 2))
+    with pytest.raises(PatchingError, match=r"holds 1 image\(s\).*1 whole image\(s\) are held out for testing, so "
+                                            r"none is left for training.*tiers\.test_extra: 0"):
+        load_sources(cfg, 32, 0)
+    for stem in ("y", "z"):
+        write_png(tmp_path / "masks" / f"{stem}.png", _two_class_pair(tmp_path, rng, stem))
+    cfg = _folder_cfg(tmp_path, pal, tiers=TierSpec((1, 1), (1, 1), 1, 2), test_image_fraction=0.95)
+    with pytest.raises(PatchingError, match=r"test_image_fraction=0\.95 3 whole image\(s\) are held out"):
+        load_sources(cfg, 32, 0)
+    srcs = [_source(rng, role="test")]  # sources handed over directly: the tier error says the same
+    with pytest.raises(PatchingError, match="every source image was held out for testing"):
+        prepare_dataset(DataConfig("x", 3, NDFEB_PALETTE, {"kind": "pairs"}, TierSpec((2, 1), (4, 2), 1, 1)),
+                        tmp_path / "o", patch_size=40, sources=srcs, progress=False)
+
+
+def test_mask_mistakes_get_specific_messages(tmp_path, rng):
+    """Issue 15 item 10: RGB colour masks declared mask_encoding: index; JPEG masks; masks holding one class with
+    max_majority_fraction=1.0 — each error says what is wrong instead of 'raise max_majority_fraction'."""
+    from PIL import Image
+
+    from dualsynth.patching import load_sources
+
+    pal = Palette.from_names(["a", "b"], [[0, 0, 0], [255, 0, 0]])
+    mask = _two_class_pair(tmp_path, rng)
+    write_png(tmp_path / "masks" / "x.png", pal.index_to_rgb(mask))
+    with pytest.raises(DataError, match=r"x\.png is a colour \(RGB\) image, but mask_encoding is 'index'.*use "
+                                        r"mask_encoding: rgb"):
+        load_sources(_folder_cfg(tmp_path, pal, "index"), 32, 0)
+    assert load_sources(_folder_cfg(tmp_path, pal, "rgb"), 32, 0)[0].mask_hq.max() == 1
+    (tmp_path / "masks" / "x.png").unlink()
+    grey = Palette.from_names(["a", "b"], [[0, 0, 0], [255, 255, 255]])
+    blocks = np.kron(rng.integers(0, 2, (22, 22)), np.ones((3, 3), np.int64))[:64, :64].astype(np.uint8)
+    Image.fromarray(grey.index_to_grey(blocks)).save(tmp_path / "masks" / "x.jpg", quality=75)
+    with pytest.raises(DataError, match=r"x\.jpg has \d+ pixels with grey levels not in the palette.*JPEG, whose "
+                                        r"lossy compression changes pixel values.*save masks as PNG"):
+        load_sources(_folder_cfg(tmp_path, grey, "grey"), 32, 0)
+    (tmp_path / "masks" / "x.jpg").unlink()
+    write_png(tmp_path / "masks" / "x.png", np.zeros_like(mask))
+    cfg = _folder_cfg(tmp_path, grey, "index")
+    with pytest.warns(UserWarning, match=r"class\(es\) \['b'\] of the palette .*appear in no mask"), \
+            pytest.raises(PatchingError, match=r"every mask holds only class 'a'.*Check the masks and "
+                                               r"source\.mask_encoding"):
+        prepare_dataset(cfg, tmp_path / "o", patch_size=32, max_majority_fraction=1.0, progress=False)
+
+
+def test_palette_class_in_no_mask_warns(rng, tmp_path):
+    """Issue 15 item 4: a palette class that no mask holds (or no test patch) is a warning naming it, also kept in
+    manifest.json, instead of a silently blank per-class score."""
+    srcs = [_source(rng, k=3), _source(rng, role="test", name="other", k=3)]  # class 3 (nd_rich) never drawn
+    cfg = DataConfig("x", 3, NDFEB_PALETTE, {"kind": "pairs"}, TierSpec((4, 2), (8, 3), 2, 3))
+    with pytest.warns(UserWarning, match=r"class\(es\) \['nd_rich'\] of the palette \(x\) appear in no mask of the 2 "
+                                         r"source image\(s\).*stay blank"):
+        m = prepare_dataset(cfg, tmp_path, patch_size=40, seed=1, sources=srcs, progress=False)
+    assert "nd_rich" in m.data["warnings"][0]
+    srcs[1].mask_hq[:] = np.where(srcs[1].mask_hq == 2, 0, srcs[1].mask_hq)  # oxide only in the training image
+    srcs[1].mask_hq[::5, ::5] = 3  # nd_rich in every test patch
+    cfg = DataConfig("x", 3, NDFEB_PALETTE, {"kind": "pairs"}, TierSpec((4, 2), (8, 3), 0, 3))
+    with pytest.warns(UserWarning, match=r"class\(es\) \['oxide'\] appear in no test patch"):
+        prepare_dataset(cfg, tmp_path / "b", patch_size=40, seed=1, sources=srcs, progress=False)
+
+
+def test_patch_size_far_larger_than_the_data_warrants(monkeypatch):
+    """Issue 15 item 11: patch_size=2048 on the embedded default (its image grows with the patch) is a warning before
+    anything is generated; the sizes the presets use are not."""
+    from dualsynth import microstructure, patching
+
+    cfg = load_data_config(ROOT / "params" / "data" / "ndfeb_default.yaml")
+    assert patching.patch_size_warning(cfg, 64) is None and patching.patch_size_warning(cfg, 256) is None
+    msg = patching.patch_size_warning(cfg, 2048)
+    assert "patch_size=2048 makes the generated image 22016×17664 px (64× the pixels" in msg
+
+    class Stop(Exception):
+        pass
+
+    monkeypatch.setattr(microstructure, "generate_ndfeb", lambda **kw: (_ for _ in ()).throw(Stop()))
+    with pytest.warns(UserWarning, match="patch_size=2048 makes the generated image"), pytest.raises(Stop):
+        patching.load_sources(cfg, 2048, 0)

@@ -321,3 +321,226 @@ def test_prior_folder_swap_killed_between_renames_is_finished_on_load(tmp_path, 
         with pytest.raises(Killed):
             pc.save_prior(old, tmp_path / "prior")
     np.testing.assert_array_equal(pc.load_prior(tmp_path / "prior")(codes).numpy(), new(codes).numpy())
+
+
+# --------------------------------------------------------------------------- no leakage between test and training
+def _blocky_mask(rng, h, w, k, block=4):
+    """Class-index mask of small blocks, so that small patches hold several classes."""
+    small = rng.integers(0, k, (h // block + 1, w // block + 1))
+    return np.repeat(np.repeat(small, block, 0), block, 1)[:h, :w].astype(np.uint8)
+
+
+def _pairs_dataset(root: Path, kind: str, n_images: int, tiers: dict, seed: int = 0) -> Path:
+    """A tiny folder dataset as users bring them (cf. ../shared/data: images/<stem> + masks/<stem>) and its YAML.
+
+    kind: ``index`` (masks of class numbers, RGB images), ``rgb`` (colour masks, as metaldam/masks_color),
+    ``grey`` (masks of palette grey levels, grey 16-bit TIFF images), ``lqfolder`` (index masks plus an LQ mask
+    folder)."""
+    import tifffile
+    import yaml
+
+    from dualsynth.io import write_png
+    from dualsynth.palette import NDFEB_PALETTE as pal
+
+    rng = np.random.default_rng(seed)
+    for sub in ("images", "masks", "masks_lq"):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+    for i in range(n_images):
+        h, w = 40 + 4 * (i % 3), 48 + 8 * (i % 2)  # sizes differ a little, and are not multiples of the patch
+        mask = _blocky_mask(rng, h, w, pal.num_classes)
+        img = (pal.colors_array[mask] // 2 + rng.integers(0, 100, (h, w, 3))).astype(np.uint8)
+        stem = f"img{i:02d}"
+        if kind == "grey":
+            tifffile.imwrite(root / "images" / f"{stem}.tif", (img.mean(axis=2) * 257).astype(np.uint16))
+            write_png(root / "masks" / f"{stem}.png", pal.index_to_grey(mask))
+        else:
+            write_png(root / "images" / f"{stem}.png", img)
+            write_png(root / "masks" / f"{stem}.png", pal.index_to_rgb(mask) if kind == "rgb" else mask)
+        if kind == "lqfolder":
+            lq = mask.copy()
+            lq[::5] = 0
+            write_png(root / "masks_lq" / f"{stem}.png", lq)
+    (root / "images" / ".DS_Store").write_bytes(b"\0")
+    (root / "images" / "._img00.png").write_bytes(b"\0\5\26\7")  # a macOS resource fork: ignored
+    source = {"kind": "pairs", "images": str(root / "images"), "masks": str(root / "masks"),
+              "mask_encoding": {"index": "index", "rgb": "rgb", "grey": "auto", "lqfolder": "index"}[kind],
+              "lq_masks": "folder" if kind == "lqfolder" else "degrade", "test_image_fraction": 0.3}
+    if kind == "lqfolder":
+        source["masks_lq"] = str(root / "masks_lq")
+    data = {"name": f"tiny_{kind}", "channels": 1 if kind == "grey" else 3, "classes": pal.to_dict(),
+            "source": source, "tiers": tiers}
+    path = root / "data.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def _generated_dataset(root: Path, tiers: dict) -> Path:
+    """The embedded default, shrunk (a 1024 × 768 image at the paper's scale: at 16 px patches 64 × 48 px)."""
+    import yaml
+
+    data = yaml.safe_load((ROOT / "params" / "data" / "ndfeb_default.yaml").read_text())
+    data["source"].update(width=1024, height=768)
+    data["tiers"] = tiers
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "data.yaml").write_text(yaml.safe_dump(data))
+    return root / "data.yaml"
+
+
+def _assert_no_leakage(out: Path, patch_size: int) -> None:
+    """What 01 wrote keeps test and training apart: every patch of every source is recorded under its own id; no
+    test patch id, patch content or held-out source image is in any training or validation split."""
+    import hashlib
+
+    m = json.loads((out / "manifest.json").read_text())
+    names = [s["name"] for s in m["sources"]]
+    paths = [s["path"] for s in m["sources"]]
+    assert len(set(names)) == len(names) and len(set(paths)) == len(paths), "a source image is listed twice"
+    cut = sum((s["height"] // patch_size) * (s["width"] // patch_size) for s in m["sources"])
+    assert len(m["patches"]) == cut, "patch ids collided (fewer recorded than cut)"
+    cells = {(r["source"], r["y"], r["x"]) for r in m["patches"].values()}
+    assert len(cells) == cut
+    test = [e["id"] for e in m["test"]]
+    assert test and len(set(test)) == len(test), "a test patch is listed twice"
+    held_out = {s["name"] for s in m["sources"] if s["role"] == "test"}
+
+    def content(i):
+        return hashlib.sha256((out / m["patches"][i]["image"]).read_bytes()).hexdigest()
+
+    test_content = {content(i) for i in test}
+    seen = set()
+    for tier, splits in m["tiers"].items():
+        tr, va = [e["id"] for e in splits["train"]], [e["id"] for e in splits["val"]]
+        for split, ids in (("train", tr), ("val", va)):
+            assert len(set(ids)) == len(ids), f"a patch is listed twice in {tier} {split}"
+            assert not set(ids) & set(test), f"a test patch is in {tier} {split}"
+            assert not {m["patches"][i]["source"] for i in ids} & held_out, \
+                f"a patch of a held-out test image is in {tier} {split}"
+            assert not {content(i) for i in ids} & test_content, f"a test patch's pixels are in {tier} {split}"
+            assert all(m["patches"][i]["used"] and m["patches"][i]["drop_reason"] is None for i in ids)
+        assert not set(tr) & set(va), f"{tier}: a patch in both train and val"
+        seen |= set(tr) | set(va)
+    for i in test:  # test patches: of held-out images, or of training images but outside every tier
+        assert m["patches"][i]["source"] in held_out or i not in seen
+
+
+#: (data kind, tiers) — each kind the project reads, with and without held-out images
+_LEAK_KINDS = {
+    "generated": {"small": [2, 1], "big": [4, 2], "test_main": 2, "test_extra": 3},
+    "index": {"small": [2, 1], "big": [4, 2], "test_main": 1, "test_extra": 2},
+    "rgb": {"small": [2, 1], "big": [4, 2], "test_main": 0, "test_extra": 3},
+    "grey": {"small": [2, 1], "big": [3, 2], "test_main": 2, "test_extra": 2},
+    "lqfolder": {"small": [1, 1], "big": [3, 2], "test_main": 3, "test_extra": 0},
+}
+
+
+@pytest.mark.parametrize("kind", sorted(_LEAK_KINDS))
+def test_no_test_patch_or_held_out_image_in_training(tmp_path, kind):
+    """Issue 15 item 1: for every data kind (embedded default; folders with index, RGB colour and grey-level masks,
+    TIFF images, an LQ mask folder; with held-out images, without, and test patches from the training images) and
+    12 seeds, no test patch id, test patch content or held-out source image is in any training or validation
+    split, and no patch id collides."""
+    from dualsynth.config import load_data_config
+    from dualsynth.patching import prepare_dataset
+
+    tiers = _LEAK_KINDS[kind]
+    path = (_generated_dataset(tmp_path / "data", tiers) if kind == "generated"
+            else _pairs_dataset(tmp_path / "data", kind, n_images=7, tiers=tiers))
+    cfg = load_data_config(path)
+    for seed in range(12):
+        out = tmp_path / f"seed{seed}"
+        prepare_dataset(cfg, out, patch_size=16, seed=seed, progress=False)
+        _assert_no_leakage(out, 16)
+
+
+def test_same_stem_twice_is_refused_not_leaked(tmp_path):
+    """The case of issue 15 item 1: images/img00.png and images/img00.tif (one mask img00.png) — refused naming both
+    files, for every seed, instead of pairing the .tif with the .png's mask and colliding patch ids."""
+    import tifffile
+
+    from dualsynth.config import load_data_config
+    from dualsynth.io import DataError, read_image
+    from dualsynth.patching import prepare_dataset
+
+    path = _pairs_dataset(tmp_path / "data", "index", n_images=5, tiers=_LEAK_KINDS["index"])
+    tifffile.imwrite(tmp_path / "data" / "images" / "img00.tif", read_image(tmp_path / "data" / "images" / "img01.png"))
+    cfg = load_data_config(path)
+    for seed in range(3):
+        with pytest.raises(DataError, match=r"img00\.png and .*img00\.tif are two images with the same name "
+                                            r"'img00'.*Rename or remove one"):
+            prepare_dataset(cfg, tmp_path / "out", patch_size=16, seed=seed, progress=False)
+    assert not (tmp_path / "out" / "manifest.json").exists()
+
+
+@pytest.mark.realdata
+@pytest.mark.parametrize("name,masks,encoding", [
+    ("nasa_super", "masks", "index"),
+    pytest.param("metaldam", "masks_color", "rgb", marks=pytest.mark.slow),  # 42 RGB masks of 1024 px: ~7 s a seed
+])
+def test_no_leakage_on_the_shared_datasets(tmp_path, name, masks, encoding):
+    """The same check on the real datasets in ../shared/data (index masks; metaldam's RGB colour masks)."""
+    import yaml
+
+    from conftest import shared_dataset
+    from dualsynth.config import load_data_config
+    from dualsynth.patching import prepare_dataset
+
+    folder = shared_dataset(name)
+    data = yaml.safe_load((ROOT / "params" / "data" / f"{name}.yaml").read_text())
+    data["source"].update(images=str(folder / "images"), masks=str(folder / masks), mask_encoding=encoding,
+                          lq_masks="hq")  # (the LQ error model takes seconds per image; splits do not depend on it)
+    (tmp_path / "d.yaml").write_text(yaml.safe_dump(data))
+    cfg = load_data_config(tmp_path / "d.yaml")
+    for seed in ((0, 1) if name == "nasa_super" else (0,)):
+        prepare_dataset(cfg, tmp_path / f"s{seed}", patch_size=128, seed=seed, progress=False)
+        _assert_no_leakage(tmp_path / f"s{seed}", 128)
+
+
+def test_leakage_check_catches_a_leak(tmp_path, monkeypatch):
+    """The check above is not vacuous: a test patch slipped into BMQ train, or two sources of one name (the
+    duplicate-stem case, handed over directly), are caught."""
+    from dualsynth import patching
+    from dualsynth.config import load_data_config
+    from dualsynth.io import DataError
+
+    cfg = load_data_config(_pairs_dataset(tmp_path / "data", "index", n_images=5, tiers=_LEAK_KINDS["index"]))
+    real = patching.assign_tiers
+
+    def leaky(*args, **kw):
+        plan = real(*args, **kw)
+        plan["tiers"]["BMQ"]["train"].append(dict(plan["test"][0]))
+        return plan
+
+    monkeypatch.setattr(patching, "assign_tiers", leaky)
+    patching.prepare_dataset(cfg, tmp_path / "leak", patch_size=16, seed=0, progress=False)
+    with pytest.raises(AssertionError, match="a test patch is in BMQ train"):
+        _assert_no_leakage(tmp_path / "leak", 16)
+    monkeypatch.setattr(patching, "assign_tiers", real)
+    srcs = patching.load_sources(cfg, 16, 0)
+    srcs[1].name = srcs[0].name  # as img00.png + img00.tif were read before issue 15
+    with pytest.raises(DataError, match=r"two source images with the same name 'img00'"):
+        patching.prepare_dataset(cfg, tmp_path / "dup", patch_size=16, seed=0, progress=False, sources=srcs)
+
+
+@pytest.mark.slow
+def test_train_seconds_after_resume_count_earlier_sessions(tmp_path, monkeypatch, no_grappler):
+    """Issue 15 item 12: a U-Net run killed after epoch 1 and resumed reports the time of both sessions (this one
+    plus the earlier epochs' rows), not only the resumed part.  Epoch 1's recorded time is set to 500 s so that no
+    model-building time of the second session can make up for it."""
+    from dualsynth import segmentation as seg
+    from conftest import squares
+
+    imgs, masks = squares(6, seed=0)
+    cfg = seg.UNetConfig(num_classes=2, in_channels=1, encoder="resnet18", epochs=2)
+    out = tmp_path / "run"
+    with monkeypatch.context() as mp:
+        _kill_on(mp, seg, "_save_best_weights", lambda out_, model: True, before=False)
+        with pytest.raises(Killed):
+            seg.train_unet(cfg, (imgs[:4], masks[:4]), (imgs[4:], masks[4:]), out, progress=False)
+    state_file = out / "checkpoint" / "state.json"
+    state = json.loads(state_file.read_text())
+    assert state["epochs_done"] == 1
+    state["history"]["seconds"][0] = 500.0
+    state_file.write_text(json.dumps(state))
+    done = seg.train_unet(cfg, (imgs[:4], masks[:4]), (imgs[4:], masks[4:]), out, progress=False)
+    assert done.resumed_from == 1 and done.epochs_run == 2
+    assert done.seconds >= 500.0 + done.history["seconds"][1]

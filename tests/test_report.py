@@ -2,6 +2,7 @@
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from dualsynth import report
@@ -108,8 +109,15 @@ def test_no_runs_and_cli_table(helps, tmp_path, capsys):
     out = tmp_path / "reports"
     assert report.main([str(helps), str(empty), "--out-dir", str(out)]) == 0
     printed = capsys.readouterr().out
-    rows = [line for line in printed.splitlines() if line.startswith("| data-")]
+    combined, verdicts = printed.split("One verdict per dataset")[:2]
+    rows = [line for line in combined.splitlines() if line.startswith("| data-")]
     assert len(rows) == 2 and "| helps |" in rows[0] and "BMQ_50 vs BMQ_0 +0.050 [+0.025, +0.075]" in rows[0]
+    # the verdict table: the headline of each dataset (BMQ_100 has one seed: not the headline, not listed)
+    rows = [line for line in verdicts.splitlines() if line.startswith("| data-")]
+    assert len(rows) == 2 and rows[0].startswith(
+        "| data-good (`good`) | **BMQ_50 vs BMQ_0** | 3 (0–2) | +0.050 [+0.025, +0.075] | helps | interval above 0, "
+        "Holm p ") and rows[0].endswith(" < 0.05 |")
+    assert rows[1] == "| data-empty (`empty`) | – | – | – | no verdict | no run |"
     md = (out / "good" / "report.md").read_text()
     assert "| pores (rare) |" in md and "class_fraction_w1" in md
     assert json.loads((out / "empty" / "report.json").read_text())["runs"] == 0
@@ -549,3 +557,102 @@ def test_consistency_reason_does_not_call_a_high_overall_score_low():
     reason = consistency_reason(entry)
     assert "less well" not in reason
     assert reason.startswith("the image–mask consistency is 1.04 overall but the synthetic masks fail for defect")
+
+
+# --------------------------------------------------------------------------- one verdict per dataset, adaptive record
+def test_synthetic_only_is_not_told_to_run_matched_controls(tmp_path, rng):
+    """Under budget=epochs SyntMQ_50 (24 synthetic images) had fewer updates than BMQ_0 (48 real): it holds none of
+    the base's images, so there is no control run to add, and the report does not ask for one."""
+    base = rng.uniform(0.5, 0.7, 20)
+    scores = {"BMQ_0": {s: (base + 0.01 * s, {"matrix": 0.9}) for s in range(2)},
+              "SyntMQ_50": {s: (base - 0.1 + 0.01 * s, {"matrix": 0.9}) for s in range(2)}}
+    exp = fake_experiment(tmp_path, "syn", scores, updates={"BMQ_0": 480, "SyntMQ_50": 240})
+    _, _, ranked, _ = report.study_tables(exp)
+    r = ranked.set_index("variant").loc["SyntMQ_50"]
+    assert r.control_kind == "synthetic only" and pd.isna(r.control)
+    rep = report.experiment_report(exp)
+    assert rep["largest_gain"]["against_kind"] == "base, synthetic only"
+    assert "--matched-controls" not in rep["statement"] and "synthetic-only variant holds none" in rep["statement"]
+    assert "1 synthetic-only variant(s) had another number of updates" in rep["budget_note"]
+    assert "matched-controls` with the same settings" not in rep["budget_note"]
+    assert rep["headline"]["kind"] == "base, synthetic only"
+
+
+def test_interval_above_zero_below_the_margin_without_holm_is_does_not_help(tmp_path):
+    """Per-seed gains 0.004 / 0.005 / 0.006 (interval above 0, below the margin 0.02), per-image differences
+    spread ±0.1 around them: the paired test is not significant, and every gain worth having is excluded."""
+    rng = np.random.default_rng(5)
+    base = rng.uniform(0.5, 0.7, 20)
+    spread = np.r_[np.linspace(0.01, 0.1, 10), -np.linspace(0.01, 0.1, 10)]
+    rng.shuffle(spread)
+    scores = {"BMQ_0": {s: (base + 0.02 * s, {"matrix": 0.9}) for s in range(3)},
+              "BMQ_50": {s: (base + 0.02 * s + 0.004 + 0.001 * s + spread, {"matrix": 0.9}) for s in range(3)}}
+    rep = report.experiment_report(fake_experiment(tmp_path, "small", scores))
+    g = rep["largest_gain"]
+    assert 0 < g["gain_ci_low"] < g["gain_ci_high"] <= 0.02 and not g["significant"]
+    assert rep["verdict"] == "does_not_help"
+    assert "(it lies above 0, but the paired test is not significant after Holm" in rep["statement"]
+    assert rep["headline"]["decided_by"] == "interval below the margin +0.020"
+
+
+def _adaptive_experiment(tmp_path, name):
+    """SHQ_100 and SHQ_300 against their matched controls, with the adaptive record the study would write."""
+    from dualsynth import adaptive, batch
+
+    rng = np.random.default_rng(11)
+    base = rng.uniform(0.5, 0.7, 20)
+    pc = {"matrix": 0.9, "pores": 0.5}
+    g100, g300 = [0.05, 0.07, 0.06], [0.05, -0.04, 0.03, -0.02, 0.01]
+    scores = {"SHQ_0": {s: (base + 0.01 * s, pc) for s in range(2)},
+              "SHQ_0@320": {s: (base + 0.01 * s, pc) for s in range(3)},
+              "SHQ_100": {s: (base + 0.01 * s + g + rng.normal(0, 0.002, 20), pc) for s, g in enumerate(g100)},
+              "SHQ_0@640": {s: (base + 0.01 * s, pc) for s in range(5)},
+              "SHQ_300": {s: (base + 0.01 * s + g + rng.normal(0, 0.002, 20), pc) for s, g in enumerate(g300)}}
+    exp = fake_experiment(tmp_path, name, scores,
+                          updates={"SHQ_0": 160, "SHQ_0@320": 320, "SHQ_100": 320, "SHQ_0@640": 640, "SHQ_300": 640})
+    comps = adaptive.comparisons(["SHQ_0", "SHQ_100", "SHQ_300"], {"SHQ_100": "SHQ_0@320", "SHQ_300": "SHQ_0@640"})
+    runs = batch.collect_metrics(exp)
+    rp = adaptive.plan_round(runs, comps, [0, 1], 5)
+    names = ["SHQ_0", "SHQ_100", "SHQ_300", "SHQ_0@320", "SHQ_0@640"]
+    atomic_write_json(exp / "results" / "adaptive.json", adaptive.adaptive_record(rp, runs, names, [0, 1], 5))
+    return exp
+
+
+def test_headline_against_the_matched_control_with_its_seeds_and_the_adaptive_table(tmp_path):
+    exp = _adaptive_experiment(tmp_path, "adapt")
+    rep = report.experiment_report(exp)
+    json.dumps(rep, allow_nan=False)
+    h = rep["headline"]
+    assert (h["variant"], h["against"], h["kind"], h["seeds"]) == ("SHQ_100", "SHQ_0@320", "matched run", [0, 1, 2])
+    assert h["verdict"] == "helps" and h["decided_by"].endswith("; adaptive: decided at 3 seeds")
+    by = {c["variant"]: c for c in rep["comparisons"]}
+    assert by["SHQ_300"]["verdict"] == "inconclusive" and by["SHQ_300"]["n"] == 5
+    assert by["SHQ_300"]["decided_by"].startswith("interval spans 0 and the margin (±")
+    assert by["SHQ_300"]["decided_by"].endswith("; adaptive: stopped undecided at 5 seeds")
+    md = report.report_markdown(rep)
+    assert ("**Verdict: helps** — SHQ_100 vs SHQ_0@320 (its matched control run: the base with as many updates), on "
+            "3 (0–2) seed(s): +0.060 [") in md
+    assert "### Seeds added until decided (`study --until-decided`)" in md
+    assert "**18 runs** against 25 for a fixed grid of 5 seeds (72%)." in md
+    assert "| SHQ_100 vs SHQ_0@320 | 3 (0–2) | +0.060 [" in md and "| yes | decided at 3 seeds" in md
+    assert "| SHQ_300 vs SHQ_0@640 | 5 (0–4) |" in md and "| no (stopped) | not decided: stopped at 5 seeds" in md
+
+
+def test_cross_dataset_verdict_table(tmp_path, helps, capsys):
+    """`python -m dualsynth.report A B`: one headline per dataset, plus its adaptive study's other comparisons."""
+    adapt = _adaptive_experiment(tmp_path, "adapt")
+    target = tmp_path / "verdicts.md"
+    assert report.main([str(helps), str(adapt), "--verdict-table", str(target)]) == 0
+    table = target.read_text()
+    assert table in capsys.readouterr().out
+    lines = table.splitlines()
+    assert lines[0] == "| dataset (experiment) | comparison | seeds | gain [95 % CI] | verdict | decided by |"
+    assert lines[2].startswith("| data-good (`good`) | **BMQ_50 vs BMQ_0** | 3 (0–2) | +0.050 [+0.025, +0.075] | "
+                               "helps |")
+    assert lines[3].startswith("| data-adapt (`adapt`) | **SHQ_100 vs SHQ_0@320** | 3 (0–2) | +0.060 [")
+    assert lines[4].startswith("| data-adapt (`adapt`) | SHQ_300 vs SHQ_0@640 | 5 (0–4) |")
+    assert "| inconclusive | interval spans 0" in lines[4] and len(lines) == 5
+    # every comparison: BMQ_100 (one seed) too
+    reps = [report.experiment_report(e) for e in (helps, adapt)]
+    full = report.verdict_table(reps, all_comparisons=True).splitlines()
+    assert len(full) == 6 and "| BMQ_100 vs BMQ_0 | 1 (0) | -0.100 n=1, no interval | inconclusive | one seed, no interval |" in full[3]

@@ -31,15 +31,12 @@ from dualsynth.segmentation import (
     train_unet,
 )
 
+from conftest import squares  # noqa: E402
+
 ENC = "efficientnetb0"  # the smallest EfficientNet; the paper's b3 is too slow for tests
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _no_grappler():
-    before = tf.config.optimizer.get_experimental_options().get("disable_meta_optimizer", False)
-    tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": True})
-    yield
-    tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": before})
+pytestmark = pytest.mark.usefixtures("no_grappler")
 
 
 @pytest.fixture(scope="module")
@@ -52,21 +49,6 @@ def models() -> dict[int, tf.keras.Model]:
 def spare() -> tf.keras.Model:
     """Another RGB 4-class U-Net (other seed) to load weights into."""
     return build_unet(UNetConfig(num_classes=4, in_channels=3, encoder=ENC), seed=99)
-
-
-def squares(n: int, size: int = 32, seed: int = 0, channels: int = 1) -> tuple[np.ndarray, np.ndarray]:
-    """Trivially learnable pairs: class 1 = a bright square, class 0 = dark noisy background."""
-    rng = np.random.default_rng(seed)
-    masks = np.zeros((n, size, size), np.uint8)
-    for i in range(n):
-        h, w = rng.integers(size // 4, size // 2 + 1, 2)
-        y0, x0 = rng.integers(0, size - h), rng.integers(0, size - w)
-        masks[i, y0:y0 + h, x0:x0 + w] = 1
-    img = np.where(masks == 1, 190, 40) + rng.integers(0, 40, masks.shape)
-    img = img.astype(np.uint8)[..., None]
-    if channels == 3:
-        img = np.repeat(img, 3, axis=-1)
-    return img, masks
 
 
 # --------------------------------------------------------------------------- config

@@ -70,6 +70,11 @@ def test_holm_known_values_and_nan_outside_the_family():
     (-0.05, -0.08, -0.02, 3, False, False, "hurts"),
     (0.002, -0.01, 0.015, 3, False, False, "does_not_help"),  # every gain above the margin 0.02 excluded
     (0.002, -0.01, 0.025, 3, False, False, "inconclusive"),
+    # above 0 but not Holm-confirmed: below the margin it is "does not help" (no gain worth having), past it
+    # "inconclusive"; with the paired test it is "helps" (README, the verdict table)
+    (0.01, 0.005, 0.015, 3, False, False, "does_not_help"),
+    (0.04, 0.005, 0.075, 3, False, False, "inconclusive"),
+    (0.01, 0.005, 0.015, 3, True, False, "helps"),
     (0.063, -0.87, 0.99, 2, False, False, "inconclusive"),
     (0.08, None, None, 1, True, False, "inconclusive"),  # one seed: no interval
 ])
@@ -106,3 +111,19 @@ def test_flag_collapsed_by_share_and_by_baseline():
     assert out.collapse_reason[0] == "predicts matrix on 95% of the test pixels"
     assert out.collapse_reason[2] == "Missing Class IoU 0.400 ≤ the majority-class baseline 0.400"
     assert stats.flag_collapsed(runs).collapsed.tolist() == [True, False, False, False]  # no baseline: share only
+
+
+def test_base_and_matched_control_names_come_from_variants():
+    from dualsynth.variants import VariantError
+
+    assert stats.base_of("SHQ_100") == "SHQ_0" and stats.base_of("SyntLQ_50") == "BLQ_0"
+    assert stats.base_of("SHQ_0") is None and stats.base_of("SHQ_0@320") is None
+    with pytest.raises(VariantError, match="a matched control run trains a base variant"):
+        stats.base_of("SHQ_100@320")
+    updates = {"SHQ_0": 160, "SHQ_100": 320, "SHQ_50": 160, "SyntMQ_50": 240, "BMQ_0": 480}
+    assert stats.matched_control_of("SHQ_100", "SHQ_0", updates, ["SHQ_0@320"]) == ("SHQ_0@320", "matched run")
+    assert stats.matched_control_of("SHQ_100", "SHQ_0", updates, []) == (None, "missing")
+    assert stats.matched_control_of("SHQ_50", "SHQ_0", updates, []) == ("SHQ_0", "equal updates")
+    assert stats.matched_control_of("SHQ_300", "SHQ_0", updates, []) == (None, "unknown")
+    # synthetic only: none of the base's images, so no control run to ask for
+    assert stats.matched_control_of("SyntMQ_50", "BMQ_0", updates, ["BMQ_0@240"]) == (None, "synthetic only")

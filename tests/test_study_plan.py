@@ -7,7 +7,7 @@ import pytest
 from dualsynth import batch, study
 from dualsynth.config import ParamError
 from dualsynth.io import atomic_write_json, write_png
-from dualsynth.variants import inputs_fingerprint, load_variant, parse_variant, run_dir
+from dualsynth.variants import inputs_fingerprint, load_variant, parse_run, parse_variant, run_dir
 
 EPOCHS = {"budget": "epochs", "epochs": 20, "batch_size": 2, "steps_per_epoch": 0}
 FIXED = {"budget": "fixed", "epochs": 10, "batch_size": 2, "steps_per_epoch": 16}
@@ -32,11 +32,11 @@ def fake_variants(exp, names=SIZES):
 
 def finish(exp, run, seed, variant=None):
     """A complete metrics.json for ``run`` (fingerprint of the variant file it trains on)."""
-    variant = variant or run.partition("@")[0]
+    variant = variant or parse_run(run).variant.name
     d = run_dir(exp / "unet", run, seed)
     v = parse_variant(variant)
     atomic_write_json(d / "metrics.json", {
-        "variant": run, "seed": seed, "group": "control" if "@" in run else v.group, "tier": v.tier,
+        "variant": run, "seed": seed, "group": "control" if parse_run(run).control else v.group, "tier": v.tier,
         "percent": v.percent, "complete": True, "accuracy": 0.5, "miou": 0.5, "miou_dataset": 0.5,
         "missing_class_iou": 0.5, "inputs_fingerprint": inputs_fingerprint(
             load_variant(exp / "variants" / f"{variant}.json"))})
@@ -133,3 +133,20 @@ def test_collect_metrics_records_updates_and_predicted_share(tmp_path):
     assert runs.loc["SHQ_0@320", "updates"] == 320 and runs.loc["SHQ_100", "updates"] == 20 * 16
     assert runs.loc["SHQ_0@320", "pred_max_share"] == pytest.approx(92 / 100)
     assert runs.loc["SHQ_0@320", "pred_max_class"] == "a"
+
+
+def test_data_variant_and_recorded_updates_use_the_shared_helpers(tmp_path):
+    from dualsynth.unet.budget import run_updates
+
+    assert study.data_variant("SHQ_0@320") == "SHQ_0" and study.data_variant("SHQ_100") == "SHQ_100"
+    assert study.data_variant("SHQ_0@320", {"data_variant": "SHQ_0"}) == "SHQ_0"
+    assert study.data_variant("old-folder") == "old-folder"  # no variant: no file to compare, so trusted
+    # a run from before `updates` was recorded, under a fixed budget: epochs × steps_per_epoch, as run_updates says
+    atomic_write_json(tmp_path / "unet_config.json", {"epochs": 10, "batch_size": 2, "steps_per_epoch": 16})
+    m = {"num_real_train": 16, "num_synthetic_train": 48}
+    assert study.recorded_updates(m, tmp_path) == 160 == run_updates(64, budget="fixed", epochs=10, batch_size=2,
+                                                                     steps_per_epoch=16)
+    atomic_write_json(tmp_path / "unet_config.json", {"epochs": 20, "batch_size": 2, "steps_per_epoch": None})
+    assert study.recorded_updates(m, tmp_path) == 640
+    assert study.recorded_updates({"updates": 320}, tmp_path) == 320
+    assert study.recorded_updates({}, tmp_path) is None  # no training-set size

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from .config import ParamError, experiment_dir, load_yaml, project_root, resolve_outputs
+from .config import BATCH_ENV, ParamError, experiment_dir, experiment_lock, load_yaml, project_root, resolve_outputs
 from .io import DataError
 from .study import _stale_check, plan_study, predicted_share, recorded_updates, study_runs  # noqa: F401  (re-exported)
 
@@ -83,31 +83,126 @@ def check_parameters(notebook: str, params: Mapping[str, Any]) -> None:
         )
 
 
+class StageError(RuntimeError):
+    """A notebook failed; the message is the project's own error, then where the full traceback is."""
+
+
+def failed_notebook_path(output: str | os.PathLike) -> Path:
+    """Where a failed attempt's executed notebook is kept: ``<name>-failed.ipynb`` beside ``output``."""
+    output = Path(output)
+    return output.with_name(f"{output.stem}-failed{output.suffix}")
+
+
+def _record_paths(notebook: str, parameters: Mapping[str, Any]) -> tuple[Path, Path] | None:
+    """(pending, final) run record of a run: ``config.start_stage`` writes the pending one when the batch runs it."""
+    from .config import experiment_name_ok, record_tag, run_record_path
+
+    full = {**notebook_parameters(notebook), **parameters}
+    if not experiment_name_ok(full.get("experiment")) or not isinstance(full.get("outputs_dir"), str):
+        return None  # start_stage refuses the run
+    exp = resolve_outputs(full["outputs_dir"]) / full["experiment"]
+    tag = record_tag(notebook, full)
+    return run_record_path(exp, tag, pending=True), run_record_path(exp, tag)
+
+
+def _stage_error(notebook: str, error: BaseException, failed: Path | None) -> StageError:
+    from papermill.exceptions import PapermillExecutionError
+
+    if isinstance(error, PapermillExecutionError):  # the notebook's own exception: the project's message
+        what = f"{error.ename}: {error.evalue}"
+        cell = f" (cell [{error.exec_count}])" if error.exec_count is not None else ""
+        where = f"full traceback in the failed attempt's notebook {failed}{cell}"
+    else:  # papermill itself failed (kernel, disk): the notebook holds what ran until then
+        what = f"{type(error).__name__}: {error}"
+        where = f"the failed attempt's notebook, as far as it got: {failed}"
+    if failed is None:
+        where = "no executed notebook was written"
+    return StageError(f"{notebook} failed: {what}\n  {where}")
+
+
 def run_notebook(notebook: str, output: str | os.PathLike, parameters: Mapping[str, Any],
                  log_output: bool = False, progress_bar: bool = True) -> Path:
-    """Execute one notebook with papermill (cwd = project root); the executed copy goes to ``output``."""
+    """Execute one notebook with papermill (cwd = project root); the executed copy goes to ``output``.
+
+    The records of a run are written only when it succeeds, each in one rename: papermill writes the executed
+    notebook to a hidden file beside ``output``, renamed to ``output`` on success, and ``config.start_stage`` puts the
+    run record in ``runs/.pending/``, moved into ``runs/`` on success.  A failed or interrupted attempt keeps the
+    last good run's notebook and record; its own notebook is kept as ``<name>-failed.ipynb``
+    (:func:`failed_notebook_path`), named in the :class:`StageError`, and its pending record is dropped.
+    """
     import papermill as pm
+
+    from .config import BATCH_ENV, lock_token
 
     check_parameters(notebook, parameters)
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
-    pm.execute_notebook(
-        str(notebook_path(notebook)),
-        str(output),
-        parameters=dict(parameters),
-        cwd=str(project_root()),
-        log_output=log_output,
-        progress_bar=progress_bar,
-        kernel_name="python3",
-    )
+    running = output.with_name(f".{output.stem}.{os.getpid()}.running{output.suffix}")
+    records = _record_paths(notebook, parameters)
+    if records:
+        records[0].unlink(missing_ok=True)
+    saved_env = os.environ.get(BATCH_ENV)
+    if saved_env is None:  # not inside a chain/study: the records still wait for the stage to succeed
+        os.environ[BATCH_ENV] = lock_token()
+    try:
+        pm.execute_notebook(
+            str(notebook_path(notebook)),
+            str(running),
+            parameters=dict(parameters),
+            cwd=str(project_root()),
+            log_output=log_output,
+            progress_bar=progress_bar,
+            kernel_name="python3",
+        )
+    except BaseException as e:
+        failed = None
+        if running.exists():
+            failed = failed_notebook_path(output)
+            os.replace(running, failed)
+        if records:
+            records[0].unlink(missing_ok=True)
+        if isinstance(e, Exception):
+            raise _stage_error(notebook, e, failed) from e
+        raise  # KeyboardInterrupt, SystemExit: the failed notebook is kept all the same
+    finally:
+        if saved_env is None:
+            os.environ.pop(BATCH_ENV, None)
+    os.replace(running, output)
+    if records and records[0].is_file():
+        os.replace(records[0], records[1])
     return output
+
+
+def notebook_warnings(executed: str | os.PathLike, limit: int = 10) -> list[str]:
+    """The project's warnings an executed notebook printed (``UserWarning: …`` on stderr; not the libraries')."""
+    import json
+    import re
+
+    try:
+        cells = json.loads(Path(executed).read_text(encoding="utf-8")).get("cells", [])
+    except (OSError, ValueError):
+        return []
+    pattern = re.compile(r"^(?P<where>\S.*?):\d+: (?P<kind>[A-Za-z]*Warning): (?P<msg>.+)$")
+    out: list[str] = []
+    for cell in cells:
+        for o in cell.get("outputs", []):
+            if o.get("output_type") != "stream" or o.get("name") != "stderr":
+                continue
+            text = o.get("text", "")
+            for line in ("".join(text) if isinstance(text, list) else text).splitlines():
+                m = pattern.match(line)
+                if m and ("-packages" not in m["where"] or "dualsynth" in m["where"]):
+                    w = f"{m['kind']}: {m['msg']}"
+                    if w not in out:
+                        out.append(w)
+    return out[:limit]
 
 
 def _select(stages: str) -> list[str]:
     if stages in ("all", ""):
         chosen = list(NOTEBOOKS)
     else:
-        wanted = [f"{i:02d}" for i in _int_ranges(stages)]
+        wanted = [f"{i:02d}" for i in _int_ranges(stages, "--stages", "01-04, 01,03 or all")]
         chosen = [n for n in NOTEBOOKS if n[:2] in wanted]
         if not chosen:
             raise ParamError(f"--stages {stages!r} selects no notebook; use e.g. 01-04, 01,02 or all")
@@ -117,11 +212,12 @@ def _select(stages: str) -> list[str]:
 def run_chain(preset: str, experiment: str | None = None, data: str | None = None, stages: str = "all",
               outputs_dir: str = "outputs", overrides: Mapping[str, Any] | None = None,
               variants: str = "all", seeds: Sequence[int] = (0,), workers: int = 1,
-              matched_controls: bool = False) -> list[dict[str, Any]]:
+              matched_controls: bool = False, max_seeds: int | None = None) -> list[dict[str, Any]]:
     """Run the selected notebooks in order; stop at the first failure (later stages need its files).
 
     Stage 06 is the study: ``06_unet_training`` for every variant in ``variants`` and every seed, on Dask
-    (:func:`run_study`); a failed run there is reported and stops the chain before 07.
+    (:func:`run_study`; with ``max_seeds``, seeds added until decided, :mod:`dualsynth.adaptive`); a failed run
+    there is reported and stops the chain before 07.
     """
     experiment = experiment or preset
     selected = _select(stages)
@@ -131,20 +227,80 @@ def run_chain(preset: str, experiment: str | None = None, data: str | None = Non
     if unknown:
         raise ParamError(f"override(s) {', '.join(unknown)} are not parameters of any selected notebook "
                          f"({', '.join(selected)}); see each notebook's `parameters` cell")
+    _check_chain(preset, selected, data, overrides or {}, variants, workers)  # before anything runs
     exp = experiment_dir(outputs_dir, experiment)
+    with experiment_lock(exp):
+        return _run_chain_locked(preset, experiment, data, selected, exp, outputs_dir, overrides, variants, seeds,
+                                 workers, matched_controls, max_seeds)
+
+
+def _stage_params(preset: str, nb: str, data: str | None, overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """A stage's parameters as the chain passes them, over the notebook's defaults."""
+    declared = notebook_parameters(nb)
+    params = {**declared, **preset_params(preset, nb)}
+    if data is not None and "data_config" in declared:
+        params["data_config"] = data
+    params.update({k: v for k, v in overrides.items() if k in declared})
+    return params
+
+
+def _check_variants(spec: Any, what: str) -> None:
+    """A variant list that names an unknown variant (``VariantError``) or none at all is refused."""
+    from .variants import select
+
+    if not isinstance(spec, (str, list, tuple)):
+        raise ParamError(f"{what}={spec!r}: give a comma list of variant names or groups, or all")
+    if not select(spec):
+        raise ParamError(f"{what} {spec!r} selects no variant: give names like SHQ_0,BMQ_50, groups (base, mixed, "
+                         "synthetic, augment) or all")
+
+
+def _check_workers(workers: Any, threads: Any = None) -> None:
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise ParamError(f"--workers {workers!r}: the number of Dask worker processes, an integer ≥ 1")
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        raise ParamError(f"--threads {threads!r}: TensorFlow threads per run, an integer ≥ 1 (or leave it out)")
+
+
+def _check_chain(preset: str, selected: Sequence[str], data: str | None, overrides: Mapping[str, Any],
+                 variants: Any, workers: Any) -> None:
+    """What would stop a later stage, refused before the first runs: the study's variants and workers, 05's
+    variants; and a patch size far larger than the data warrants is said at once (not after minutes)."""
+    if STUDY_NOTEBOOK in selected:
+        _check_variants(variants, "--variants")
+        _check_workers(workers)
+    if "05_datasets" in selected:
+        _check_variants(_stage_params(preset, "05_datasets", data, overrides).get("variants"), "variants (05_datasets)")
+    if "01_patching" in selected:
+        from .config import load_data_config
+        from .patching import patch_size_warning
+
+        p = _stage_params(preset, "01_patching", data, overrides)
+        if isinstance(p.get("data_config"), str) and isinstance(p.get("patch_size"), int):
+            warning = patch_size_warning(load_data_config(p["data_config"]), p["patch_size"])
+            if warning:
+                print(f"warning: {warning}", file=sys.stderr, flush=True)
+
+
+def _run_chain_locked(preset, experiment, data, selected, exp, outputs_dir, overrides, variants, seeds, workers,
+                      matched_controls, max_seeds) -> list[dict[str, Any]]:
     timings = []
     for nb in selected:
         if nb == STUDY_NOTEBOOK:
             print(f"[{time.strftime('%H:%M:%S')}] {nb}: study of {variants!r}, seeds {list(seeds)}, {workers} worker(s)",
                   flush=True)
             t0 = time.perf_counter()
-            summary = run_study(preset, experiment, variants, seeds, workers, outputs_dir=outputs_dir,
+            from .adaptive import study_runner
+
+            summary = study_runner(max_seeds)(preset, experiment, variants, seeds, workers, outputs_dir=outputs_dir,
                                 overrides={k: v for k, v in (overrides or {}).items()
                                            if k in notebook_parameters(nb)}, matched_controls=matched_controls)
             timings.append({"notebook": nb, "seconds": round(time.perf_counter() - t0, 1),
                             "runs": summary["done"], "skipped": summary["skipped"]})
             if summary["failed"]:
-                raise RuntimeError(f"{len(summary['failed'])} U-Net run(s) failed; see the logs under {exp / 'logs'}")
+                first = summary["failed"][0]
+                raise StageError(f"{len(summary['failed'])} U-Net run(s) failed, e.g. {first['run']}: {first['error']}"
+                                 f"\n  logs: {first['log']} (all under {exp / 'logs'})")
             continue
         params = dict(preset_params(preset, nb))
         params["experiment"] = experiment
@@ -161,6 +317,8 @@ def run_chain(preset: str, experiment: str | None = None, data: str | None = Non
         dt = time.perf_counter() - t0
         timings.append({"notebook": nb, "seconds": round(dt, 1)})
         print(f"    done in {dt:.1f} s", flush=True)
+        for w in notebook_warnings(out):  # said inside the notebook; a user of the chain must see them too
+            print(f"    warning: {w}", flush=True)
     return timings
 
 
@@ -169,12 +327,16 @@ STUDY_NOTEBOOK = "06_unet_training"
 METRIC_COLUMNS = ("accuracy", "miou", "miou_dataset", "missing_class_iou")
 
 
-def _run_one(notebook: str, output: str, parameters: dict[str, Any], log_path: str, root: str) -> dict[str, Any]:
-    """Execute one notebook run on a Dask worker; its output (cell by cell) goes to ``log_path``."""
+def _run_one(notebook: str, output: str, parameters: dict[str, Any], log_path: str, root: str,
+             batch: str | None = None) -> dict[str, Any]:
+    """Execute one notebook run on a Dask worker; its output (cell by cell) goes to ``log_path``.  ``batch``: the
+    lock holder (``$DUALSYNTH_BATCH`` of the study), which a worker of another scheduler does not inherit."""
     import contextlib
     import logging
 
     os.environ.setdefault("DUALSYNTH_ROOT", root)
+    if batch:
+        os.environ[BATCH_ENV] = batch
     t0 = time.perf_counter()
     Path(log_path).parent.mkdir(parents=True, exist_ok=True)
     sys.stdout.flush()
@@ -234,6 +396,7 @@ def collect_metrics(experiment_path: str | os.PathLike, stale: str = "drop") -> 
                                      "num_synthetic_train", "num_test", "encoder", "epochs_run", "best_epoch",
                                      "train_seconds", "budget")}
         row["updates"] = recorded_updates(m, f.parent)  # the run's update budget (matched controls compare it)
+        row.update({k: m[k] for k in ("updates_pretrain", "updates_finetune") if k in m})  # PT_ runs: per stage
         row["pred_max_share"], row["pred_max_class"] = predicted_share(m)  # a collapsed model predicts one class
         row.update({k: m[k] for k in METRIC_COLUMNS})
         for name, val in (m.get("per_class") or {}).items():
@@ -304,6 +467,29 @@ def fork_experiment(outputs_dir: str | os.PathLike, source: str, target: str) ->
     return dst
 
 
+def _guarded_study(fn):
+    """Checks :func:`run_study`'s workers, threads and variants (none selected: refused, not a run of 0 runs that
+    rewrites metrics.csv empty), then holds the experiment's lock (:func:`dualsynth.config.experiment_lock`)
+    while it runs."""
+    import functools
+    import inspect
+
+    sig = inspect.signature(fn)
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        a = sig.bind(*args, **kwargs)
+        a.apply_defaults()
+        _check_workers(a.arguments["workers"], a.arguments["threads_per_worker"] or None)
+        _check_variants(a.arguments["variants"] if a.arguments["variants"] is not None else "all", "--variants")
+        exp = experiment_dir(a.arguments["outputs_dir"], a.arguments["experiment"] or a.arguments["preset"])
+        with experiment_lock(exp):
+            return fn(*a.args, **a.kwargs)
+
+    return wrapper
+
+
+@_guarded_study
 def run_study(preset: str, experiment: str | None = None, variants: str | Sequence[str] | None = "all",
               seeds: Sequence[int] = (0,), workers: int = 1, threads_per_worker: int | None = None,
               scheduler: str | None = None, outputs_dir: str = "outputs", overrides: Mapping[str, Any] | None = None,
@@ -368,7 +554,7 @@ def run_study(preset: str, experiment: str | None = None, variants: str | Sequen
                 log = exp / "logs" / f"{r['variant']}-seed{r['seed']}.log"
                 check_parameters(STUDY_NOTEBOOK, params)
                 fut = client.submit(_run_one, STUDY_NOTEBOOK, str(out_nb), params, str(log), str(project_root()),
-                                    key=f"{experiment}-{r['variant']}-seed{r['seed']}-{time.time_ns()}", pure=False)
+                                    os.environ.get(BATCH_ENV), key=f"{experiment}-{r['variant']}-seed{r['seed']}-{time.time_ns()}", pure=False)
                 futures[fut] = r
             bar = tqdm(total=len(futures), desc="U-Nets", unit="run", disable=not progress)
             for fut in as_completed(futures):
@@ -398,24 +584,36 @@ def run_study(preset: str, experiment: str | None = None, variants: str | Sequen
     return summary
 
 
-def _int_ranges(text: str) -> list[int]:
-    """``"0,2-4"`` → ``[0, 2, 3, 4]`` (used for --stages and --seeds)."""
+#: The most numbers one --seeds / --stages range may give (a typo such as 0-100000000 must not fill the memory).
+MAX_RANGE = 10_000
+
+
+def _int_ranges(text: str, option: str = "--seeds", example: str = "0,1,2 or 0-4") -> list[int]:
+    """``"0,2-4"`` → ``[0, 2, 3, 4]`` (used for --stages and --seeds); anything else is a ParamError naming
+    ``option`` (numbers ≥ 0, ranges ``a-b`` with a ≤ b)."""
+    import re
+
     out: list[int] = []
     for part in str(text).split(","):
         part = part.strip()
         if not part:
             continue
-        if "-" in part:
-            a, b = part.split("-", 1)
-            out += list(range(int(a), int(b) + 1))
-        else:
-            out.append(int(part))
+        m = re.fullmatch(r"(\d+)(?:\s*-\s*(\d+))?", part)
+        if not m:
+            raise ParamError(f"{option} {text!r}: {part!r} is not a number ≥ 0 or a range like 2-4; write e.g. "
+                             f"{example}")
+        a, b = int(m[1]), int(m[2] if m[2] is not None else m[1])
+        if b < a:
+            raise ParamError(f"{option} {text!r}: the range {part!r} runs backwards; write e.g. {example}")
+        if b - a >= MAX_RANGE:
+            raise ParamError(f"{option} {text!r}: the range {part!r} gives {b - a + 1} numbers, more than {MAX_RANGE}")
+        out += list(range(a, b + 1))
     return out
 
 
 def _parse_seeds(text: str) -> list[int]:
-    seeds = _int_ranges(text)
-    if not seeds or min(seeds) < 0:
+    seeds = _int_ranges(text, "--seeds", "0,1,2 or 0-4")
+    if not seeds:
         raise ParamError(f"--seeds {text!r}: give seeds ≥ 0 like 0,1,2 or 0-4")
     return list(dict.fromkeys(seeds))
 
@@ -476,7 +674,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     st = sub.add_parser("study", help="run 06_unet_training for many variants and seeds on Dask (resumable)")
     st.add_argument("--preset", default="quick")
     st.add_argument("--experiment", default=None, help="outputs/<experiment>/ (default: the preset name)")
-    st.add_argument("--variants", default="all", help="'all', groups (base, mixed, synthetic, augment) or names, comma-separated")
+    st.add_argument("--variants", default="all", help="'all' (the paper's 47), groups (base, mixed, synthetic, augment, pretrain: the PT_ variants) or names, comma-separated")
     st.add_argument("--seeds", default="0", help="e.g. 0,1,2 or 0-4")
     st.add_argument("--workers", type=int, default=1, help="Dask LocalCluster worker processes (default 1)")
     st.add_argument("--threads", type=int, default=None, help="TensorFlow threads per run (default: cores / workers)")
@@ -487,11 +685,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     st.add_argument("--matched-controls", action="store_true",
                     help="with budget=epochs: also train each mixed variant's base with as many updates "
                          "(control run <base>@<updates>, e.g. SHQ_0@320), to split a gain into more updates and "
-                         "synthetic data; nothing is added under budget=fixed (the base is the control)")
+                         "synthetic data; nothing is added under budget=fixed (the base is the control), except "
+                         "for PT_ variants, which train longer than their base under either budget")
     st.add_argument("--from-experiment", default=None, metavar="SOURCE",
                     help="first fork --experiment from SOURCE's patches, pool and variants (01-05 done there), "
                          "to compare U-Net settings on the same data")
+    for p in (ch, st):
+        p.add_argument("--until-decided", action="store_true",
+                       help="start from --seeds, then add one seed per round only to the comparisons (variant vs "
+                            "matched control, else base) whose 95%% interval over seeds still includes 0; implies "
+                            "--matched-controls; record: results/adaptive.json")
+        p.add_argument("--max-seeds", type=int, default=None, metavar="N",
+                       help="with --until-decided: stop a comparison undecided at N seeds (default 5)")
     args = ap.parse_args(argv)
+    if args.max_seeds is not None and not args.until_decided:
+        ap.error("--max-seeds goes with --until-decided")
+    max_seeds = (args.max_seeds or 5) if args.until_decided else None
     try:
         overrides = _parse_overrides(args.overrides)
     except ParamError as e:
@@ -501,21 +710,33 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             if args.from_experiment:
                 fork_experiment(args.outputs_dir, args.from_experiment, args.experiment or args.preset)
-            summary = run_study(args.preset, args.experiment, args.variants, _parse_seeds(args.seeds), args.workers,
-                                args.threads, args.scheduler, args.outputs_dir, overrides=overrides,
-                                matched_controls=args.matched_controls)
+            from .adaptive import study_runner
+
+            summary = study_runner(max_seeds)(args.preset, args.experiment, args.variants, _parse_seeds(args.seeds),
+                                              args.workers, args.threads, args.scheduler, args.outputs_dir,
+                                              overrides=overrides, matched_controls=args.matched_controls)
         except (ParamError, DataError) as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
+        except KeyboardInterrupt:
+            print("interrupted: finished runs are kept; run the same command again to resume", file=sys.stderr)
+            return 130
         return 1 if summary["failed"] else 0
     if args.cmd == "chain":
         try:
             timings = run_chain(args.preset, args.experiment, args.data, args.stages, args.outputs_dir,
                                 variants=args.variants, seeds=_parse_seeds(args.seeds), workers=args.workers,
-                                overrides=overrides, matched_controls=args.matched_controls)
-        except ParamError as e:
+                                overrides=overrides, matched_controls=args.matched_controls, max_seeds=max_seeds)
+        except (ParamError, DataError) as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
+        except StageError as e:  # the project's one-line message first, then where the full traceback is
+            print(f"error: {e}", file=sys.stderr)
+            return 1
+        except KeyboardInterrupt:
+            print("interrupted: the stage that was running keeps its last good records (its attempt is kept as "
+                  "notebooks/<stage>-failed.ipynb); run the same command again", file=sys.stderr)
+            return 130
         total = sum(t["seconds"] for t in timings)
         if timings:
             from .io import atomic_write_json

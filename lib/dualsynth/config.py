@@ -9,6 +9,7 @@
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import random
@@ -17,7 +18,7 @@ import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import numpy as np
 import yaml
@@ -39,6 +40,11 @@ __all__ = [
     "set_seed",
     "run_record",
     "write_run_record",
+    "record_tag",
+    "run_record_path",
+    "experiment_lock",
+    "check_experiment_lock",
+    "ExperimentLocked",
 ]
 
 
@@ -120,9 +126,53 @@ class TierSpec:
 _SOURCE_KINDS = {
     "generated": {"kind", "generator", "seed", "width", "height", "grain_diameter_px", "scale_with_patch", "extra_test_seed"},
     "pairs": {"kind", "images", "masks", "masks_lq", "mask_encoding", "glob", "test_image_fraction", "lq_masks"},
-    "large_images": {"kind", "images", "test_images", "mask_encoding", "lq_masks"},
 }
 _DATA_KEYS = {"name", "description", "modality", "channels", "classes", "source", "tiers", "citation", "license"}
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
+
+
+def _is_number(v: Any) -> bool:
+    return _is_int(v) or (isinstance(v, (float, np.floating)) and np.isfinite(v))
+
+
+#: The type of each source value, with what a good value is: (check, hint)
+_SOURCE_TYPES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "generator": (lambda v: isinstance(v, str), "a generator name (ndfeb)"),
+    "seed": (lambda v: _is_int(v) and v >= 0, "an integer ≥ 0"),
+    "extra_test_seed": (lambda v: _is_int(v) and v >= 0, "an integer ≥ 0"),
+    "width": (lambda v: _is_int(v) and v >= 8, "an integer number of pixels ≥ 8"),
+    "height": (lambda v: _is_int(v) and v >= 8, "an integer number of pixels ≥ 8"),
+    "grain_diameter_px": (lambda v: _is_number(v) and v > 0, "a number of pixels > 0"),
+    "scale_with_patch": (lambda v: isinstance(v, bool), "true or false"),
+    "images": (lambda v: isinstance(v, str) and v != "", "a folder path"),
+    "masks": (lambda v: isinstance(v, str) and v != "", "a folder path"),
+    "masks_lq": (lambda v: isinstance(v, str) and v != "", "a folder path"),
+    "glob": (lambda v: isinstance(v, str) and v != "", "a file pattern such as '*.png'"),
+    "mask_encoding": (lambda v: v in ("auto", "index", "grey", "rgb"), "auto, index, grey or rgb"),
+    "test_image_fraction": (lambda v: _is_number(v) and 0 <= v < 1, "a fraction in [0, 1), e.g. 0.25"),
+}
+
+
+def _check_data_types(path: Path, raw: Mapping[str, Any], source: Mapping[str, Any], tiers: Mapping[str, Any]) -> None:
+    """Name the file and the key of a value of the wrong type (a bare TypeError/ValueError names neither)."""
+    for key, v in source.items():
+        if key in _SOURCE_TYPES and not _SOURCE_TYPES[key][0](v):
+            raise ParamError(f"{path}: source.{key} must be {_SOURCE_TYPES[key][1]}, got {v!r}")
+    for key in ("small", "big"):
+        if key in tiers:
+            v = tiers[key]
+            if not (isinstance(v, (list, tuple)) and len(v) == 2 and all(_is_int(x) and x >= 1 for x in v)):
+                raise ParamError(f"{path}: tiers.{key} must be [train, val], two integers ≥ 1 (e.g. [16, 5]), "
+                                 f"got {v!r}")
+    for key in ("test_main", "test_extra"):
+        if key in tiers and not (_is_int(tiers[key]) and tiers[key] >= 0):
+            raise ParamError(f"{path}: tiers.{key} must be an integer ≥ 0, got {tiers[key]!r}")
+    for key in ("name", "description"):
+        if key in raw and not (isinstance(raw[key], (str, type(None))) or _is_int(raw[key])):
+            raise ParamError(f"{path}: {key} must be a text, got {raw[key]!r}")
 
 
 @dataclass(frozen=True)
@@ -163,12 +213,15 @@ def load_data_config(path: str | os.PathLike) -> DataConfig:
         if key not in raw:
             raise ParamError(f"{path}: missing required key {key!r}")
     channels = raw["channels"]
-    if channels not in (1, 3):
+    if not _is_int(channels) or channels not in (1, 3):
         raise ParamError(f"{path}: channels must be 1 (grey) or 3 (RGB), got {channels!r}")
     try:
         palette = Palette.from_dict(raw["classes"], source=str(path))
     except PaletteError as e:
         raise ParamError(str(e)) from e
+    for key in ("source", "tiers"):
+        if raw.get(key) is not None and not isinstance(raw[key], Mapping):
+            raise ParamError(f"{path}: {key} must be a mapping of keys to values, got {raw[key]!r}")
     source = dict(raw["source"] or {})
     kind = source.get("kind")
     if kind not in _SOURCE_KINDS:
@@ -183,6 +236,11 @@ def load_data_config(path: str | os.PathLike) -> DataConfig:
     bad = set(tiers_raw) - {"small", "big", "test_main", "test_extra"}
     if bad:
         raise ParamError(f"{path}: unknown tiers keys {sorted(bad)}")
+    _check_data_types(path, raw, source, tiers_raw)
+    missing = sorted({"images", "masks"} - set(source)) if kind == "pairs" else []
+    if missing:
+        raise ParamError(f"{path}: source of kind 'pairs' needs {' and '.join(f'source.{k}' for k in missing)} "
+                         "(folders of images and of their masks, paired by file name)")
     try:
         tiers = TierSpec(
             small=tuple(tiers_raw.get("small", (16, 5))),
@@ -236,12 +294,19 @@ def _as_tuple(t: Any) -> tuple:
     return t if isinstance(t, tuple) else (t,)
 
 
+#: Longest experiment name: it becomes a folder name (file systems allow 255 bytes; forks and locks add suffixes).
+MAX_EXPERIMENT_NAME = 100
+
+
 def experiment_name_ok(name: str) -> bool:
-    return isinstance(name, str) and bool(_NAME_RE.match(name))
+    return isinstance(name, str) and bool(_NAME_RE.match(name)) and len(name) <= MAX_EXPERIMENT_NAME
 
 
 def experiment_dir(outputs_dir: str | os.PathLike, experiment: str, *subdirs: str) -> Path:
     """``<outputs_dir>/<experiment>/<subdirs…>``, created and checked writable."""
+    if isinstance(experiment, str) and len(experiment) > MAX_EXPERIMENT_NAME:
+        raise ParamError(f"experiment name of {len(experiment)} characters ({experiment[:20]}…): use at most "
+                         f"{MAX_EXPERIMENT_NAME} (it becomes a folder name)")
     if not experiment_name_ok(experiment):
         raise ParamError(f"experiment={experiment!r}: use letters, digits, '_', '-' or '.' (it becomes a folder name)")
     path = resolve_outputs(outputs_dir) / experiment
@@ -320,6 +385,175 @@ def write_run_record(folder: str | os.PathLike, stage: str, params: Mapping[str,
     return atomic_write_json(Path(folder) / f"run_{stage}.json", run_record({"stage": stage, "params": dict(params)}))
 
 
+def record_tag(name: str, params: Mapping[str, Any]) -> str:
+    """``run_<tag>.json``: the stage, and for a study run (a notebook with ``variant``) its variant and seed."""
+    return name if "variant" not in params else f"{name}-{params['variant']}-seed{params['seed']}"
+
+
+def run_record_path(experiment_path: str | os.PathLike, tag: str, pending: bool = False) -> Path:
+    """``runs/run_<tag>.json``, or the pending record ``runs/.pending/run_<tag>.json`` of a run the batch started."""
+    runs = Path(experiment_path) / "runs"
+    return (runs / PENDING_RECORDS if pending else runs) / f"run_{tag}.json"
+
+
+# --------------------------------------------------------------------------- one writer per experiment
+#: Set by the batch (chain / study) while it holds an experiment's lock: ``<host>:<pid>`` of the holder.  A notebook
+#: run with it (a kernel the batch started) writes its run record to ``runs/.pending/``, and the batch moves the
+#: record into ``runs/`` only when the stage succeeds; a notebook run without it writes ``runs/`` at once.
+BATCH_ENV = "DUALSYNTH_BATCH"
+LOCK_FILE = "experiment.lock"
+PENDING_RECORDS = ".pending"
+
+
+class ExperimentLocked(DataError):
+    """Another process is writing this experiment."""
+
+
+_HELD_LOCKS: dict[Path, list] = {}  # experiment folder -> [file descriptor, depth]: re-entrant within a process
+
+
+def lock_token() -> str:
+    import socket
+
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _read_lock(path: Path) -> dict[str, Any]:
+    import json
+
+    try:
+        data = json.loads(path.read_text(encoding="utf-8") or "{}")
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _locked_message(path: Path, info: Mapping[str, Any]) -> str:
+    who = (f"process {info.get('pid')} on {info.get('host')} (since {info.get('started')}: {info.get('command')})"
+           if info.get("pid") else "another process")
+    return (f"experiment {path.parent} is in use by {who}, lock file {path}: two runs writing one experiment would "
+            "overwrite each other's records and notebooks. Wait for it to finish, or pass another experiment name")
+
+
+def _pid_alive(pid: Any) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except (ProcessLookupError, ValueError, TypeError):
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _lock_held_elsewhere(path: Path) -> bool:
+    """Whether a live process holds the lock ``path`` (an flock; the kernel releases it when its holder dies)."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover
+        return False
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
+def check_experiment_lock(experiment_path: str | os.PathLike) -> None:
+    """Refuse to write an experiment whose lock another process holds (its own batch's lock is fine)."""
+    path = Path(experiment_path) / LOCK_FILE
+    if not path.exists() or Path(experiment_path).resolve() in _HELD_LOCKS:
+        return
+    info = _read_lock(path)
+    if info.get("token") and info.get("token") == os.environ.get(BATCH_ENV):
+        return
+    if _lock_held_elsewhere(path):
+        raise ExperimentLocked(_locked_message(path, info))
+
+
+def _acquire_lock(path: Path, command: str | None) -> int:
+    import fcntl
+    import json
+    import socket
+    import time
+    import warnings
+
+    for attempt in range(10):
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            if attempt < 3:  # a notebook's check_experiment_lock may hold it for a moment
+                time.sleep(0.05)
+                continue
+            raise ExperimentLocked(_locked_message(path, _read_lock(path))) from None
+        try:
+            same = os.stat(path).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            same = False
+        if not same:  # its holder released (deleted) it while we waited: take the new file
+            os.close(fd)
+            continue
+        old = _read_lock(path)
+        if old.get("pid"):
+            state = "is no longer running" if not _pid_alive(old["pid"]) else "no longer holds it"
+            warnings.warn(f"{path}: taking over a stale lock of process {old.get('pid')} on {old.get('host')} "
+                          f"(since {old.get('started')}: {old.get('command')}), which {state} (killed?); its "
+                          "unfinished stage is redone or resumed", stacklevel=4)
+        info = {"pid": os.getpid(), "host": socket.gethostname(), "token": lock_token(),
+                "started": time.strftime("%Y-%m-%d %H:%M:%S"), "command": command or " ".join(sys.argv)}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, (json.dumps(info) + "\n").encode("utf-8"), 0)
+        return fd
+    raise ExperimentLocked(_locked_message(path, _read_lock(path)))
+
+
+@contextlib.contextmanager
+def experiment_lock(experiment_path: str | os.PathLike, command: str | None = None) -> Iterator[Path]:
+    """Hold ``<experiment>/experiment.lock`` while the batch writes the experiment (re-entrant within a process).
+
+    A second process is refused with :class:`ExperimentLocked` naming the holder; a lock left by a process that
+    died (the file remains, its flock is gone) is taken over with a warning.  While held, ``$DUALSYNTH_BATCH`` names
+    the holder, so the notebooks the batch starts may write (see :func:`check_experiment_lock`).
+    """
+    exp = Path(experiment_path)
+    key = exp.resolve()
+    path = exp / LOCK_FILE
+    if key in _HELD_LOCKS:
+        _HELD_LOCKS[key][1] += 1
+        try:
+            yield path
+        finally:
+            _HELD_LOCKS[key][1] -= 1
+        return
+    try:
+        import fcntl  # noqa: F401  (POSIX)
+    except ImportError:  # pragma: no cover — no flock (Windows): run unlocked rather than not at all
+        yield path
+        return
+    fd = _acquire_lock(path, command)
+    _HELD_LOCKS[key] = [fd, 1]
+    saved = os.environ.get(BATCH_ENV)
+    os.environ[BATCH_ENV] = lock_token()
+    try:
+        yield path
+    finally:
+        if saved is None:
+            os.environ.pop(BATCH_ENV, None)
+        else:
+            os.environ[BATCH_ENV] = saved
+        del _HELD_LOCKS[key]
+        with contextlib.suppress(OSError):
+            path.unlink()  # before the flock goes: a waiting process then sees a new file (checked by inode)
+        os.close(fd)
+
+
 # --------------------------------------------------------------------------- per-notebook rules
 def _positive(v: Any) -> bool:
     return v > 0
@@ -330,7 +564,8 @@ def _non_negative(v: Any) -> bool:
 
 
 _COMMON_RULES: dict[str, tuple] = {
-    "experiment": (str, experiment_name_ok, "a folder name of letters, digits, '_', '-', '.'"),
+    "experiment": (str, experiment_name_ok,
+                   f"a folder name of letters, digits, '_', '-', '.', at most {MAX_EXPERIMENT_NAME} characters"),
     "outputs_dir": (str, None, "a folder path (relative paths are taken from the project root)"),
     "seed": (int, _non_negative, "an integer ≥ 0"),
 }
@@ -404,15 +639,24 @@ NOTEBOOK_RULES: dict[str, dict[str, tuple]] = {
     },
     "05_datasets": {
         **_COMMON_RULES,
-        "variants": (str, None, "'all' or a comma list of variant names / groups (base, mixed, synthetic, augment)"),
+        "variants": (str, None, "'all' or a comma list of variant names / groups (base, mixed, synthetic, augment, "
+                     "pretrain)"),
         "save_figures": (bool, None, "True or False"),
     },
     "06_unet_training": {
         **_COMMON_RULES,
-        "variant": (str, None, "a variant name, e.g. BMQ_50 (see params/variants/), or a matched control run "
-                    "<base>@<updates>, e.g. SHQ_0@320"),
-        "encoder": (str, None, "a segmentation-models encoder, e.g. efficientnetb3"),
+        "variant": (str, None, "a variant name, e.g. BMQ_50 or PT_SHQ_100 (see params/variants/), or a matched "
+                    "control run <base>@<updates>, e.g. SHQ_0@320"),
+        "encoder": (str, None, "plain (the small plain U-Net) or a segmentation-models encoder, e.g. efficientnetb3"),
         "encoder_weights": ((str, type(None)), None, "'imagenet', None (null) or the path of a local .h5 file"),
+        "base_filters": (int, _positive, "an integer ≥ 1 (width of the plain U-Net's first level)"),
+        "lr_schedule": (str, lambda v: v in ("plateau", "cosine"),
+                        "plateau (the paper's ReduceLROnPlateau) or cosine (warm-up, then cosine to 0)"),
+        "warmup_fraction": ((int, float), lambda v: 0 <= v < 1, "a fraction in [0, 1) of the updates"),
+        "class_weighting": (str, lambda v: v in ("none", "sqrt_inverse"),
+                            "none or sqrt_inverse (loss weights ∝ 1/sqrt(class share) in the training masks)"),
+        "normalise": (str, lambda v: v in ("encoder", "patches"),
+                      "encoder (its ImageNet statistics) or patches (z-scores from the training images)"),
         "epochs": (int, _positive, "an integer ≥ 1"),
         "batch_size": (int, _positive, "an integer ≥ 1"),
         "val_batch_size": (int, _positive, "an integer ≥ 1"),
@@ -473,7 +717,9 @@ class Stage:
 
 def start_stage(name: str, namespace: Mapping[str, Any]) -> Stage:
     """Validate a notebook's parameters (taken from ``namespace``), create its experiment folder, seed RNGs,
-    and record the run (parameters, versions, git commit) in ``<experiment>/runs/``."""
+    and record the run (parameters, versions, git commit) in ``<experiment>/runs/`` (run by the batch: in
+    ``runs/.pending/``, moved into ``runs/`` when the stage succeeds).  Refuses an experiment another process has
+    locked (:func:`experiment_lock`)."""
     if name not in NOTEBOOK_RULES:
         raise ParamError(f"unknown stage {name!r}; stages are {sorted(NOTEBOOK_RULES)}")
     rules = NOTEBOOK_RULES[name]
@@ -482,10 +728,12 @@ def start_stage(name: str, namespace: Mapping[str, Any]) -> Stage:
     if problems:
         raise ParamError(f"bad parameters of {name}:\n  " + "\n  ".join(problems))
     exp = experiment_dir(params["outputs_dir"], params["experiment"])
+    check_experiment_lock(exp)  # another chain or study is writing this experiment
     set_seed(params["seed"])
-    # one record per run: the study runs 06 many times (variant × seed) in parallel
-    tag = name if "variant" not in params else f"{name}-{params['variant']}-seed{params['seed']}"
-    write_run_record(exp / "runs", tag, params)
+    # one record per run: the study runs 06 many times (variant × seed) in parallel.  Run by the batch, the record
+    # waits in runs/.pending/ until the stage succeeds (a failed re-run keeps the last good run's record)
+    pending = bool(os.environ.get(BATCH_ENV))
+    write_run_record(run_record_path(exp, "x", pending).parent, record_tag(name, params), params)
     return Stage(name, params, exp)
 
 

@@ -289,11 +289,19 @@ def _read_raw(path: Path) -> np.ndarray:
         if suffix in (".tif", ".tiff"):
             import tifffile
 
-            arr = tifffile.imread(path)
+            with tifffile.TiffFile(path) as tif:
+                # reduced-resolution pages (pyramid levels, thumbnails) are not further images
+                planes = sum(1 for page in tif.pages if not getattr(page, "is_reduced", False))
+                if planes > 1:
+                    raise DataError(_multi_page_message(path, planes, "pages"))
+                arr = tif.asarray()
         else:
             from PIL import Image
 
             with Image.open(path) as im:
+                frames = int(getattr(im, "n_frames", 1) or 1)
+                if frames > 1 and suffix not in (".jpg", ".jpeg"):  # (a camera JPEG's 2nd frame is a preview)
+                    raise DataError(_multi_page_message(path, frames, "frames"))
                 im.load()
                 if im.mode == "P":
                     im = im.convert("RGBA" if "transparency" in im.info else "RGB")
@@ -316,6 +324,12 @@ def _read_raw(path: Path) -> np.ndarray:
     if arr.ndim not in (2, 3):
         raise DataError(f"{path}: unsupported image shape {arr.shape}; expected (H, W) or (H, W, C)")
     return arr
+
+
+def _multi_page_message(path: Path, n: int, what: str) -> str:
+    return (f"{path}: a multi-page image ({n} {what}, e.g. a stack, time series or channels saved as pages); "
+            "one file must hold one micrograph or mask. Save each page as its own file (e.g. Fiji: Image > Stacks > "
+            "Stack to Images, or tifffile) and keep only the ones you mean")
 
 
 def _to_uint8(arr: np.ndarray, path: Path) -> np.ndarray:
@@ -384,7 +398,11 @@ def read_mask(path: str | os.PathLike, palette: Palette, encoding: str = "auto")
     try:
         return palette.to_index(arr, encoding=encoding, source=str(path))
     except PaletteError as e:
-        raise DataError(str(e)) from e
+        msg = str(e)
+        if path.suffix.lower() in (".jpg", ".jpeg") and "not in the palette" in msg:
+            msg += ("; this mask is a JPEG, whose lossy compression changes pixel values (mostly along class "
+                    "borders): save masks as PNG or TIFF")
+        raise DataError(msg) from e
 
 
 def write_png(path: str | os.PathLike, array: np.ndarray) -> Path:

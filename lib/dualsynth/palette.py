@@ -35,6 +35,13 @@ def _where(source: str | None) -> str:
     return f" in {source}" if source else ""
 
 
+def _whole(v: Any) -> bool:
+    """An integer (also a NumPy integer or a whole float such as 255.0), not a bool or a text."""
+    if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, float, np.integer, np.floating)):
+        return False
+    return float(v).is_integer()
+
+
 @dataclass(frozen=True)
 class Palette:
     """Names, RGB colours and grey levels of the classes; index = position."""
@@ -176,13 +183,20 @@ class Palette:
             if mask.ndim == 2 and mask.size and mask.max() < self.num_classes and mask.min() >= 0:
                 return mask.astype(np.uint8)
             return self.grey_to_index(mask, source)
+        if encoding in ("index", "grey") and mask.ndim == 3:
+            rgb = mask[..., :3]
+            if rgb.shape[2] == 3 and not (
+                np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 1], rgb[..., 2])
+            ):
+                raise PaletteError(
+                    f"mask{_where(source)} is a colour (RGB) image, but mask_encoding is {encoding!r}, which reads "
+                    f"one channel only: use mask_encoding: rgb (or auto) for masks drawn in the palette colours "
+                    f"{dict(zip(self.names, self.colors))}"
+                )
+            mask = mask[..., 0]
         if encoding == "index":
-            if mask.ndim == 3:
-                mask = mask[..., 0]
             return self._check_index(mask, source)
         if encoding == "grey":
-            if mask.ndim == 3:
-                mask = mask[..., 0]
             return self.grey_to_index(mask, source)
         if encoding == "rgb":
             return self.rgb_to_index(mask, source)
@@ -210,9 +224,21 @@ class Palette:
             unknown = set(entry) - {"name", "color", "grey"}
             if unknown:
                 raise PaletteError(f"class #{i}{_where(source)} has unknown keys {sorted(unknown)}")
-            names.append(str(entry["name"]))
-            colors.append(tuple(int(v) for v in entry["color"]))
-            greys.append(int(entry.get("grey", default_greys[i])))
+            name = entry["name"]
+            if not isinstance(name, (str, int)) or isinstance(name, bool) or str(name) == "":
+                raise PaletteError(f"classes[{i}].name{_where(source)} must be a non-empty text, got {name!r}")
+            where = f"classes[{i}] ({name!r}){_where(source)}"
+            color = entry["color"]
+            if (not isinstance(color, Sequence) or isinstance(color, (str, bytes)) or len(color) != 3
+                    or not all(_whole(v) and 0 <= v <= 255 for v in color)):
+                raise PaletteError(f"{where}: color must be [R, G, B] with integers 0..255, got {color!r}")
+            grey = entry.get("grey", default_greys[i])
+            if not (_whole(grey) and 0 <= grey <= 255):
+                raise PaletteError(f"{where}: grey must be an integer 0..255 (the class's mask grey level), "
+                                   f"got {grey!r}")
+            names.append(str(name))
+            colors.append(tuple(int(v) for v in color))
+            greys.append(int(grey))
         return cls(tuple(names), tuple(colors), tuple(greys))
 
     @classmethod

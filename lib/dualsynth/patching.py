@@ -26,6 +26,7 @@ exactly BLQ with the small set's masks replaced by HQ ones.
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -33,7 +34,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from .config import DataConfig, ParamError, resolve_path
-from .io import IMAGE_SUFFIXES, DataError, atomic_write_json, read_image, read_json, read_mask, write_png
+from .io import IMAGE_SUFFIXES, DataError, atomic_write_json, fingerprint, read_image, read_json, read_mask, write_png
 from .palette import Palette
 
 __all__ = [
@@ -212,21 +213,71 @@ def assign_tiers(train_ids: Sequence[str], test_ids: Sequence[str], spec, seed: 
 
 
 # --------------------------------------------------------------------------- loading sources
+def _is_image_file(p: Path) -> bool:
+    # hidden files are not data: macOS resource forks (._img00.png), editors' and our own temporary files
+    return p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".") and p.is_file()
+
+
+def _same_stem_error(a: Path, b: Path, what: str) -> DataError:
+    return DataError(
+        f"{a} and {b} are two {what} with the same name {a.stem!r}: images are paired with their masks and patches "
+        f"are named by the file name without its type, so one would be taken for the other (a patch of one in "
+        f"training, of the other in test). Rename or remove one of them"
+    )
+
+
 def _list_images(folder: Path, pattern: str) -> list[Path]:
     if not folder.is_dir():
         raise DataError(f"{folder}: image folder not found")
-    files = sorted(p for p in folder.glob(pattern) if p.suffix.lower() in IMAGE_SUFFIXES)
+    files = sorted(p for p in folder.glob(pattern) if _is_image_file(p))
     if not files:
         raise DataError(f"{folder}: no images matching {pattern!r} (suffixes {', '.join(IMAGE_SUFFIXES)})")
+    seen: dict[str, Path] = {}
+    for f in files:
+        if f.stem in seen:
+            raise _same_stem_error(seen[f.stem], f, "images")
+        seen[f.stem] = f
     return files
 
 
-def _find_mask(mask_dir: Path, stem: str, image_path: Path) -> Path:
-    for suffix in IMAGE_SUFFIXES:
-        cand = mask_dir / f"{stem}{suffix}"
-        if cand.is_file():
-            return cand
-    raise DataError(f"{image_path}: no mask named {stem}.* in {mask_dir}")
+def _mask_index(mask_dir: Path) -> dict[str, list[Path]]:
+    """The mask files of a folder by name without type (``img00`` → ``[…/img00.png]``)."""
+    if not mask_dir.is_dir():
+        raise DataError(f"{mask_dir}: mask folder not found")
+    out: dict[str, list[Path]] = {}
+    for p in sorted(mask_dir.iterdir()):
+        if _is_image_file(p):
+            out.setdefault(p.stem, []).append(p)
+    return out
+
+
+def _find_mask(masks: dict[str, list[Path]], mask_dir: Path, stem: str, image_path: Path) -> Path:
+    found = masks.get(stem, [])
+    if len(found) > 1:
+        raise _same_stem_error(found[0], found[1], "masks")
+    if not found:
+        raise DataError(f"{image_path}: no mask named {stem}.* in {mask_dir}")
+    return found[0]
+
+
+#: Above this factor over the paper's scale (256 px patches) the generated default warns: its image grows with the
+#: square of patch_size (scale_with_patch), for the same microstructure at a finer resolution.
+GENERATED_SCALE_WARN = 2.0
+
+
+def patch_size_warning(cfg: DataConfig, patch_size: int) -> str | None:
+    """Why ``patch_size`` is far larger than the data warrants, or None (checked before anything is generated)."""
+    src = cfg.source
+    if cfg.kind != "generated" or not src.get("scale_with_patch", True):
+        return None
+    scale = patch_size / 256
+    if scale <= GENERATED_SCALE_WARN:
+        return None
+    width, height = int(round(src.get("width", 2752) * scale)), int(round(src.get("height", 2208) * scale))
+    return (f"patch_size={patch_size} makes the generated image {width}×{height} px ({scale ** 2:.0f}× the pixels of "
+            f"the paper's scale, 256 px patches; data YAML {cfg.path or cfg.name}, scale_with_patch: true): the same "
+            f"microstructure at a finer resolution, no more patches, but generating it takes minutes and every later "
+            f"stage works on {scale ** 2:.0f}× the pixels. The paper uses patch_size=256, the quick and smoke presets 64")
 
 
 def load_sources(cfg: DataConfig, patch_size: int, seed: int, progress: bool = False) -> list[SourceImage]:
@@ -239,6 +290,9 @@ def load_sources(cfg: DataConfig, patch_size: int, seed: int, progress: bool = F
 
         if src.get("generator", "ndfeb") != "ndfeb":
             raise ParamError(f"{cfg.path}: unknown generator {src.get('generator')!r}; only 'ndfeb' exists")
+        warning = patch_size_warning(cfg, patch_size)
+        if warning:
+            warnings.warn(warning, stacklevel=2)
         scale = patch_size / 256 if src.get("scale_with_patch", True) else 1.0
         width = int(round(src.get("width", 2752) * scale))
         height = int(round(src.get("height", 2208) * scale))
@@ -267,18 +321,28 @@ def load_sources(cfg: DataConfig, patch_size: int, seed: int, progress: bool = F
     mask_dir = resolve_path(src["masks"], base=root)
     files = _list_images(image_dir, src.get("glob", "*"))
     lq_mode = src.get("lq_masks", "degrade")
-    lq_dir = resolve_path(src["masks_lq"], base=root) if lq_mode == "folder" else None
-    if lq_mode == "folder" and lq_dir is None:
+    if lq_mode == "folder" and not src.get("masks_lq"):
         raise ParamError(f"{cfg.path}: lq_masks: folder needs source.masks_lq")
-    frac = float(src.get("test_image_fraction", 0.25))
-    if not (0.0 <= frac < 1.0):
-        raise ParamError(f"{cfg.path}: source.test_image_fraction must be in [0, 1), got {frac}")
+    lq_dir = resolve_path(src["masks_lq"], base=root) if lq_mode == "folder" else None
+    frac = src.get("test_image_fraction", 0.25)
+    if isinstance(frac, bool) or not isinstance(frac, (int, float)) or not (0.0 <= frac < 1.0):
+        raise ParamError(f"{cfg.path}: source.test_image_fraction must be a fraction in [0, 1), got {frac!r}")
     rng = np.random.default_rng(seed)
     n_test = int(round(frac * len(files))) if cfg.tiers.test_extra else 0
     if cfg.tiers.test_extra and n_test == 0:
         n_test = 1
+    if n_test >= len(files):
+        raise PatchingError(
+            f"{cfg.path}: {image_dir} holds {len(files)} image(s), and with tiers.test_extra={cfg.tiers.test_extra} "
+            f"and source.test_image_fraction={frac} {n_test} whole image(s) are held out for testing, so none is "
+            f"left for training. Add images, lower test_image_fraction, or set tiers.test_extra: 0 (with "
+            f"tiers.test_main > 0: test patches are then cut from the training image(s), apart from their tiers)"
+        )
     test_set = set(rng.choice(len(files), size=n_test, replace=False).tolist()) if n_test else set()
     encoding = src.get("mask_encoding", "auto")
+    masks = _mask_index(mask_dir)
+    masks_lq = _mask_index(lq_dir) if lq_dir is not None else {}
+    seen: dict[str, Path] = {}  # pixel fingerprint -> file: the same image twice could be in training and test
     sources = []
     iterator: Iterable = enumerate(files)
     if progress:
@@ -287,14 +351,20 @@ def load_sources(cfg: DataConfig, patch_size: int, seed: int, progress: bool = F
         iterator = tqdm(list(iterator), desc=f"reading {cfg.name}", unit="image")
     for i, f in iterator:
         img = read_image(f, channels=cfg.channels)
-        m = read_mask(_find_mask(mask_dir, f.stem, f), cfg.palette, encoding)
+        digest = fingerprint(img)
+        if digest in seen:
+            raise DataError(f"{seen[digest]} and {f} hold the same image: one copy could be held out for testing "
+                            "while the other trains the model. Remove one of them")
+        seen[digest] = f
+        mask_file = _find_mask(masks, mask_dir, f.stem, f)
+        m = read_mask(mask_file, cfg.palette, encoding)
         if m.shape != img.shape[:2]:
             raise DataError(
                 f"{f}: image is {img.shape[1]}×{img.shape[0]} (W×H) but mask "
-                f"{_find_mask(mask_dir, f.stem, f)} is {m.shape[1]}×{m.shape[0]}; they must match"
+                f"{mask_file} is {m.shape[1]}×{m.shape[0]}; they must match"
             )
         if lq_mode == "folder":
-            lq = read_mask(_find_mask(lq_dir, f.stem, f), cfg.palette, encoding)
+            lq = read_mask(_find_mask(masks_lq, lq_dir, f.stem, f), cfg.palette, encoding)
         elif lq_mode == "degrade":
             from .microstructure import degrade_mask
 
@@ -306,6 +376,39 @@ def load_sources(cfg: DataConfig, patch_size: int, seed: int, progress: bool = F
 
 
 # --------------------------------------------------------------------------- the whole recipe
+def _class_counts(sources: Sequence[SourceImage], k: int) -> np.ndarray:
+    return sum((np.bincount(s.mask_hq.ravel(), minlength=k)[:k] for s in sources), np.zeros(k, np.int64))
+
+
+def _absent_class_notes(cfg: DataConfig, sources: Sequence[SourceImage]) -> list[str]:
+    counts = _class_counts(sources, cfg.palette.num_classes)
+    absent = [n for n, c in zip(cfg.palette.names, counts) if c == 0]
+    if not absent:
+        return []
+    return [f"class(es) {absent} of the palette ({cfg.path or cfg.name}) appear in no mask of the "
+            f"{len(sources)} source image(s): no model can learn them and their per-class scores stay blank (n/a) in "
+            f"metrics.csv. Check the palette's colour / grey level for them and source.mask_encoding, or remove "
+            f"the class from the palette"]
+
+
+def _no_patch_left_message(cfg: DataConfig, sources: Sequence[SourceImage], patches: Sequence[Patch],
+                           max_majority_fraction: float) -> str:
+    names = cfg.palette.names
+    counts = _class_counts(sources, len(names))
+    held = [names[i] for i in np.flatnonzero(counts)]
+    where = f"({len(patches)} patches of {len(sources)} image(s), data YAML {cfg.path or cfg.name})"
+    if len(held) <= 1:
+        return (f"no patch left after filtering: every mask holds only class {held[0] if held else '?'!r} {where}, "
+                f"so no patch shows two classes. Check the masks and source.mask_encoding (RGB colour masks need "
+                f"rgb or auto, masks of palette grey levels grey or auto, masks of class numbers index)")
+    if max_majority_fraction >= 1.0:
+        return (f"no patch left after filtering: every patch holds a single class {where}, although the masks hold "
+                f"{held}: the classes do not meet within one {patches[0].image.shape[0]} px patch. Use a larger "
+                f"patch_size, or check the masks")
+    return (f"no patch left after filtering: all patches have one class covering more than "
+            f"{max_majority_fraction:.1%} {where}; raise max_majority_fraction (up to 1.0) or check the masks")
+
+
 def prepare_dataset(
     cfg: DataConfig,
     out_dir: str | os.PathLike,
@@ -322,20 +425,42 @@ def prepare_dataset(
     if sources is None:
         sources = load_sources(cfg, patch_size, seed, progress=progress)
     k = cfg.palette.num_classes
+    names: dict[str, SourceImage] = {}
+    for s in sources:  # patch ids are <source>_rRR_cCC: two sources of one name would share ids
+        if s.name in names:
+            raise _same_stem_error(Path(names[s.name].path or s.name), Path(s.path or s.name), "source images")
+        names[s.name] = s
     all_patches: list[Patch] = []
     for s in sources:
         if s.image.shape[2] != cfg.channels:
             raise DataError(f"{s.path or s.name}: has {s.image.shape[2]} channels, the data YAML says {cfg.channels}")
         all_patches += cut_patches(s, patch_size)
+    if not any(s.role == "train" for s in sources):
+        raise PatchingError(
+            f"every source image was held out for testing (its patches feed tiers.test_extra only), so no tier can "
+            f"be drawn: keep at least one image for training (lower source.test_image_fraction or set "
+            f"tiers.test_extra: 0) or add images"
+        )
+    notes = _absent_class_notes(cfg, sources)
+    for note in notes:  # at once: it may explain an error below
+        warnings.warn(note, stacklevel=2)
     kept = filter_patches(all_patches, k, max_majority_fraction)
     if not kept:
-        raise PatchingError(
-            f"no patch left after filtering: all {len(all_patches)} patches have one class covering more than "
-            f"{max_majority_fraction:.1%}; raise max_majority_fraction or check the masks"
-        )
+        raise PatchingError(_no_patch_left_message(cfg, sources, all_patches, max_majority_fraction))
     train_ids = [p.id for p in kept if p.role == "train"]
     test_ids = [p.id for p in kept if p.role == "test"]
     plan = assign_tiers(train_ids, test_ids, cfg.tiers, seed)
+    test_classes = np.zeros(k, bool)
+    by_id = {p.id: p for p in all_patches}
+    for e in plan["test"]:
+        test_classes |= np.bincount(by_id[e["id"]].mask_hq.ravel(), minlength=k)[:k] > 0
+    in_masks = _class_counts(sources, k) > 0
+    untested = [cfg.palette.names[i] for i in range(k) if in_masks[i] and not test_classes[i]]
+    if untested:
+        notes.append(f"class(es) {untested} appear in no test patch ({len(plan['test'])} test patches): their "
+                     "per-class Missing Class IoU cannot be measured and stays blank (n/a) in metrics.csv; hold out "
+                     "more test patches (tiers.test_main / tiers.test_extra) or images holding them")
+        warnings.warn(notes[-1], stacklevel=2)
     used = {e["id"] for t in plan["tiers"].values() for sp in t.values() for e in sp} | {e["id"] for e in plan["test"]}
     needs_lq = {e["id"] for t in plan["tiers"].values() for sp in t.values() for e in sp if e["mask"] == "lq"}
 
@@ -387,6 +512,7 @@ def prepare_dataset(
         "tiers": plan["tiers"],
         "test": plan["test"],
         "unused": plan["unused"],
+        "warnings": notes,
     }
     atomic_write_json(out_dir / "manifest.json", manifest)
     return Manifest(out_dir / "manifest.json", manifest)

@@ -361,8 +361,12 @@ def _errbar(ax, x, y, lo, hi, **kw):
 
 def plot_metric_vs_percent(summary, metric: str, label: str | None = None, big_train: int = 48,
                            ax: plt.Axes | None = None, legend: bool = True,
-                           marks: Mapping[str, str] | None = None) -> plt.Figure:
+                           marks: Mapping[str, str] | None = None,
+                           references: Mapping[str, float] | None = None) -> plt.Figure:
     """A metric against % synthetic (paper Figs. 15–17).
+
+    ``references``: label → value drawn as thin black horizontal lines with their label (e.g. the dataset's
+    ceiling and the majority-class baseline), so every score reads against what the data allows.
 
     Mixed variants as lines per base tier, the base models (0 %) as horizontal lines of the same colour,
     synthetic-only variants as dotted lines with their image counts on a top axis, BMQ_aug as a grey line.
@@ -374,7 +378,7 @@ def plot_metric_vs_percent(summary, metric: str, label: str | None = None, big_t
     fig = ax.figure if ax is not None else plt.figure(figsize=(7.2, 4.2))
     ax = ax or fig.add_subplot(111)
     lo_col, hi_col = f"{metric}_ci_low", f"{metric}_ci_high"
-    percents = sorted(int(p) for p in summary.loc[summary.group.isin(["mixed", "synthetic"]), "percent"].unique())
+    percents = sorted(int(p) for p in summary.loc[summary.group.isin(["mixed", "synthetic", "pretrain"]), "percent"].unique())
     for tier in ("SHQ", "SLQ", "BLQ", "BMQ"):
         col = TIER_LINE_COLORS[tier]
         base = summary[(summary.group == "base") & (summary.tier == tier)]
@@ -384,6 +388,10 @@ def plot_metric_vs_percent(summary, metric: str, label: str | None = None, big_t
         if len(mixed):
             _errbar(ax, mixed.percent, mixed[metric], mixed.get(lo_col), mixed.get(hi_col), color=col, marker="o",
                     label=f"{tier} + synthetic (dashed: {tier} alone)")
+        pt = summary[(summary.group == "pretrain") & (summary.tier == tier)].sort_values("percent")
+        if len(pt):  # PT_<tier>_<p>: pretrained on p % synthetic, then fine-tuned on the real tier
+            _errbar(ax, pt.percent, pt[metric], pt.get(lo_col), pt.get(hi_col), color=col, marker="^", ls="-.",
+                    label=f"synthetic pretraining → {tier} fine-tuning")
     for name, tier in (("SyntLQ", "BLQ"), ("SyntMQ", "BMQ")):
         syn = summary[(summary.group == "synthetic") & (summary.variant.str.startswith(name))].sort_values("percent")
         if len(syn):
@@ -392,7 +400,7 @@ def plot_metric_vs_percent(summary, metric: str, label: str | None = None, big_t
     aug = summary[summary.group == "augment"]
     if len(aug):
         ax.axhline(float(aug[metric].iloc[0]), color="0.4", ls="-.", lw=1, label="BMQ + augmentation")
-    shown = summary[summary.variant.isin(list(marks or {})) & summary.group.isin(["mixed", "synthetic"])]
+    shown = summary[summary.variant.isin(list(marks or {})) & summary.group.isin(["mixed", "synthetic", "pretrain"])]
     for r in shown.itertuples():
         hi = getattr(r, hi_col, float("nan")) if hi_col in summary else float("nan")
         y = hi if np.isfinite(hi) else getattr(r, metric)
@@ -401,6 +409,11 @@ def plot_metric_vs_percent(summary, metric: str, label: str | None = None, big_t
     if len(shown):
         ax.plot([], [], ls="none", marker="$*$", color="k",
                 label="* / v: significantly better / worse than its base (paired Wilcoxon, Holm)")
+    for i, (ref_label, value) in enumerate((references or {}).items()):
+        if value is not None and np.isfinite(value):
+            ax.axhline(float(value), color="k", lw=0.8, ls=(0, (1, 2)) if i else "-", alpha=0.6)
+            ax.annotate(f"{ref_label} {value:.2f}", (0.995, float(value)), xycoords=("axes fraction", "data"),
+                        ha="right", va="bottom", fontsize=7, color="0.25")
     ax.set_xlabel("synthetic images added [% of the base training set]")
     ax.set_ylabel(label or metric)
     if percents:

@@ -96,12 +96,10 @@ def holm(p_values: Sequence[float]) -> np.ndarray:
 def base_of(variant: str) -> str | None:
     """The real base set a variant is compared with: ``<tier>_0`` (``BLQ_0``/``BMQ_0`` for SyntLQ/SyntMQ); None for
     a base variant and for a matched control run (``SHQ_0@320``: it is compared on its variants' rows)."""
-    from .variants import parse_variant
+    from .variants import parse_run
 
-    if "@" in str(variant):
-        return None
-    v = parse_variant(variant)
-    return None if v.group == "base" else f"{v.tier}_0"
+    r = parse_run(variant)
+    return None if r.control or r.variant.group == "base" else f"{r.variant.tier}_0"
 
 
 def _variant_updates(runs) -> dict[str, int | None]:
@@ -121,14 +119,21 @@ def matched_control_of(variant: str, base: str | None, updates: Mapping[str, int
 
     ``(base, "equal updates")`` when the base had as many updates (every run under ``budget: fixed``);
     ``("<base>@<updates>", "matched run")`` when that control run is among ``available``; ``(None, "missing")``
-    when it is not; ``(None, "unknown")`` when the variant's update count is not recorded.
+    when it is not; ``(None, "unknown")`` when the variant's update count is not recorded.  A synthetic-only variant
+    (``SyntLQ_<p>``) with another number of updates than its real base gets ``(None, "synthetic only")``: it holds
+    none of the base's images, so there is no "base with more updates" to split its difference at, and the study
+    plans no control run for it (:func:`dualsynth.study.plan_study`); it is compared with its base as it is.
     """
+    from .variants import control_name, parse_run
+
     u = updates.get(variant)
     if base is None or u is None:
         return None, "unknown"
     if updates.get(base) == u:
         return base, "equal updates"
-    control = f"{base}@{u}"
+    if parse_run(variant).variant.group == "synthetic":
+        return None, "synthetic only"
+    control = control_name(base, u)
     return (control, "matched run") if control in set(available) else (None, "missing")
 
 
@@ -179,8 +184,9 @@ def decide(gain: float | None, ci_low: float | None, ci_high: float | None, n: i
 
     ``helps``: the interval lies above 0 and the paired test is significant (Holm-adjusted); ``hurts``: the
     interval lies below 0; ``does_not_help``: the interval excludes every gain above ``margin`` (it may include
-    small ones); otherwise — one seed (no interval), an interval reaching past both 0 and ``margin``, or a
-    comparison resting on a collapsed run — ``inconclusive``.
+    small ones, and may lie above 0 when the paired test does not confirm it); otherwise — one seed (no
+    interval), an interval reaching past both 0 and ``margin``, or a comparison resting on a collapsed run —
+    ``inconclusive``.
     """
     ok = gain is not None and ci_low is not None and ci_high is not None and n >= 2
     if collapsed or not ok:
@@ -189,6 +195,10 @@ def decide(gain: float | None, ci_low: float | None, ci_high: float | None, n: i
         return "helps"
     if ci_high < 0:
         return "hurts"
+    # An interval inside (0, margin] that the Holm-adjusted paired test does not confirm lands here on purpose: the
+    # seeds bound every gain by the margin, the smallest gain worth having, which is exactly what "does not help"
+    # claims (the statement adds that the interval lies above 0).  "Inconclusive" would hide a settled answer, and
+    # "helps" needs the paired test; the README's verdict table says the same.
     if ci_high <= margin:
         return "does_not_help"
     return "inconclusive"
@@ -229,7 +239,8 @@ def ranked_table(summary, runs, experiment_path, metric: str = "missing_class_io
     have (:func:`seed_gain`); without a common seed the gain is the difference of the means.  The paired test pairs
     test images, each image's score averaged over the seeds both variants have (``paired_p``).
 
-    Each variant with synthetic data also gets its matched ``control`` (:func:`matched_control_of`,
+    Each variant with synthetic data (mixed, synthetic-only, and ``PT_`` pretrain-then-fine-tune: base ``<tier>_0``,
+    control ``<tier>_0@<pretraining + fine-tuning updates>``) also gets its matched ``control`` (:func:`matched_control_of`,
     ``control_kind``) and the split of its gain: ``gain_updates`` = control − base ("more updates") and
     ``gain_synthetic`` = variant − control ("synthetic data"), each over the seeds its two runs share, with ``_n``,
     ``_ci_low`` / ``_ci_high`` (95 % over seeds) and a paired ``_p``.  With equal updates the control is the base:
@@ -267,7 +278,7 @@ def ranked_table(summary, runs, experiment_path, metric: str = "missing_class_io
             row.update({"gain_n": g["n"], "gain_ci_low": g["ci_low"], "gain_ci_high": g["ci_high"]})
             if g["n"]:  # on the seeds both have, like the paired test (equal to the difference of means otherwise)
                 row["gain_vs_base"] = g["mean"]
-        if r["group"] in ("mixed", "synthetic"):
+        if r["group"] in ("mixed", "synthetic", "pretrain"):  # every variant with synthetic data
             control, kind = matched_control_of(name, base, updates, names)
             row.update(control=control, control_kind=kind)
             if kind == "equal updates" and "gain_vs_base" in row:

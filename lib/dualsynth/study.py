@@ -15,7 +15,7 @@ from typing import Any, Mapping, Sequence
 from .config import ParamError
 from .io import read_json
 from .unet import budget as unet_budget
-from .variants import load_variant, metrics_complete, parse_run, run_dir
+from .variants import VariantError, load_variant, metrics_complete, parse_run, run_dir
 
 __all__ = ["StudyPlan", "plan_study", "study_runs", "data_variant", "recorded_updates", "predicted_share"]
 
@@ -24,7 +24,10 @@ def data_variant(run: str, metrics: Mapping[str, Any] | None = None) -> str:
     """The variant whose files a run trained on: ``SHQ_0`` for ``SHQ_0@320`` (recorded as ``data_variant``)."""
     if metrics is not None and metrics.get("data_variant"):
         return str(metrics["data_variant"])
-    return str(run).partition("@")[0]
+    try:
+        return parse_run(run).variant.name
+    except VariantError:  # a folder no variant names (left by another version): no variant file, so trusted
+        return str(run)
 
 
 def _stale_check(experiment_path: Path):
@@ -87,6 +90,7 @@ def plan_study(experiment_path: str | Path, variants: Sequence[str], seeds: Sequ
     ``epochs``, ``batch_size``, ``steps_per_epoch``; inconsistent ones raise :class:`~dualsynth.config.ParamError`.
     Under ``budget: epochs`` every mixed variant whose update budget differs from its base's gets the control
     ``<base>@<updates>`` with the same seeds; under ``fixed`` none is added (each base is its variants' control).
+    A ``PT_`` variant gets ``<base>@<pretraining + fine-tuning updates>`` under either budget.
     The training-set sizes come from ``variants/<variant>.json`` (05).
     """
     exp = Path(experiment_path)
@@ -97,14 +101,18 @@ def plan_study(experiment_path: str | Path, variants: Sequence[str], seeds: Sequ
         if params["budget"] == "fixed":
             plan.notes.append(f"budget fixed: every run gets {params['epochs']} × {params['steps_per_epoch']} = "
                               f"{params['epochs'] * params['steps_per_epoch']} updates, so each base variant is the "
-                              "matched control of its variants; no control runs added")
+                              "matched control of its mixed variants; no control runs added for them (a PT_ variant "
+                              "still gets one: it pretrains on top of its base's budget)")
         for v in variants:
             spec = parse_run(v).variant
-            if params["budget"] == "fixed" or spec.group != "mixed" or parse_run(v).control:
+            # a PT_ variant (pretraining + its base's budget) trains longer than its base under either budget
+            if (params["budget"] == "fixed" and spec.group != "pretrain") or spec.group not in ("mixed", "pretrain") \
+                    or parse_run(v).control:
                 continue
             base = f"{spec.tier}_0"
             data = load_variant(exp / "variants" / f"{v}.json")
-            control = unet_budget.matched_control(v, len(data["train"]), int(data["num_real_train"]), **kw)
+            control = unet_budget.matched_control(v, len(data["train"]), int(data["num_real_train"]),
+                                                  pretrain_size=len(data.get("pretrain", [])), **kw)
             if control is None:
                 plan.notes.append(f"{v} gets as many updates as {base}: {base} is its matched control")
                 continue
@@ -121,7 +129,8 @@ def plan_study(experiment_path: str | Path, variants: Sequence[str], seeds: Sequ
 
 def recorded_updates(metrics: Mapping[str, Any], run_folder: str | Path) -> int | None:
     """A finished run's update budget: recorded in ``metrics.json`` (``updates``), or — for runs made before it was
-    recorded — from the run's ``unet_config.json`` (epochs, batch size, steps per epoch) and training-set size."""
+    recorded — from the run's ``unet_config.json`` (epochs, batch size, steps per epoch) and training-set size,
+    counted by :func:`dualsynth.unet.budget.run_updates` (a set ``steps_per_epoch`` is a fixed budget)."""
     if metrics.get("updates") is not None:
         return int(metrics["updates"])
     f = Path(run_folder) / "unet_config.json"
@@ -129,8 +138,9 @@ def recorded_updates(metrics: Mapping[str, Any], run_folder: str | Path) -> int 
     if not f.is_file() or n < 1:
         return None
     cfg = read_json(f)
-    return int(cfg.get("epochs", 200)) * unet_budget.epoch_steps(n, int(cfg.get("batch_size", 2)),
-                                                                 cfg.get("steps_per_epoch"))
+    steps = int(cfg.get("steps_per_epoch") or 0)
+    return unet_budget.run_updates(n, budget="fixed" if steps else "epochs", epochs=int(cfg.get("epochs", 200)),
+                                   batch_size=int(cfg.get("batch_size", 2)), steps_per_epoch=steps)
 
 
 def predicted_share(metrics: Mapping[str, Any]) -> tuple[float | None, str | None]:

@@ -9,6 +9,17 @@
   the real BLQ / BMQ validation set (14);
 * ``BMQ_aug`` — BMQ with the albumentations baseline, no synthetic images.
 
+Beyond the paper, a second way to use the pool (group ``pretrain``, 28 variants, not part of ``all``):
+
+* ``PT_<tier>_<p>`` — *pretrain on synthetic, then fine-tune on real*: a U-Net is first trained on p % of the tier's
+  training size in synthetic images only (the same count and the same pool prefix as the mixed variant
+  ``<tier>_<p>``: ``PT_SHQ_50`` pretrains on SHQ_50's 8 synthetic images), then fine-tuned, starting from those
+  weights, on the tier's real training set with exactly the base run's budget.  Both stages validate on the tier's
+  real validation set.  Its variant file lists the real fine-tuning set as ``train`` and the synthetic pretraining
+  set as ``pretrain`` (:func:`materialise`); the schedule is :mod:`dualsynth.unet.pretrain`, the budgets
+  :func:`dualsynth.unet.budget.run_budget`.  Its base is ``<tier>_0``; as it trains longer than its base (pretraining
+  + the base's budget), its matched control is ``<tier>_0@<total updates>`` under either budget.
+
 A **run** of the study trains one variant with one seed under ``unet/<run>/seed<k>/``; its name is the variant's,
 or, for a *matched control* (06's ``budget: epochs``, ``study --matched-controls``), ``<base>@<updates>``: the
 base variant (e.g. ``SHQ_0``) trained with the number of updates of a variant with synthetic data (``SHQ_0@320``),
@@ -41,6 +52,7 @@ __all__ = [
     "materialise_all",
     "load_variant",
     "VariantError",
+    "pretrain_variants",
     "RunName",
     "parse_run",
     "control_name",
@@ -50,6 +62,9 @@ BASE_TIERS = ("SHQ", "SLQ", "BLQ", "BMQ")
 PERCENTAGES = (50, 75, 100, 150, 200, 250, 300)
 SYNTHETIC_ONLY = {"SyntLQ": "BLQ", "SyntMQ": "BMQ"}  # name → tier whose real validation set is used
 _RE = re.compile(r"^(SHQ|SLQ|BLQ|BMQ|SyntLQ|SyntMQ)_(\d+|aug)$")
+PRETRAIN_PREFIX = "PT_"  # PT_<tier>_<p>: pretrain on p % synthetic, fine-tune on the real <tier> set
+_PT_RE = re.compile(r"^PT_(SHQ|SLQ|BLQ|BMQ)_(\d+)$")
+GROUPS = ("base", "mixed", "synthetic", "augment", "pretrain")
 
 
 class VariantError(ParamError):
@@ -59,7 +74,7 @@ class VariantError(ParamError):
 @dataclass(frozen=True)
 class Variant:
     name: str
-    group: str  # "base", "mixed", "synthetic", "augment"
+    group: str  # "base", "mixed", "synthetic", "augment", "pretrain"
     tier: str  # real tier giving the training (base/mixed/augment) and the validation set
     percent: int  # synthetic share, % of the reference training size
     augment: bool = False
@@ -75,11 +90,18 @@ class Variant:
 
 
 def parse_variant(name: str) -> Variant:
+    pt = _PT_RE.match(str(name))
+    if pt:
+        tier, p = pt.group(1), int(pt.group(2))
+        if p not in PERCENTAGES:
+            raise VariantError(f"unknown variant {name!r}: pretraining percentages are {list(PERCENTAGES)}")
+        return Variant(str(name), "pretrain", tier, p)
     m = _RE.match(str(name))
     if not m:
         raise VariantError(
             f"unknown variant {name!r}; variants are <SHQ|SLQ|BLQ|BMQ>_<0|{'|'.join(map(str, PERCENTAGES))}>, "
-            f"<SyntLQ|SyntMQ>_<{'|'.join(map(str, PERCENTAGES))}> and BMQ_aug"
+            f"<SyntLQ|SyntMQ>_<{'|'.join(map(str, PERCENTAGES))}>, BMQ_aug and "
+            f"PT_<SHQ|SLQ|BLQ|BMQ>_<{'|'.join(map(str, PERCENTAGES))}>"
         )
     head, tail = m.groups()
     if tail == "aug":
@@ -140,19 +162,28 @@ def all_variants(include_aug: bool = True) -> list[Variant]:
     return out
 
 
-def variant_names(include_aug: bool = True) -> list[str]:
-    return [v.name for v in all_variants(include_aug)]
+def pretrain_variants() -> list[Variant]:
+    """The 28 pretrain-then-fine-tune variants ``PT_<tier>_<p>`` (not among :func:`all_variants`)."""
+    return [Variant(f"{PRETRAIN_PREFIX}{t}_{p}", "pretrain", t, p) for t in BASE_TIERS for p in PERCENTAGES]
 
 
-def select(spec: str | Sequence[str] | None) -> list[Variant]:
-    """``None``/"all" → all 47; a comma list or list of names; shell-style groups ``base``, ``mixed``, ``synthetic``."""
+def variant_names(include_aug: bool = True, include_pretrain: bool = False) -> list[str]:
+    return [v.name for v in all_variants(include_aug) + (pretrain_variants() if include_pretrain else [])]
+
+
+def select(spec: str | Sequence[str] | None, with_pretrain: bool = False) -> list[Variant]:
+    """``None``/"all" → all 47 (the paper's grid + BMQ_aug; with ``with_pretrain`` also the 28 ``PT_`` variants, as
+    05 writes them); a comma list or list of names and groups ``all``, ``base``, ``mixed``, ``synthetic``,
+    ``augment``, ``pretrain``."""
     if spec is None or spec == "all":
-        return all_variants()
+        return all_variants() + (pretrain_variants() if with_pretrain else [])
     names = spec.split(",") if isinstance(spec, str) else list(spec)
     out: list[Variant] = []
     for n in (x.strip() for x in names if x.strip()):
-        if n in ("base", "mixed", "synthetic", "augment"):
-            out += [v for v in all_variants() if v.group == n]
+        if n == "all":
+            out += select("all", with_pretrain)
+        elif n in GROUPS:
+            out += [v for v in all_variants() + pretrain_variants() if v.group == n]
         else:
             out.append(parse_variant(n))
     seen, uniq = set(), []
@@ -169,7 +200,7 @@ def write_variant_yamls(folder: str | Path | None = None) -> list[Path]:
     folder.mkdir(parents=True, exist_ok=True)
     written = []
     wanted = set()
-    for v in all_variants():
+    for v in all_variants() + pretrain_variants():
         p = folder / f"{v.name}.yaml"
         wanted.add(p.name)
         desc = {
@@ -177,6 +208,7 @@ def write_variant_yamls(folder: str | Path | None = None) -> list[Path]:
             "mixed": f"real {v.tier} training set + {v.percent} % synthetic images",
             "synthetic": f"synthetic images only ({v.percent} % of the big training size), real {v.tier} validation",
             "augment": "real BMQ training set with the albumentations baseline, no synthetic images",
+            "pretrain": f"pretrain on {v.percent} % synthetic images, then fine-tune on the real {v.tier} set",
         }[v.group]
         atomic_write_text(p, f"# {v.name}: {desc}\n# generated by dualsynth.variants.write_variant_yamls()\nvariant: {v.name}\n")
         written.append(p)
@@ -192,7 +224,11 @@ def _pool_items(pool: dict[str, Any] | None) -> list[dict[str, Any]]:
 
 
 def materialise(variant: str | Variant, manifest, pool: dict[str, Any] | None, pool_root: Path | None = None) -> dict[str, Any]:
-    """Exact file lists (absolute paths) of one variant: train (real + synthetic), val (real), test (real)."""
+    """Exact file lists (absolute paths) of one variant: train (real + synthetic), val (real), test (real).
+
+    A ``PT_`` variant's ``train``, ``val`` and ``test`` are its base's (real; the fine-tuning stage) and
+    ``pretrain`` lists its synthetic pretraining images (``num_synthetic_train`` of them, the mixed variant's
+    count and pool prefix)."""
     v = parse_variant(variant) if isinstance(variant, str) else variant
     base_train = manifest.files(v.tier, "train")
     base_val = manifest.files(v.tier, "val")
@@ -215,6 +251,10 @@ def materialise(variant: str | Variant, manifest, pool: dict[str, Any] | None, p
         for it in items[:n_syn]
     ]
     real = lambda pairs: [{"image": str(i), "mask": str(m), "source": "real", "id": Path(i).stem} for i, m in pairs]  # noqa: E731
+    if v.group == "pretrain":  # stage 1 on the synthetic images alone, stage 2 (``train``) on the real base set
+        out = materialise(f"{v.tier}_0", manifest, pool, pool_root)
+        return {**out, "variant": v.name, "group": v.group, "percent": v.percent, "num_synthetic_train": n_syn,
+                "pretrain": syn}
     train = ([] if v.synthetic_only else real(base_train)) + syn
     return {
         "variant": v.name,
@@ -255,8 +295,10 @@ def load_split(variant_data: dict[str, Any], split: str, channels: int, palette)
 
     from .io import read_image, read_mask
 
-    if split not in ("train", "val", "test"):
-        raise VariantError(f"unknown split {split!r}; use train, val or test")
+    if split not in ("train", "val", "test", "pretrain"):
+        raise VariantError(f"unknown split {split!r}; use train, val, test or (PT_ variants) pretrain")
+    if split not in variant_data:
+        raise VariantError(f"variant {variant_data['variant']} has no {split} split (only PT_ variants have one)")
     entries = variant_data[split]
     if not entries:
         raise VariantError(f"variant {variant_data['variant']}: the {split} split is empty")
@@ -286,7 +328,8 @@ def inputs_fingerprint(variant_data: dict[str, Any]) -> str:
 
     from .io import fingerprint
 
-    files = [Path(e[k]) for split in ("train", "val", "test") for e in variant_data[split] for k in ("image", "mask")]
+    splits = ("train", "val", "test") + (("pretrain",) if "pretrain" in variant_data else ())  # PT_: + pretrain
+    files = [Path(e[k]) for split in splits for e in variant_data[split] for k in ("image", "mask")]
     return fingerprint(json.dumps(variant_data, sort_keys=True), *[_file_digest(f) for f in files])
 
 

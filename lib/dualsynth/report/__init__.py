@@ -26,8 +26,14 @@ of variants and seeds), ranks them (:func:`study_tables`, :func:`dualsynth.stats
   with the reasons the numbers give when synthetic data does not help (a class failing the image–mask consistency
   is one).
 
+Every variant with synthetic data gets its own verdict against its matched control or base (``comparisons``, with
+``decided_by``); the dataset's **headline** is the one of the largest gain, saying the seeds it rests on.  An
+adaptive study's record (``results/adaptive.json``, :mod:`dualsynth.adaptive`) is shown as a table with the runs it
+took against a fixed grid.
+
 ``python -m dualsynth.report outputs/quick outputs/quick-nasa_super`` writes ``results/report.md`` and
-``report.json`` into each experiment (or into ``--out-dir/<exp>/``) and prints a combined markdown table.
+``report.json`` into each experiment (or into ``--out-dir/<exp>/``) and prints a combined markdown table and the
+cross-dataset verdict table (:func:`verdict_table`).
 The markdown is built by the functions in :data:`SECTIONS`, one per section: a new section is one more function.
 
 Modules: :mod:`.tables` (runs, ranked table, the comparison of one variant, :func:`compare_runs`),
@@ -38,10 +44,12 @@ from __future__ import annotations
 
 from .cli import main
 from .consistency import consistency_table, experiment_consistency
-from .markdown import SECTIONS, VERDICT_WORDS, combined_table, report_markdown, write_report  # noqa: F401
-from .statement import FAR, OVER, UNDER, experiment_report  # noqa: F401  (re-exported)
+from .markdown import (SECTIONS, VERDICT_WORDS, combined_table, headline, report_markdown,  # noqa: F401
+                       verdict_table, write_report)
+from .statement import FAR, OVER, UNDER, experiment_report, reference_lines  # noqa: F401  (re-exported)
 from .tables import MARGIN, METRIC, compare_runs, majority_baseline, study_tables  # noqa: F401
 
-__all__ = ["experiment_report", "study_tables", "majority_baseline", "compare_runs", "report_markdown",
-           "combined_table", "write_report", "main", "SECTIONS", "MARGIN", "experiment_consistency",
+__all__ = ["experiment_report", "reference_lines", "study_tables", "majority_baseline", "compare_runs", "report_markdown",
+           "combined_table", "verdict_table", "headline", "write_report", "main",
+           "SECTIONS", "MARGIN", "experiment_consistency",
            "consistency_table"]

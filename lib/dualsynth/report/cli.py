@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from .markdown import combined_table, write_report
+from .markdown import combined_table, verdict_table, write_report
 from .statement import experiment_report
 from .tables import MARGIN, compare_runs
 
@@ -30,6 +30,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--margin", type=float, default=MARGIN,
                     help="smallest gain worth having (Missing Class IoU, default %(default)s): 'does not help' needs "
                          "the 95 %% interval over seeds to exclude every gain above it")
+    ap.add_argument("--all-comparisons", action="store_true",
+                    help="list every variant with synthetic data in the verdict table (default: each dataset's "
+                         "headline and the comparisons of its adaptive study)")
+    ap.add_argument("--verdict-table", metavar="FILE", help="also write the cross-dataset verdict table (markdown) here")
     a = ap.parse_args(argv)
     from .. import quality
     from ..io import DataError
@@ -66,6 +70,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         write_report(rep, out)
         reports.append(rep)
     print(combined_table(reports))
+    verdicts = verdict_table(reports, a.all_comparisons)
+    print("One verdict per dataset (headline in bold: against the matched control where there is one):\n")
+    print(verdicts)
+    if a.verdict_table:
+        from ..io import atomic_write_text
+
+        atomic_write_text(a.verdict_table, verdicts)
     for r in reports:
         print(r["statement"], "\n")
     return 0

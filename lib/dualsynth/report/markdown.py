@@ -24,8 +24,60 @@ def _ci(d: dict | None, lo: str = "ci_low", hi: str = "ci_high", n: str = "n") -
     return f"[{_f(d[lo], '{:+.3f}')}, {_f(d[hi], '{:+.3f}')}]" + (f", n={count}" if count is not None else "")
 
 
+#: how a comparison's ``kind`` reads in a headline
+AGAINST_WORDS = {"matched run": "its matched control run: the base with as many updates",
+                 "equal updates": "its base, which had as many updates",
+                 "base, more updates": "its base, which had fewer updates and no matched control run",
+                 "base, synthetic only": "its real base; a synthetic-only variant has no matched control",
+                 "base, updates unknown": "its base; update counts not recorded", "base": "its base"}
+
+
+def _seeds(seeds: Sequence[int]) -> str:
+    """``5 (0–4)``, ``3 (0, 2, 5)``, ``1 (3)``."""
+    s = sorted(int(x) for x in seeds)
+    if len(s) > 2 and s == list(range(s[0], s[-1] + 1)):
+        return f"{len(s)} ({s[0]}–{s[-1]})"
+    return f"{len(s)} ({', '.join(map(str, s))})"
+
+
+def _gain_ci(c: dict) -> str:
+    return f"{_f(c.get('gain'), '{:+.3f}')} {_ci(c, n=None)}"
+
+
+def headline(rep: dict[str, Any]) -> str | None:
+    """The dataset's verdict in one line: the comparison it rests on (against the matched control where there is
+    one), on how many seeds, the gain with its interval, and what decided it."""
+    h = rep.get("headline")
+    if not h:
+        return None
+    return (f"**Verdict: {VERDICT_WORDS.get(h['verdict'], '–')}** — {h['variant']} vs {h['against']} "
+            f"({AGAINST_WORDS.get(h['kind'], h['kind'])}), on {_seeds(h['seeds'])} seed(s): {_gain_ci(h)}; "
+            f"decided by: {h['decided_by']}.")
+
+
 def _md_statement(rep: dict[str, Any]) -> list[str]:
-    return [f"## {rep['dataset']} (`{rep['experiment']}`)", "", rep["statement"], ""]
+    head = headline(rep)
+    return [f"## {rep['dataset']} (`{rep['experiment']}`)", ""] + ([head, ""] if head else []) + [rep["statement"], ""]
+
+
+def _md_adaptive(rep: dict[str, Any]) -> list[str]:
+    """The adaptive study's record (``results/adaptive.json``): per comparison the seeds used and whether it was
+    decided, and the runs it took against a fixed grid."""
+    a = rep.get("adaptive")
+    if not a:
+        return []
+    share = f" ({a['share_of_grid']:.0%})" if a.get("share_of_grid") is not None else ""
+    lines = ["### Seeds added until decided (`study --until-decided`)", "",
+             f"Started from seeds {a['start_seeds']}, at most {a['max_seeds']} per comparison; a comparison is decided "
+             "when the 95 % interval of its per-seed gains excludes 0. "
+             f"**{a['runs']} runs** against {a['fixed_grid_runs']} for a fixed grid of {a['max_seeds']} seeds{share}"
+             + ("." if a.get("complete") else f"; not finished: {len(a.get('pending') or [])} run(s) still to add."),
+             "", "| comparison | seeds | gain [95 % CI] | decided | why |", "|---|---|---|---|---|"]
+    for c in a["comparisons"]:
+        decided = "yes" if c["decided"] else ("no (stopped)" if c["stopped"] else "not yet")
+        lines.append(f"| {c['variant']} vs {c['against']} | {_seeds(c['seeds'])} | {_gain_ci(c)} | {decided} | "
+                     f"{c['why']} |")
+    return lines + [""]
 
 
 def _md_runs(rep: dict[str, Any]) -> list[str]:
@@ -92,6 +144,14 @@ def _md_collapse(rep: dict[str, Any]) -> list[str]:
         lines[0] += (f" **{len(bad)} collapsed run(s)** (one class on ≥ 95 % of the test pixels, or at or below the "
                      "baseline); a verdict resting on one is inconclusive:")
         lines += [""] + [f"- {x['run']} seed {x['seed']}: {x['reason']}" for x in bad]
+    c = rep.get("ceiling")
+    if c:
+        shares = ", ".join(f"{v} {d['score']:.3f} ({d['share']:.0%})" for v, d in c["bases"].items()
+                           if d.get("share") is not None)
+        recipe = "" if c.get("same_recipe") else f" — measured with another recipe (encoder {c['encoder']})"
+        lines.append(f"Ceiling: the study's U-Net recipe trained to convergence on the real BMQ set "
+                     f"({c['updates']} updates, seeds {c['seeds']}, `{c['file']}`) scores {c['value']:.3f}"
+                     f"{recipe}. Base variants as a share of it: {shares or '–'}.")
     return lines + [""] if any(lines) else []
 
 
@@ -115,8 +175,8 @@ def _md_consistency(rep: dict[str, Any]) -> list[str]:
 
 #: the sections of ``report.md`` in order: each takes the report dict and returns its lines (add one to extend)
 SECTIONS: list[Callable[[dict[str, Any]], list[str]]] = [_md_statement, _md_runs, _md_largest_gain, _md_budget,
-                                                         _md_collapse, _md_similarity, _md_consistency]
-_NEEDS_RUNS = {_md_runs, _md_largest_gain, _md_budget, _md_collapse}
+                                                         _md_adaptive, _md_collapse, _md_similarity, _md_consistency]
+_NEEDS_RUNS = {_md_runs, _md_largest_gain, _md_budget, _md_adaptive, _md_collapse}
 
 
 def report_markdown(rep: dict[str, Any]) -> str:
@@ -152,6 +212,29 @@ def combined_table(reports: Sequence[dict[str, Any]]) -> str:
         lines.append(f"| {r['dataset']} | {r['experiment']} | {r.get('runs', 0)} | {best} | {gain} | "
                      f"{_f(g.get('p_value'), '{:.3g}')} ({_f(g.get('p_holm'), '{:.3g}')}) | {verdict} | "
                      + " | ".join(sim) + f" | {consistency_cell(r.get('consistency'))} |")
+    return "\n".join(lines) + "\n"
+
+
+def verdict_table(reports: Sequence[dict[str, Any]], all_comparisons: bool = False) -> str:
+    """The cross-dataset verdict table (markdown, for the README): per experiment its headline comparison first
+    (against the matched control where there is one), then the other comparisons of its adaptive study (every
+    comparison with ``all_comparisons``): seeds, gain [95 % CI], verdict and what decided it."""
+    head = "| dataset (experiment) | comparison | seeds | gain [95 % CI] | verdict | decided by |"
+    lines = [head, "|---|---|---|---|---|---|"]
+    for r in reports:
+        where = f"{r['dataset']} (`{r['experiment']}`)"
+        comps = r.get("comparisons") or []
+        h = r.get("headline")
+        if not h:
+            why = "no run" if not r.get("runs") else "no comparison"
+            lines.append(f"| {where} | – | – | – | no verdict | {why} |")
+            continue
+        studied = {c["variant"] for c in (r.get("adaptive") or {}).get("comparisons", [])}
+        rows = [(h, "**")] + [(c, "") for c in comps if c["variant"] != h["variant"]
+                              and (all_comparisons or c["variant"] in studied)]
+        for c, bold in rows:  # the headline in bold
+            lines.append(f"| {where} | {bold}{c['variant']} vs {c['against']}{bold} | {_seeds(c['seeds'])} | "
+                         f"{_gain_ci(c)} | {VERDICT_WORDS.get(c['verdict'], '–')} | {c['decided_by']} |")
     return "\n".join(lines) + "\n"
 
 

@@ -10,7 +10,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from .consistency import consistency_reason, experiment_consistency
-from .tables import MARGIN, METRIC, _clean, _gain_row, _headline, _num, _real_fractions, _split, study_tables
+from .tables import (MARGIN, METRIC, _clean, _gain_row, _headline, _num, _part, _real_fractions, _split,
+                     study_tables)
 
 UNDER, OVER, FAR = 0.5, 1.5, 2.0  # synthetic/real fraction ratios, and a distance ratio, worth naming
 
@@ -31,6 +32,9 @@ def _verdict(dataset: str, g: dict | None, n_syn: int, n_worse: int, n_better: i
                "equal updates": f"{g['against']} (as many updates)",
                "base, more updates": f"{g['against']} (which had fewer updates and no matched control run: the gain "
                                      "mixes more updates and synthetic data; add `study --matched-controls`)",
+               "base, synthetic only": f"{g['against']} (its real base set, with another number of updates: a "
+                                       "synthetic-only variant holds none of the base's images, so no matched control "
+                                       "run separates the updates from the data)",
                }.get(g["against_kind"], g["against"])
     gain = f"{g['variant']} vs {against}: {g['gain']:+.3f} Missing Class IoU ({ci}; paired Wilcoxon {p})"
     counts = (f"{n_better} of {n_syn} variants with synthetic data are significantly better and {n_worse} "
@@ -43,8 +47,10 @@ def _verdict(dataset: str, g: dict | None, n_syn: int, n_worse: int, n_better: i
     if v == "hurts":
         return v, f"Synthetic data hurts on {dataset}: even the largest gain, {gain}, lies below 0; {counts}. {why}".strip()
     if v == "does_not_help":
+        small = ("" if g["gain_ci_low"] <= 0 else " (it lies above 0, but the paired test is not significant after "
+                 "Holm, and any gain it allows is smaller than the margin)")
         return v, (f"Synthetic data does not help on {dataset}: the largest gain is {gain}; its interval excludes "
-                   f"every gain above the margin of {margin:+.3f}; {counts}. {why}").strip()
+                   f"every gain above the margin of {margin:+.3f}{small}; {counts}. {why}").strip()
     if g["collapsed"]:
         detail = (f"it rests on collapsed run(s) — {'; '.join(g['collapsed'])} — whose scores say nothing about "
                   "synthetic data")
@@ -97,10 +103,53 @@ def _reasons(similarity: dict | None, class_gain: dict[str, float], rare: Sequen
     return out
 
 
+def reference_lines(experiment_dir: str | os.PathLike, summary=None) -> dict[str, float]:
+    """``{"ceiling": …, "majority baseline": …}`` (those that exist) for 07's Missing Class IoU figure."""
+    from .. import ceiling, quality
+    from ..patching import Manifest
+    from .tables import majority_baseline
+
+    exp = Path(experiment_dir)
+    out: dict[str, float] = {}
+    found = ceiling.lookup(exp)
+    if found:
+        out["ceiling"] = float(found[METRIC])
+    manifest = Manifest.load(exp / "patches")
+    base = majority_baseline(manifest, _real_fractions(manifest, quality._generator_tier(exp)))
+    if base:
+        out["majority baseline"] = float(base[METRIC])
+    return out
+
+
+def _ceiling(exp: Path, runs, summary) -> dict[str, Any] | None:
+    """The dataset's ceiling (:mod:`dualsynth.ceiling`) and each base variant's mean score as a fraction of it."""
+    from .. import ceiling
+    from ..io import DataError, read_json
+
+    recipe = None
+    for folder in sorted((exp / "unet").glob("*_0/seed*")):  # the recipe of a base run of this study
+        try:
+            recipe = read_json(folder / "unet_config.json")
+            break
+        except (DataError, OSError):
+            continue
+    found = ceiling.lookup(exp, recipe)
+    if not found:
+        return None
+    top = found[METRIC]
+    bases = summary[summary.group == "base"] if "group" in summary else summary.iloc[0:0]
+    return {"value": _num(top), "updates": found["updates"], "seeds": found["seeds"],
+            "same_recipe": found.get("same_recipe"), "encoder": found["recipe"].get("encoder"),
+            "file": os.path.relpath(ceiling.ceiling_file(found["dataset"]), ceiling.project_root()),
+            "per_class": found.get("per_class_iou_dataset"),
+            "bases": {str(r.variant): {"score": _num(r[METRIC]), "share": _num(r[METRIC] / top) if top else None}
+                      for _, r in bases.iterrows()}}
+
+
 def _budget_note(rows) -> str | None:
     """How the variants with synthetic data were matched in updates (one sentence), or None without any."""
     kinds = {k: [r["variant"] for r in rows if r.get("control_kind") == k]
-             for k in ("equal updates", "matched run", "missing", "unknown")}
+             for k in ("equal updates", "matched run", "missing", "synthetic only", "unknown")}
     parts = []
     if kinds["equal updates"]:
         updates = sorted({int(r["updates"]) for r in rows if r.get("control_kind") == "equal updates"})
@@ -115,6 +164,11 @@ def _budget_note(rows) -> str | None:
                      "matched control run "
                      f"({', '.join(kinds['missing'][:5])}): their gain over the base mixes more updates and synthetic "
                      "data; run `python -m dualsynth.batch study … --matched-controls` with the same settings")
+    if kinds["synthetic only"]:
+        parts.append(f"{len(kinds['synthetic only'])} synthetic-only variant(s) had another number of updates than "
+                     f"their real base ({', '.join(kinds['synthetic only'][:5])}) and are compared with it as they "
+                     "are: they hold none of the base's images, so there is no matched control run to split their "
+                     "difference at (`--matched-controls` adds none for them)")
     if kinds["unknown"]:
         parts.append(f"{len(kinds['unknown'])} variant(s) have no recorded update count (compared with their base)")
     return ("; ".join(parts) + ".") if parts else None
@@ -131,6 +185,7 @@ def experiment_report(experiment_dir: str | os.PathLike, alpha: float = 0.05, ra
     smallest gain worth having; "does not help" needs the interval to exclude every gain above it.
     """
     from .. import quality, stats
+    from ..adaptive import load_record  # reads results/adaptive.json (study --until-decided)
     from ..patching import Manifest
 
     exp = Path(experiment_dir)
@@ -148,11 +203,13 @@ def experiment_report(experiment_dir: str | os.PathLike, alpha: float = 0.05, ra
                            "real_fractions": real_frac, "generator_tier": tier,
                            "rare_classes": [c for c in classes if real_frac[c] < rare_fraction],
                            "alpha": alpha, "margin": margin, "similarity": similarity,
-                           "consistency": experiment_consistency(exp), "majority_baseline": baseline}
+                           "consistency": experiment_consistency(exp), "majority_baseline": baseline,
+                           "adaptive": load_record(exp), "comparisons": [], "headline": None}
     if runs.empty:
         out.update(runs=0, verdict=None, statement=f"No verdict on {dataset}: no complete U-Net run yet.")
         return _clean(out)
     out["runs"] = int(len(runs))
+    out["ceiling"] = _ceiling(exp, runs, summary)
     out["seeds_per_variant"] = {str(v): sorted(int(s) for s in g.seed) for v, g in runs.groupby("variant")}
     out["collapsed_runs"] = [{"run": r.variant, "seed": int(r.seed), "reason": r.collapse_reason}
                              for r in runs[runs.collapsed].itertuples()]
@@ -163,7 +220,7 @@ def experiment_report(experiment_dir: str | os.PathLike, alpha: float = 0.05, ra
     best = (variants_only if len(variants_only) else ranked).iloc[0]
     out["best"] = {"variant": best.variant, METRIC: _num(best[METRIC]), "seeds": int(best.seeds),
                    "ci_low": _num(best.ci_low), "ci_high": _num(best.ci_high)}
-    rows = [r for r in ranked.to_dict("records") if r["group"] in ("mixed", "synthetic")]
+    rows = [r for r in ranked.to_dict("records") if r["group"] in ("mixed", "synthetic", "pretrain")]
     heads = {r["variant"]: _headline(r) for r in rows}
     with_syn = [r for r in rows if heads[r["variant"]]["gain"] is not None and heads[r["variant"]]["n"] > 0]
     n_better = sum(heads[r["variant"]]["significant"] and heads[r["variant"]]["gain"] > 0 for r in with_syn)
@@ -188,5 +245,56 @@ def experiment_report(experiment_dir: str | os.PathLike, alpha: float = 0.05, ra
                              _reasons(similarity, class_gain, out["rare_classes"], out["consistency"]), alpha, margin,
                              out["seed_sd_median"], family_size or None, family)
     out.update(verdict=verdict, statement=text)
+    adaptive = {c["variant"]: c for c in (out["adaptive"] or {}).get("comparisons", [])}
+    out["comparisons"] = [_comparison(runs, r, heads[r["variant"]], margin, alpha, adaptive.get(r["variant"]))
+                          for r in with_syn]
+    out["headline"] = next((c for c in out["comparisons"] if g and c["variant"] == g["variant"]), None)
     return _clean(out)
+
+
+# --------------------------------------------------------------------------- one verdict per comparison
+def _comparison(runs, r: dict, head: dict, margin: float, alpha: float, adaptive: dict | None) -> dict[str, Any]:
+    """One variant with synthetic data against its matched control (or base): the seeds the gain rests on, the gain
+    with its 95 % interval, the verdict (:func:`dualsynth.stats.decide`, Holm-significance from the ranked table)
+    and what decided it (``decided_by``), with its adaptive-study entry when there is one."""
+    from ..stats import decide
+
+    variant, against = r["variant"], head["against"]
+    g = _part(runs, variant, against)
+    used = runs[runs.variant.isin([variant, against]) & runs.seed.isin(g["seeds"])]
+    collapsed = bool(used["collapsed"].astype(bool).any()) if "collapsed" in used else False
+    verdict = decide(g["gain"], g["ci_low"], g["ci_high"], g["n"], head["significant"], margin, collapsed)
+    c = {"variant": variant, "against": against, "kind": head["kind"], "seeds": g["seeds"], "n": g["n"],
+         "gain": g["gain"], "ci_low": g["ci_low"], "ci_high": g["ci_high"], "half_width": g["half_width"],
+         "p_holm": head["p_holm"], "significant": head["significant"], "collapsed": collapsed, "verdict": verdict,
+         "adaptive": ({k: adaptive.get(k) for k in ("seeds", "decided", "stopped", "why")} if adaptive else None)}
+    c["decided_by"] = _decided_by(c, margin, alpha)
+    return c
+
+
+def _decided_by(c: dict, margin: float, alpha: float) -> str:
+    """What settled a comparison's verdict, in a few words (and where its adaptive study stopped)."""
+    v, p = c["verdict"], c["p_holm"]
+    ptxt = f"Holm p {p:.3g}" if p is not None else "no paired test"
+    if v == "helps":
+        out = f"interval above 0, {ptxt} < {alpha}"
+    elif v == "hurts":
+        out = "interval below 0"
+    elif v == "does_not_help":
+        out = f"interval below the margin {margin:+.3f}"
+    elif c["collapsed"]:
+        out = "rests on a collapsed run"
+    elif c["n"] < 2:
+        out = "one seed, no interval"
+    elif c["ci_low"] > 0:
+        out = f"interval above 0 but {ptxt} ≥ {alpha}"
+    else:
+        out = f"interval spans 0 and the margin (±{c['half_width']:.3f} detectable)"
+    ad = c.get("adaptive")
+    if ad:
+        n = len(ad.get("seeds") or [])
+        out += (f"; adaptive: decided at {n} seeds" if ad.get("decided") else
+                f"; adaptive: stopped undecided at {n} seeds" if ad.get("stopped") else
+                f"; adaptive: still adding seeds ({n} so far)")
+    return out
 

@@ -96,8 +96,10 @@ def _headline(r) -> dict[str, Any]:
         return {"against": r["control"], "kind": kind, "gain": _num(r["gain_synthetic"]),
                 "n": int(_num(r.get("gain_synthetic_n")) or 0), "p": _num(r.get("gain_synthetic_p")),
                 "p_holm": _num(r.get("gain_synthetic_p_holm")), "significant": _true(r.get("gain_synthetic_significant"))}
-    return {"against": r["base"], "kind": {"missing": "base, more updates", "unknown": "base, updates unknown"}.get(
-        kind, "base"), "gain": _num(r.get("gain_vs_base")), "n": int(_num(r.get("gain_n")) or 0),
+    words = {"missing": "base, more updates", "unknown": "base, updates unknown",
+             "synthetic only": "base, synthetic only"}
+    return {"against": r["base"], "kind": words.get(kind, "base"), "gain": _num(r.get("gain_vs_base")),
+            "n": int(_num(r.get("gain_n")) or 0),
         "p": _num(r.get("paired_p")),
         "p_holm": _num(r.get("paired_p_holm")), "significant": _true(r.get("significant"))}
 
@@ -159,6 +161,7 @@ def compare_runs(exp_a: str | os.PathLike, variant_a: str, exp_b: str | os.PathL
     test over the test images (each averaged over the common seeds).  Both must be scored on the same test set."""
     from .. import batch, stats
     from ..io import DataError, read_json
+    from ..variants import VariantError, parse_run
 
     def scores(exp, variant):
         runs = batch.collect_metrics(exp)
@@ -169,7 +172,11 @@ def compare_runs(exp_a: str | os.PathLike, variant_a: str, exp_b: str | os.PathL
     if not seeds:
         raise DataError(f"no seed with complete runs of both {exp_a}/{variant_a} (seeds {sorted(a.index)}) and "
                         f"{exp_b}/{variant_b} (seeds {sorted(b.index)})")
-    files = [Path(e) / "variants" / f"{v.partition('@')[0]}.json" for e, v in ((exp_a, variant_a), (exp_b, variant_b))]
+    try:  # a control run (SHQ_0@320) is scored on its base's test files
+        data = [parse_run(v).variant.name for v in (variant_a, variant_b)]
+    except VariantError as e:
+        raise DataError(str(e)) from None
+    files = [Path(e) / "variants" / f"{v}.json" for e, v in zip((exp_a, exp_b), data)]
     tests = [[t.get("id") for t in read_json(f)["test"]] for f in files if f.is_file()]
     pa, pb = stats._per_image(exp_a, variant_a, seeds), stats._per_image(exp_b, variant_b, seeds)
     if (len(tests) == 2 and tests[0] != tests[1]) or any(len(pa[s]) != len(pb[s]) for s in seeds):

@@ -9,7 +9,8 @@ them, so ``dualsynth.unet.budget`` stays cheap for the batch runner):
 * :mod:`.files` - the training folder: checkpoint + ``state.json``, ``model.h5``, ``history.csv``, summary;
 * :mod:`.train` - loss, callbacks, :func:`train_unet` (resumable);
 * :mod:`.infer` - :func:`predict_proba`, :func:`predict`, :func:`evaluate_model`, :func:`load_unet`;
-* :mod:`.budget` - how many updates a run gets (06's ``budget``: ``fixed`` or ``epochs``), matched controls.
+* :mod:`.budget` - how many updates a run gets (06's ``budget``: ``fixed`` or ``epochs``), matched controls;
+* :mod:`.pretrain` - pretrain on synthetic, then fine-tune on real (the ``PT_`` variants): two ``train_unet`` stages.
 
 ``dualsynth.segmentation`` re-exports the public names (and the old private ones tests use) from here.
 

@@ -15,8 +15,13 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from ._backend import sm, tf
+from .plain import PLAIN, plain_unet
+from .recipe import CLASS_WEIGHTINGS, LR_SCHEDULES, NORMALISATIONS
 
-__all__ = ["UNetConfig", "InputAdapter", "resolve_encoder_weights", "encoder_affine", "unet_core", "build_unet"]
+__all__ = [
+    "UNetConfig", "InputAdapter", "resolve_encoder_weights", "encoder_affine", "input_affine", "unet_core",
+    "build_unet",
+]
 
 _NONE_WEIGHTS = {"none", "null", ""}
 
@@ -31,6 +36,13 @@ class UNetConfig:
     ``bn_momentum`` ``None`` keeps the encoder's BatchNormalization momentum (0.99); a lower value (e.g. 0.9)
     is needed for short schedules, whose moving statistics otherwise stay near their initial values.
     ``seed`` fixes weight initialisation, shuffling and augmentation.
+    ``encoder`` ``"plain"`` is the small plain U-Net of :mod:`.plain` (``base_filters`` wide; every other
+    value is a segmentation-models backbone).  ``lr_schedule``: ``"plateau"`` (the paper's ReduceLROnPlateau) or
+    ``"cosine"`` (:class:`~.recipe.WarmupCosine` over all updates, ``warmup_fraction`` of them rising; no
+    plateau reduction).  ``class_weighting``: ``"none"`` or ``"sqrt_inverse"`` (:func:`~.recipe.class_weights`
+    on the Dice and cross-entropy terms).  ``normalise``: ``"encoder"`` (the encoder's ImageNet preprocessing;
+    for ``plain`` x/127.5 - 1) or ``"patches"`` (z-scores with ``input_stats`` = [mean, std] of the training
+    images, which :func:`~.train.train_unet` fills in).
     ``mixed_precision`` builds the model under the Keras ``mixed_float16`` policy (float16 compute, float32
     weights, loss scaling, softmax and outputs in float32): for GPUs with tensor cores; off by default, and slower
     on CPUs (see BENCHMARKS.md).
@@ -53,6 +65,12 @@ class UNetConfig:
     steps_per_epoch: int | None = None
     bn_momentum: float | None = None
     mixed_precision: bool = False
+    base_filters: int = 16
+    lr_schedule: str = "plateau"
+    warmup_fraction: float = 0.05
+    class_weighting: str = "none"
+    normalise: str = "encoder"
+    input_stats: list | None = None
 
     def __post_init__(self) -> None:
         def _int(name: str, lo: int) -> None:
@@ -73,11 +91,27 @@ class UNetConfig:
         if self.in_channels not in (1, 3) or isinstance(self.in_channels, bool):
             raise ValueError(f"UNetConfig.in_channels must be 1 (grey) or 3 (RGB), got {self.in_channels!r}")
         self.in_channels = int(self.in_channels)
-        if not isinstance(self.encoder, str) or self.encoder not in sm.get_available_backbone_names():
+        if not isinstance(self.encoder, str) or (self.encoder != PLAIN
+                                                 and self.encoder not in sm.get_available_backbone_names()):
             raise ValueError(
-                f"UNetConfig.encoder {self.encoder!r} is not a segmentation-models backbone; "
-                f"choose one of {sorted(sm.get_available_backbone_names())}"
+                f"UNetConfig.encoder {self.encoder!r} is neither {PLAIN!r} nor a segmentation-models backbone; "
+                f"choose {PLAIN!r} or one of {sorted(sm.get_available_backbone_names())}"
             )
+        _int("base_filters", 1)
+        for name, allowed in (("lr_schedule", LR_SCHEDULES), ("class_weighting", CLASS_WEIGHTINGS),
+                              ("normalise", NORMALISATIONS)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"UNetConfig.{name} must be one of {list(allowed)}, got {getattr(self, name)!r}")
+        wf = float(self.warmup_fraction)
+        if not (0.0 <= wf < 1.0):
+            raise ValueError(f"UNetConfig.warmup_fraction must be in [0, 1), got {self.warmup_fraction!r}")
+        self.warmup_fraction = wf
+        if self.input_stats is not None:
+            st = np.asarray(self.input_stats, np.float64)
+            if st.shape != (2, 3) or not np.all(np.isfinite(st)) or np.any(st[1] <= 0):
+                raise ValueError("UNetConfig.input_stats must be [mean (3 values), std (3 positive values)], "
+                                 f"got {self.input_stats!r}")
+            self.input_stats = [[float(v) for v in row] for row in st]
         lr = float(self.learning_rate)
         if not (math.isfinite(lr) and lr > 0):
             raise ValueError(f"UNetConfig.learning_rate must be a positive number, got {self.learning_rate!r}")
@@ -103,6 +137,13 @@ class UNetConfig:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, Any], **fixed: Any) -> "UNetConfig":
+        """A config from notebook / preset parameters: the keys that are fields are taken, others ignored
+        (``experiment``, ``budget``, ...); ``fixed`` (e.g. ``num_classes``, ``seed``) wins over ``params``."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{**{k: v for k, v in params.items() if k in known}, **fixed})
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "UNetConfig":
@@ -137,8 +178,21 @@ def resolve_encoder_weights(value: Any, check_file: bool = True) -> tuple[str, P
     )
 
 
+def input_affine(cfg: UNetConfig) -> tuple[np.ndarray, np.ndarray]:
+    """The input adapter's affine map (x in 0..255, RGB) for ``cfg``'s ``normalise`` and encoder."""
+    if cfg.normalise == "patches":
+        if cfg.input_stats is None:
+            raise ValueError("UNetConfig.normalise='patches' needs input_stats (train_unet computes them from "
+                             "the training images; a saved unet_config.json holds them)")
+        mean, std = (np.asarray(v, np.float64) for v in cfg.input_stats)
+        return np.diag(1.0 / std), -mean / std
+    return encoder_affine(cfg.encoder)
+
+
 def encoder_affine(encoder: str) -> tuple[np.ndarray, np.ndarray]:
     """Per-pixel affine form ``f(x) = x @ M + b`` (x in 0..255, RGB) of the encoder's preprocessing."""
+    if encoder == PLAIN:
+        return np.eye(3) / 127.5, -np.ones(3)
     fn = sm.get_preprocessing(encoder)
     probe = np.zeros((1, 1, 4, 3), np.float32)
     for c in range(3):
@@ -215,7 +269,7 @@ def build_unet(cfg: UNetConfig, input_size: int | None = None, *, seed: int | No
         h5_format(path)  # fail before the (slow) build if it is no Keras weight file
     if seed is not None:
         tf.keras.utils.set_random_seed(int(seed))
-    matrix, offset = encoder_affine(cfg.encoder)
+    matrix, offset = input_affine(cfg)
     if cfg.mixed_precision:
         previous_policy = tf.keras.mixed_precision.global_policy()
         tf.keras.mixed_precision.set_global_policy("mixed_float16")
@@ -228,13 +282,18 @@ def build_unet(cfg: UNetConfig, input_size: int | None = None, *, seed: int | No
 
 def _build_unet(cfg: UNetConfig, hw: tuple, kind: str, path: Path | None, matrix, offset) -> tf.keras.Model:
     mixed = cfg.mixed_precision
-    base = sm.Unet(
-        cfg.encoder,
-        input_shape=(*hw, 3),
-        classes=cfg.num_classes,
-        activation="linear" if mixed else "softmax",  # mixed: the softmax below, in float32
-        encoder_weights="imagenet" if kind == "imagenet" else None,
-    )
+    if cfg.encoder == PLAIN:
+        if kind == "imagenet":
+            raise ValueError("the plain U-Net has no ImageNet weights; use encoder_weights None or a local .h5")
+        base = plain_unet(cfg.num_classes, cfg.base_filters, activation="linear" if mixed else "softmax")
+    else:
+        base = sm.Unet(
+            cfg.encoder,
+            input_shape=(*hw, 3),
+            classes=cfg.num_classes,
+            activation="linear" if mixed else "softmax",  # mixed: the softmax below, in float32
+            encoder_weights="imagenet" if kind == "imagenet" else None,
+        )
     if cfg.bn_momentum is not None:
         # Keras' BatchNormalization keeps 0.99 of its moving statistics per step: after a few hundred steps
         # (a short CPU schedule) they are still close to their initial values, and inference-mode predictions

@@ -20,6 +20,7 @@ from .budget import epoch_steps
 from .data import check_images, check_masks, make_dataset
 from .files import CHECKPOINT_DIR, CONFIG_FILE, HISTORY_COLUMNS, HISTORY_FILE, SUMMARY_FILE, WEIGHTS_FILE
 from .model import UNetConfig, build_unet
+from .recipe import WarmupCosine, class_weights as _class_weights, input_stats as _input_stats
 from .weights import load_weights_h5
 
 __all__ = ["MONITOR", "TrainResult", "make_loss", "compile_unet", "train_unet"]
@@ -52,7 +53,16 @@ class TrainResult:
     config: UNetConfig | None = None
 
 
-def make_loss(cfg: UNetConfig):
+def make_loss(cfg: UNetConfig, class_weights: np.ndarray | None = None):
+    """Dice + ``focal_weight`` × focal; with ``class_weights`` a class-weighted Dice plus weighted cross-entropy
+    (segmentation-models' focal loss takes no class weights) in place of the focal term."""
+    if class_weights is not None:
+        w = np.asarray(class_weights, np.float32)
+        dice = sm.losses.DiceLoss(class_weights=w)
+        if cfg.focal_weight == 0:
+            return dice
+        ce = sm.losses.CategoricalCELoss(class_weights=w)
+        return dice + (ce if cfg.focal_weight == 1 else ce * cfg.focal_weight)
     dice = sm.losses.DiceLoss()
     if cfg.focal_weight == 0:
         return dice
@@ -60,11 +70,21 @@ def make_loss(cfg: UNetConfig):
     return dice + (focal if cfg.focal_weight == 1 else focal * cfg.focal_weight)
 
 
-def compile_unet(model: tf.keras.Model, cfg: UNetConfig) -> tf.keras.Model:
-    """Adam(cfg.learning_rate), Dice + focal_weight * focal, IoU and F1 at threshold 0.5."""
+def learning_rate(cfg: UNetConfig, total_updates: int | None = None):
+    """``cfg.learning_rate`` (plateau) or a :class:`~.recipe.WarmupCosine` over ``total_updates``."""
+    if cfg.lr_schedule == "cosine":
+        if not total_updates:
+            raise ValueError("lr_schedule 'cosine' needs the number of updates (epochs × steps per epoch)")
+        return WarmupCosine(cfg.learning_rate, total_updates, int(round(cfg.warmup_fraction * total_updates)))
+    return cfg.learning_rate
+
+
+def compile_unet(model: tf.keras.Model, cfg: UNetConfig, total_updates: int | None = None,
+                 class_weights: np.ndarray | None = None) -> tf.keras.Model:
+    """Adam (constant ``cfg.learning_rate`` or its schedule), Dice + focal_weight * focal, IoU and F1 at 0.5."""
     model.compile(
-        optimizer=tf.keras.optimizers.Adam(learning_rate=cfg.learning_rate),
-        loss=make_loss(cfg),
+        optimizer=tf.keras.optimizers.Adam(learning_rate=learning_rate(cfg, total_updates)),
+        loss=make_loss(cfg, class_weights),
         metrics=[sm.metrics.IOUScore(threshold=0.5), sm.metrics.FScore(threshold=0.5)],
     )
     return model
@@ -79,6 +99,14 @@ def _finite(v: Any) -> bool:
 
 def _json_float(v: Any) -> float | None:
     return float(v) if _finite(v) else None
+
+
+def _current_lr(optimizer) -> float:
+    """The rate of the next update (a schedule is evaluated at the optimizer's step counter)."""
+    lr = optimizer.learning_rate
+    if isinstance(lr, tf.keras.optimizers.schedules.LearningRateSchedule):
+        lr = lr(optimizer.iterations)
+    return float(tf.keras.backend.get_value(lr))
 
 
 class _NanGuard(tf.keras.callbacks.Callback):
@@ -170,7 +198,7 @@ class _Recorder(tf.keras.callbacks.Callback):
 
     def on_epoch_begin(self, epoch, logs=None):
         self._t0 = time.perf_counter()
-        self._lr = float(tf.keras.backend.get_value(self.model.optimizer.learning_rate))
+        self._lr = _current_lr(self.model.optimizer)
 
     def on_epoch_end(self, epoch, logs=None):
         if self.guard.failed:
@@ -195,7 +223,7 @@ class _Recorder(tf.keras.callbacks.Callback):
             "best_epoch": self.es.best_epoch + 1,
             "early_stopping": self.es.state(),
             "reduce_lr": self.rlr.state(),
-            "next_lr": float(tf.keras.backend.get_value(self.model.optimizer.learning_rate)),
+            "next_lr": _current_lr(self.model.optimizer),
             "history": self.history,
         })
         if self.es.best_epoch == epoch:
@@ -279,6 +307,9 @@ def train_unet(
     t_start = time.perf_counter()
     x_tr, y_tr = _check_xy(train, cfg, "train")
     x_va, y_va = _check_xy(val, cfg, "val")
+    if cfg.normalise == "patches":  # a function of the training images: a resume computes the same values
+        cfg = dataclasses.replace(cfg, input_stats=_input_stats(x_tr))
+    weights = _class_weights(y_tr, cfg.num_classes) if cfg.class_weighting != "none" else None
     steps = epoch_steps(x_tr.shape[0], cfg.batch_size, cfg.steps_per_epoch)
     fingerprint = _fingerprint(x_tr, y_tr, x_va, y_va)
     out = Path(out_dir) if out_dir is not None else None
@@ -315,7 +346,7 @@ def train_unet(
     initial_epoch = int(state["epochs_done"]) if state else 0
     history: dict[str, list[float]] = {k: list(v) for k, v in state["history"].items()} if state else {}
     build_cfg = dataclasses.replace(cfg, encoder_weights=None) if state else cfg
-    model = compile_unet(build_unet(build_cfg, seed=cfg.seed), cfg)
+    model = compile_unet(build_unet(build_cfg, seed=cfg.seed), cfg, cfg.epochs * steps, weights)
     if out is not None:
         atomic_write_json(out / CONFIG_FILE, cfg.to_dict())
 
@@ -325,7 +356,8 @@ def train_unet(
         status = tf.train.Checkpoint(model=model, optimizer=model.optimizer).read(
             str(out / CHECKPOINT_DIR / state["checkpoint"] / "ckpt"))
         status.assert_existing_objects_matched()
-        model.optimizer.learning_rate.assign(float(state["next_lr"]))
+        if cfg.lr_schedule == "plateau":  # a schedule follows the restored step counter
+            model.optimizer.learning_rate.assign(float(state["next_lr"]))
         if int(state["best_epoch"]) == initial_epoch:
             # the committed epoch is the best one: its weights are the checkpoint's (model.h5 may not have
             # been written before a kill)
@@ -347,7 +379,7 @@ def train_unet(
                                  restore_best_weights=True, verbose=verbose)
     meta = {"config": cfg.to_dict(), "fingerprint": fingerprint, "steps_per_epoch": steps}
     recorder = _Recorder(guard, es, rlr, history, out, meta, model.get_weights())
-    callbacks: list = [guard, rlr, es, recorder]
+    callbacks: list = [guard, rlr, es, recorder] if cfg.lr_schedule == "plateau" else [guard, es, recorder]
     if progress:
         callbacks.append(_TqdmEpochs(cfg.epochs, initial_epoch, f"U-Net {cfg.encoder}"))
 
@@ -372,7 +404,8 @@ def train_unet(
         history=history,
         epochs_run=epochs_run,
         best_epoch=best_i + 1 if epochs_run else 0,
-        seconds=time.perf_counter() - t_start,
+        # after a resume: this session plus the epochs of earlier sessions (their rows' seconds), not this one alone
+        seconds=time.perf_counter() - t_start + float(sum(history.get("seconds", [])[:initial_epoch])),
         best_val_iou_score=float(vals[best_i]) if finite else None,
         stopped_early=stopped_early,
         resumed_from=initial_epoch,
@@ -403,14 +436,14 @@ def _finished_result(out: Path, cfg: UNetConfig, summary: Mapping[str, Any], t_s
     """A finished run without checkpoint: its best weights and history, no training."""
     model = build_unet(dataclasses.replace(cfg, encoder_weights=None))
     load_weights_h5(model, out / WEIGHTS_FILE, strict=True)
-    compile_unet(model, cfg)
+    compile_unet(model, dataclasses.replace(cfg, lr_schedule="plateau"))  # no further training: no schedule
     history = files.read_history_csv(out / HISTORY_FILE)
     return TrainResult(
         model=model,
         history=history,
         epochs_run=len(history["epoch"]),
         best_epoch=int(summary["best_epoch"]),
-        seconds=time.perf_counter() - t_start,
+        seconds=float(sum(history.get("seconds", []))),  # the sessions that trained it, not this reload
         best_val_iou_score=summary.get("best_val_iou_score"),
         stopped_early=bool(summary["stopped_early"]),
         resumed_from=len(history["epoch"]),

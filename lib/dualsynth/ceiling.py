@@ -1,0 +1,163 @@
+"""A ceiling per dataset: the study's U-Net recipe trained to convergence on the real BMQ set, measured once.
+
+A quick U-Net's score means little on its own: 0.45 Missing Class IoU may be most of what 40 patches allow, or a
+fraction of it.  The ceiling is the same architecture and recipe (the preset's 06 parameters) trained for many
+more updates (default 2,000, a cosine schedule over all of them, the best epoch by validation IoU) on the base
+variant's real training patches, scored on the same real test patches as the study.  Beside the majority-class
+baseline it lets 07 and the report say "SHQ_0 reaches 82 % of what this data allows".
+
+It is kept as a small results file per dataset, ``params/ceilings/<data name>.json`` (committed: measured once,
+read by every later experiment on that data), and found again only for an experiment with the same data name,
+patch size and test / training patch ids (:func:`lookup`); a ceiling of another recipe is still shown, with its
+recipe named.
+
+    python -m dualsynth.ceiling outputs/<experiment> [--updates 2000] [--seeds 0] [--preset quick]
+
+Nothing here imports TensorFlow until :func:`measure` trains.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from .config import ParamError, project_root
+from .io import DataError, atomic_write_json, read_json
+
+__all__ = ["ceiling_file", "split_key", "lookup", "measure", "main", "RECIPE_KEYS"]
+
+#: 06 parameters that make up the recipe a ceiling is measured with (and compared on).
+RECIPE_KEYS = ("encoder", "encoder_weights", "base_filters", "batch_size", "learning_rate", "lr_schedule",
+               "warmup_fraction", "class_weighting", "normalise", "bn_momentum", "focal_weight")
+
+
+def ceiling_file(data_name: str, root: str | Path | None = None) -> Path:
+    if not data_name or "/" in data_name or data_name.startswith("."):
+        raise ParamError(f"not a usable data name for a ceiling file: {data_name!r}")
+    return Path(root or project_root()) / "params" / "ceilings" / f"{data_name}.json"
+
+
+def split_key(manifest_data: Mapping[str, Any], patch_size: int, variant_data: Mapping[str, Any]) -> str:
+    """Identity of the data a ceiling was measured on: data name, patch size, train / val / test patch ids."""
+    ids = {s: sorted(str(e["id"]) for e in variant_data[s]) for s in ("train", "val", "test")}
+    text = json.dumps({"data": manifest_data.get("name"), "patch_size": int(patch_size), "ids": ids},
+                      sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _experiment_key(exp: Path, variant: str) -> tuple[str, str]:
+    manifest = read_json(exp / "patches" / "manifest.json")
+    data = read_json(exp / "variants" / f"{variant}.json")
+    return manifest["data"]["name"], split_key(manifest["data"], manifest["patch_size"], data)
+
+
+def lookup(experiment: str | Path, recipe: Mapping[str, Any] | None = None,
+           root: str | Path | None = None) -> dict[str, Any] | None:
+    """The ceiling measured on this experiment's data (same name, patch size and patch ids), else None.
+
+    The record gets ``same_recipe`` (True/False; None without ``recipe``) comparing its recipe with ``recipe``
+    (06 parameters) on :data:`RECIPE_KEYS`.
+    """
+    exp = Path(experiment)
+    try:
+        record = None
+        for variant in ("BMQ_0",):
+            name, key = _experiment_key(exp, variant)
+            path = ceiling_file(name, root)
+            if not path.is_file():
+                return None
+            record = read_json(path)
+            if record.get("split_key") != key:
+                return None
+    except (DataError, OSError, KeyError, ParamError):
+        return None
+    assert record is not None
+    if recipe is not None:
+        record["same_recipe"] = all(record["recipe"].get(k) == recipe.get(k) for k in RECIPE_KEYS if k in recipe)
+    else:
+        record["same_recipe"] = None
+    return record
+
+
+def measure(experiment: str | Path, params: Mapping[str, Any], updates: int = 2000, seeds: Sequence[int] = (0,),
+            variant: str = "BMQ_0", rows: int = 40, progress: bool = True) -> dict[str, Any]:
+    """Train ``params`` (06 parameters) for ``updates`` updates on ``variant`` per seed; score on its test set."""
+    from . import metrics, patching
+    from . import variants as V
+    from .unet.infer import predict
+    from .unet.model import UNetConfig
+    from .unet.train import train_unet
+
+    exp = Path(experiment)
+    if updates < rows:
+        raise ParamError(f"ceiling updates={updates}: need at least {rows} (one per history row)")
+    manifest = patching.Manifest.load(exp / "patches")
+    palette = manifest.palette
+    data = V.load_variant(exp / "variants" / f"{variant}.json")
+    split = {s: V.load_split(data, s, manifest.channels, palette) for s in ("train", "val", "test")}
+    recipe = {k: params[k] for k in RECIPE_KEYS if k in params}
+    steps = updates // rows
+    per_seed = []
+    for seed in seeds:
+        cfg = UNetConfig.from_params({**recipe, "lr_schedule": "cosine"}, num_classes=palette.num_classes,
+                                     in_channels=manifest.channels, epochs=rows, steps_per_epoch=steps,
+                                     early_stopping_patience=rows, seed=int(seed))
+        t0 = time.perf_counter()
+        result = train_unet(cfg, split["train"], split["val"], None, progress=progress)
+        images, masks = split["test"]
+        scores = metrics.evaluate(masks, predict(result.model, images), palette.num_classes, palette.names)
+        per_seed.append({"seed": int(seed), "missing_class_iou": scores["missing_class_iou"],
+                         "miou": scores["miou"], "per_class_iou_dataset": scores["per_class_iou_dataset"],
+                         "best_update": result.best_epoch * steps, "train_seconds": round(time.perf_counter() - t0)})
+    names = palette.names
+    mean = lambda key: sum(r[key] for r in per_seed) / len(per_seed)  # noqa: E731
+    per_class = {}
+    for c in names:
+        vals = [r["per_class_iou_dataset"].get(c) for r in per_seed]
+        vals = [v for v in vals if v is not None]
+        per_class[c] = sum(vals) / len(vals) if vals else None
+    name, key = _experiment_key(exp, variant)
+    return {
+        "format": 1, "dataset": name, "variant": variant, "split_key": key, "measured_on": exp.name,
+        "recipe": recipe, "updates": steps * rows, "schedule": "cosine over all updates, best epoch by val IoU",
+        "seeds": [int(s) for s in seeds], "missing_class_iou": mean("missing_class_iou"), "miou": mean("miou"),
+        "per_class_iou_dataset": per_class, "per_seed": per_seed,
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m dualsynth.ceiling", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("experiment", help="outputs/<experiment> with 01 and 05 finished")
+    ap.add_argument("--preset", default="quick", help="whose 06 parameters are the recipe (default quick)")
+    ap.add_argument("--updates", type=int, default=2000)
+    ap.add_argument("--seeds", default="0", help="comma-separated, e.g. 0,1")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a 06 parameter of the recipe")
+    args = ap.parse_args(argv)
+    from .batch import _parse_overrides, preset_params
+
+    try:
+        seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+        exp = Path(args.experiment)
+        if not (exp / "variants" / "BMQ_0.json").is_file():
+            raise ParamError(f"{exp}: no variants/BMQ_0.json; run 01_patching and 05_datasets first")
+        params = {**preset_params(args.preset, "06_unet_training"), **_parse_overrides(args.overrides)}
+        record = measure(exp, params, args.updates, seeds)
+    except (ParamError, DataError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    out = ceiling_file(record["dataset"])
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out, record)
+    print(f"{record['dataset']}: ceiling Missing Class IoU {record['missing_class_iou']:.3f} "
+          f"({record['updates']} updates, seeds {record['seeds']}) -> {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,118 @@
+"""The per-dataset ceiling (dualsynth.ceiling): identity of the data, lookup, measurement, and the report's line."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from dualsynth import ceiling, report
+from dualsynth import variants as V
+from dualsynth.config import DataConfig, TierSpec
+from dualsynth.io import atomic_write_json
+from dualsynth.palette import NDFEB_PALETTE
+from dualsynth.patching import SourceImage, prepare_dataset
+
+
+def _experiment(root, name="exp", seed=0):
+    """01 + 05 (BMQ_0 only) of a tiny experiment with 32 px patches; the data is named 'tiny'."""
+    rng = np.random.default_rng(seed)
+    exp = root / name
+    masks = np.zeros((128, 128), np.uint8)
+    masks[20:60, 10:100] = 1
+    masks[80:90, :] = 2
+    img = (masks * 80 + rng.integers(0, 30, masks.shape)).astype(np.uint8)
+    srcs = [SourceImage("m", img[..., None], masks, masks)]
+    cfg = DataConfig("tiny", 1, NDFEB_PALETTE, {"kind": "pairs"}, TierSpec((2, 1), (6, 2), 3, 0))
+    manifest = prepare_dataset(cfg, exp / "patches", patch_size=32, sources=srcs, progress=False)
+    atomic_write_json(exp / "variants" / "BMQ_0.json", V.materialise("BMQ_0", manifest, {"items": []}))
+    return exp
+
+
+def test_split_key_follows_the_patch_ids(tmp_path):
+    exp = _experiment(tmp_path)
+    data = json.loads((exp / "variants" / "BMQ_0.json").read_text())
+    m = json.loads((exp / "patches" / "manifest.json").read_text())["data"]
+    key = ceiling.split_key(m, 32, data)
+    assert key == ceiling.split_key(m, 32, json.loads(json.dumps(data)))
+    assert key != ceiling.split_key(m, 64, data)
+    moved = {**data, "test": data["test"][1:], "train": data["train"] + data["test"][:1]}
+    assert key != ceiling.split_key(m, 32, moved)  # a test patch moved to training: another ceiling
+    with pytest.raises(Exception, match="data name"):
+        ceiling.ceiling_file("../x")
+
+
+def test_lookup_needs_the_same_data_and_names_the_recipe(tmp_path):
+    exp = _experiment(tmp_path)
+    assert ceiling.lookup(exp, root=tmp_path) is None  # nothing measured yet
+    name, key = ceiling._experiment_key(exp, "BMQ_0")
+    record = {"dataset": name, "split_key": key, "recipe": {"encoder": "plain", "batch_size": 8},
+              "missing_class_iou": 0.7, "updates": 2000, "seeds": [0]}
+    atomic_write_json(ceiling.ceiling_file(name, tmp_path), record)
+    found = ceiling.lookup(exp, {"encoder": "plain", "batch_size": 8, "seed": 3}, root=tmp_path)
+    assert found["missing_class_iou"] == 0.7 and found["same_recipe"] is True
+    assert ceiling.lookup(exp, {"encoder": "resnet18"}, root=tmp_path)["same_recipe"] is False
+    atomic_write_json(ceiling.ceiling_file(name, tmp_path), {**record, "split_key": "other"})
+    assert ceiling.lookup(exp, root=tmp_path) is None
+
+
+@pytest.mark.slow
+def test_measure_trains_and_scores_on_the_test_patches(tmp_path):
+    exp = _experiment(tmp_path)
+    params = {"encoder": "plain", "base_filters": 4, "batch_size": 2, "normalise": "patches", "experiment": "x",
+              "budget": "fixed", "learning_rate": 3e-3}
+    rec = ceiling.measure(exp, params, updates=12, seeds=(0,), rows=4, progress=False)
+    assert rec["updates"] == 12 and rec["seeds"] == [0] and rec["dataset"] == "tiny"
+    assert rec["recipe"] == {k: params[k] for k in ("encoder", "base_filters", "batch_size", "normalise",
+                                                   "learning_rate")}
+    assert 0.0 <= rec["missing_class_iou"] <= 1.0
+    assert set(rec["per_class_iou_dataset"]) == set(NDFEB_PALETTE.names)
+    assert rec["split_key"] == ceiling._experiment_key(exp, "BMQ_0")[1]
+    with pytest.raises(Exception, match="at least"):
+        ceiling.measure(exp, params, updates=3, rows=4)
+
+
+def test_report_reads_base_variants_as_a_share_of_the_ceiling(tmp_path, monkeypatch):
+    from test_report import fake_experiment
+
+    exp = fake_experiment(tmp_path, "good", {"BMQ_0": {s: ([0.4, 0.5], {"matrix": 0.9, "pores": 0.1})
+                                                       for s in range(2)}})
+    ids = [f"p{i}" for i in range(6)]
+    atomic_write_json(exp / "variants" / "BMQ_0.json", {"variant": "BMQ_0", "train": [{"id": i} for i in ids],
+                                                        "val": [], "test": []})
+    monkeypatch.setattr(ceiling, "project_root", lambda: tmp_path)
+    rep = report.experiment_report(exp)
+    assert rep["ceiling"] is None  # no file yet
+    name, key = ceiling._experiment_key(exp, "BMQ_0")
+    atomic_write_json(ceiling.ceiling_file(name), {"dataset": name, "split_key": key, "missing_class_iou": 0.9,
+                                                   "recipe": {"encoder": "plain"}, "updates": 2000, "seeds": [0]})
+    rep = report.experiment_report(exp)
+    assert rep["ceiling"]["bases"]["BMQ_0"]["share"] == pytest.approx(0.45 / 0.9)
+    text = report.report_markdown(rep)
+    assert "Ceiling" in text and "BMQ_0 0.450 (50%)" in text
+
+
+def test_reference_lines_and_the_figure(tmp_path, monkeypatch):
+    from test_report import fake_experiment
+
+    from dualsynth import plots
+
+    masks = np.zeros((2, 8, 8), np.uint8)
+    masks[:, :2] = 1
+    exp = fake_experiment(tmp_path, "good", {"BMQ_0": {0: ([0.4, 0.5], {"matrix": 0.9, "pores": 0.1})}},
+                          test_masks=masks)
+    monkeypatch.setattr(ceiling, "project_root", lambda: tmp_path)
+    refs = report.reference_lines(exp)
+    assert set(refs) == {"majority baseline"}  # no ceiling measured
+    atomic_write_json(exp / "variants" / "BMQ_0.json", {"variant": "BMQ_0", "train": [{"id": f"p{i}"} for i in
+                                                                                      range(6)], "val": [],
+                                                        "test": [{"id": "t0"}, {"id": "t1"}]})
+    name, key = ceiling._experiment_key(exp, "BMQ_0")
+    atomic_write_json(ceiling.ceiling_file(name), {"dataset": name, "split_key": key, "missing_class_iou": 0.8,
+                                                   "recipe": {}, "updates": 2000, "seeds": [0]})
+    refs = report.reference_lines(exp)
+    assert refs["ceiling"] == 0.8 and 0 < refs["majority baseline"] < 0.8
+    runs, summary, _, _ = report.study_tables(exp)
+    fig = plots.plot_metric_vs_percent(summary, "missing_class_iou", references=refs)
+    texts = [t.get_text() for t in fig.axes[0].texts]
+    assert "ceiling 0.80" in texts and any(t.startswith("majority baseline") for t in texts)
