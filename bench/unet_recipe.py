@@ -104,14 +104,40 @@ def run_one(exp: Path, variant: str, recipe: str, seed: int) -> dict:
     return out
 
 
+def summary_table(paths: list[Path]) -> str:
+    """Markdown: per recipe the validation Missing Class IoU per dataset (mean over seeds, seeds in brackets),
+    their mean, and the seconds per run; sorted by the mean.  Test scores are left out: they are not for choosing."""
+    runs = [r for p in paths if p.is_file() for r in read_json(p)["runs"]]
+    exps = sorted({r["experiment"] for r in runs})
+    table = {}
+    for r in runs:
+        table.setdefault(r["recipe"], {}).setdefault(r["experiment"], []).append(r)
+    rows = []
+    for recipe, per in table.items():
+        vals = {e: sum(x["val"]["missing_class_iou"] for x in per[e]) / len(per[e]) for e in per}
+        mean = sum(vals.values()) / len(vals) if len(vals) == len(exps) else float("nan")
+        secs = sum(x["train_seconds"] for e in per for x in per[e]) / sum(len(per[e]) for e in per)
+        rows.append((mean, recipe, vals, {e: len(per[e]) for e in per}, secs))
+    rows.sort(key=lambda t: -t[0] if t[0] == t[0] else 1)
+    out = ["| recipe | " + " | ".join(exps) + " | mean | s / run |", "|---" * (len(exps) + 3) + "|"]
+    for mean, recipe, vals, n, secs in rows:
+        cells = [f"{vals[e]:.3f} ({n[e]})" if e in vals else "–" for e in exps]
+        out.append(f"| {recipe} | " + " | ".join(cells) + f" | {mean:.3f} | {secs:.0f} |")
+    return "\n".join(out)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("experiments", nargs="+")
+    ap.add_argument("experiments", nargs="*")
     ap.add_argument("--recipes", default=",".join(RECIPES))
     ap.add_argument("--seeds", default="0,1")
     ap.add_argument("--variant", default="BMQ_0")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "unet_recipe.json"))
+    ap.add_argument("--summary", nargs="*", metavar="JSON", help="print the validation table of result files; no runs")
     args = ap.parse_args(argv)
+    if args.summary is not None:
+        print(summary_table([Path(p) for p in (args.summary or [args.out])]))
+        return 0
     recipes = [r for r in args.recipes.split(",") if r]
     unknown = [r for r in recipes if r not in RECIPES]
     if unknown:
