@@ -161,7 +161,7 @@ def test_min_consistency_needs_the_pretest():
     ns = {"experiment": "x", "outputs_dir": "outputs", "seed": 0, "pool_size": 4, "temperature": 1.0,
           "sample_batch": 4, "min_object_px": -1, "use_kmeans": True, "cleanup": "thin", "min_object_len": -1.0,
           "rim_px": 1, "min_consistency": 0.8, "max_fraction_error": -1.0, "max_curation_rounds": 3, "rare_boost": 0.0, "pretest": False,
-          "pretest_encoder": "efficientnetb0", "pretest_epochs": 1, "save_figures": False}
+          "pretest_encoder": "efficientnetb0", "pretest_epochs": 1, "pretest_model": None, "save_figures": False}
     with pytest.raises(config.ParamError, match="min_consistency > 0 needs pretest=True"):
         config.start_stage("04_synthesis", ns)
 

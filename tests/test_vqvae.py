@@ -273,3 +273,112 @@ def test_dead_codes_warn(patches):
         hist = train_vqvae(small_model(seed=3, num_embeddings=64), patches, patches, steps=2,
                            batch_size=2, eval_every=2, progress=False)
     assert hist["codes_used"][-1] < 0.5
+
+
+# --------------------------------------------------------------------------
+# options of the paper preset: encoder ReLU, checkpoint rule, generator split
+# --------------------------------------------------------------------------
+
+
+def test_encoder_final_relu_is_an_option_without_weights(patches):
+    import inspect
+
+    from dualsynth.vqvae import MODEL_DEFAULTS
+
+    plain, relu = small_model(seed=0), small_model(seed=0, encoder_final_relu=True)
+    assert plain.config["encoder_final_relu"] is False and relu.config["encoder_final_relu"] is True
+    assert VQVAE(**json.loads(json.dumps(relu.config))).config == relu.config
+    # the same variables (a ReLU has none), so checkpoints of either load into the other
+    assert [v.shape for v in plain.variables] == [v.shape for v in relu.variables]
+    for a, b in zip(plain.variables, relu.variables):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+    h_plain, h_relu = plain.encoder._enc_3, relu.encoder._enc_3
+    assert h_plain is not h_relu
+    x = tf.constant(patches)
+    z_plain = plain.encoder(x).numpy()
+    z_relu = relu.encoder(x).numpy()
+    assert not np.allclose(z_plain, z_relu)  # the ReLU changes what the residual stack's skip path carries
+    # MODEL_DEFAULTS are the constructor's defaults
+    sig = inspect.signature(VQVAE.__init__).parameters
+    assert {k: sig[k].default for k in MODEL_DEFAULTS} == MODEL_DEFAULTS
+
+
+@pytest.mark.slow
+def test_config_written_before_encoder_relu_still_loads_and_resumes(patches, tmp_path):
+    train_vqvae(small_model(), patches, patches, steps=2, batch_size=2, eval_every=2, checkpoint_dir=tmp_path,
+                progress=False)
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    del cfg["encoder_final_relu"]  # as written before the option existed
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    (tmp_path / "training.json").unlink()  # and before the checkpoint rule was recorded
+    assert load_vqvae(tmp_path, expect=dict(encoder_final_relu=False)).config["encoder_final_relu"] is False
+    hist = train_vqvae(small_model(), patches, patches, steps=4, batch_size=2, eval_every=2,
+                       checkpoint_dir=tmp_path, progress=False)
+    assert hist.resumed_from_step == 2 and hist.final_step == 4
+    with pytest.raises(ValueError, match="encoder_final_relu"):
+        train_vqvae(small_model(encoder_final_relu=True), patches, patches, steps=6, batch_size=2, eval_every=2,
+                    checkpoint_dir=tmp_path, progress=False)
+
+
+@pytest.mark.slow
+def test_checkpoint_on_train_keeps_lowest_training_error(tmp_path):
+    """The paper's rule: best = lowest mean training reconstruction MSE since the previous checkpoint, checkpointed
+    every ``checkpoint_every`` steps; validation only every ``eval_every`` steps."""
+    from dualsynth.vqvae import checkpoint_rule
+
+    rng = np.random.default_rng(4)
+    train = np.clip(0.9 + 0.05 * rng.standard_normal((4, 32, 32, 2)), 0, 1).astype(np.float32)
+    val = np.full((3, 32, 32, 2), 0.1, np.float32)  # moves away from training: val and train rules disagree
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        hist = train_vqvae(small_model(seed=2), train, val, steps=30, batch_size=2, learning_rate=3e-3,
+                           eval_every=10, checkpoint_on="train", checkpoint_every=5, checkpoint_dir=tmp_path,
+                           progress=False)
+    assert list(hist.steps) == [5, 10, 15, 20, 25, 30]
+    val_mse_col = hist["val_recon_mse"]
+    assert np.isfinite(val_mse_col[[1, 3, 5]]).all() and np.isnan(val_mse_col[[0, 2, 4]]).all()
+    assert np.isfinite(hist["train_recon_mse"]).all()
+    assert hist.best_column == "train_recon_mse"
+    best = int(hist.steps[np.argmin(hist["train_recon_mse"])])
+    assert hist.best_step == best and checkpoint_step(tmp_path, "best") == best
+    assert best != int(hist.steps[np.nanargmin(val_mse_col)])  # meaningful only if the two rules differ
+    assert checkpoint_rule(tmp_path) == {"checkpoint_on": "train", "checkpoint_every": 5, "eval_every": 10}
+    rows = _history_csv(tmp_path / "history.csv")
+    assert [int(r["step"]) for r in rows] == [5, 10, 15, 20, 25, 30] and rows[0]["val_recon_mse"] == "nan"
+    # resuming under the other rule would mix two rules in one best/: refused
+    with pytest.raises(ValueError, match="checkpoint_on"):
+        train_vqvae(small_model(seed=2), train, val, steps=40, batch_size=2, eval_every=10, checkpoint_dir=tmp_path,
+                    progress=False)
+    with pytest.raises(ValueError, match="checkpoint_on must be"):
+        train_vqvae(small_model(), train, val, steps=1, checkpoint_on="test", progress=False)
+
+
+class _FakeManifest:
+    def __init__(self, train, val):
+        self._t = {"BMQ": {"train": [{"id": f"p{i}", "mask": "lq"} for i in range(train)],
+                           "val": [{"id": f"p{train + i}", "mask": "hq"} for i in range(val)]}}
+
+    def entries(self, tier, split):
+        return list(self._t[tier][split])
+
+
+def test_generator_split():
+    from dualsynth.vqvae import GeneratorSplit, generator_split
+
+    m = _FakeManifest(48, 12)
+    own = generator_split(m, "BMQ")
+    assert (len(own.train), len(own.val), own.val_patches) == (48, 12, 0)
+    assert own.train == m.entries("BMQ", "train") and own.val == m.entries("BMQ", "val")
+    paper = generator_split(m, "BMQ", 6, seed=0)
+    assert (len(paper.train), len(paper.val)) == (54, 6)  # the paper: 56 / 6 of its 62 BMQ patches
+    ids = [e["id"] for e in paper.train + paper.val]
+    assert sorted(ids) == sorted(e["id"] for e in own.train + own.val)  # a partition of the tier's patches
+    assert paper == generator_split(m, "BMQ", 6, seed=0) and paper != generator_split(m, "BMQ", 6, seed=1)
+    assert [e["id"] for e in paper.train] == sorted((e["id"] for e in paper.train), key=lambda s: int(s[1:]))
+    assert GeneratorSplit.from_dict(json.loads(json.dumps(paper.as_dict()))) == paper
+    assert GeneratorSplit.of_experiment(m, {"train_tier": "BMQ"}) == own  # a summary.json written before the split
+    assert "54 train / 6 val" in paper.describe()
+    with pytest.raises(ValueError, match="hold out fewer"):
+        generator_split(m, "BMQ", 60)
+    with pytest.raises(ValueError, match=">= 0"):
+        generator_split(m, "BMQ", -1)

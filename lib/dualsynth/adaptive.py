@@ -133,7 +133,7 @@ def _interval(lo, hi) -> str:
 def plan_round(runs, comps: Sequence[Comparison], start: Sequence[int], max_seeds: int,
                metric: str = METRIC) -> RoundPlan:
     """The state of every comparison after the finished runs in ``runs`` (columns ``variant``, ``seed``,
-    ``metric``: :func:`dualsynth.batch.collect_metrics`) and the runs of the next round.
+    ``metric``: :func:`dualsynth.results.collect_metrics`) and the runs of the next round.
 
     A comparison whose starting seeds are not all finished needs them first.  Otherwise, over every seed both its
     runs have: decided when the 95 % interval of the per-seed gains excludes 0; stopped undecided when it has
@@ -241,18 +241,18 @@ def run_until_decided(preset: str, experiment: str | None = None, variants: str 
 
     Matched controls are always planned (under ``budget: fixed`` none is added: the base is the control), so a
     comparison is decided at equal updates wherever the study can make one.  ``run_study`` / ``collect`` default to
-    :func:`dualsynth.batch.run_study` / :func:`dualsynth.batch.collect_metrics` (tests pass fakes).  Returns the
+    :func:`dualsynth.batch.run_study` / :func:`dualsynth.results.collect_metrics` (tests pass fakes).  Returns the
     last ``run_study`` summary with ``failed`` over all rounds, ``rounds`` (rounds run after the start) and
     ``record`` (what ``results/adaptive.json`` holds).
     """
-    from . import batch
+    from . import batch, results
     from .config import experiment_dir, experiment_lock
     from .io import atomic_write_json
     from .study import plan_study
     from .variants import select
 
     run_study = run_study or batch.run_study
-    collect = collect or batch.collect_metrics
+    collect = collect or results.collect_metrics
     experiment = experiment or preset
     start = [int(s) for s in dict.fromkeys(seeds)]
     seed_sequence(start, max_seeds)  # refuse bad --seeds / --max-seeds before anything runs

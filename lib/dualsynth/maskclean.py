@@ -33,6 +33,8 @@ from typing import Sequence
 import numpy as np
 from scipy import ndimage
 
+from .labels import check_labels
+
 __all__ = [
     "CLEANUP_METHODS",
     "CleanupResult",
@@ -165,21 +167,11 @@ def kmeans_labels(mask_channel, grey_levels, seed: int = 0, sample_size: int = 1
 
 
 def _check_labels(labels, num_classes) -> np.ndarray:
-    lab = np.asarray(labels)
-    if lab.ndim != 2:
-        raise ValueError(f"labels must be 2-D (H, W), got shape {lab.shape}")
-    if lab.size == 0:
-        raise ValueError("labels are empty")
-    if not (np.issubdtype(lab.dtype, np.integer) or lab.dtype == bool):
-        raise ValueError(f"labels must be an integer class-index array, got dtype {lab.dtype}")
     if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)):
         raise ValueError(f"num_classes must be an integer, got {num_classes!r}")
     if not 2 <= num_classes <= 256:
         raise ValueError(f"num_classes must be in 2..256, got {num_classes}")
-    lo, hi = int(lab.min()), int(lab.max())
-    if lo < 0 or hi >= num_classes:
-        raise ValueError(f"labels have values outside 0..{num_classes - 1} (min {lo}, max {hi})")
-    return lab
+    return check_labels(labels, num_classes, "labels", ndim=2)
 
 
 def _components(lab: np.ndarray, num_classes: int, structure: np.ndarray):

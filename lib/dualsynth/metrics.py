@@ -28,6 +28,8 @@ from typing import Any
 
 import numpy as np
 
+from .labels import check_labels
+
 __all__ = [
     "confusion_matrix",
     "iou_per_class",
@@ -49,18 +51,7 @@ def _check_num_classes(num_classes: Any) -> int:
 
 def _as_labels(a: Any, name: str) -> np.ndarray:
     """Return ``a`` as an integer ndarray; floats are accepted only if integral."""
-    arr = np.asarray(a)
-    if arr.dtype == bool:
-        return arr.astype(np.int64)
-    if np.issubdtype(arr.dtype, np.integer):
-        return arr
-    if np.issubdtype(arr.dtype, np.floating):
-        if arr.size and not np.all(np.isfinite(arr)):
-            raise ValueError(f"{name} contains NaN or infinite values")
-        if arr.size and not np.all(arr == np.round(arr)):
-            raise ValueError(f"{name} must hold integer class indices, got non-integral floats")
-        return arr.astype(np.int64)
-    raise ValueError(f"{name} must be an integer label array, got dtype {arr.dtype}")
+    return check_labels(a, None, name, allow_float=True, allow_empty=True)
 
 
 def _check_pair(gt: Any, pred: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -74,11 +65,7 @@ def _check_pair(gt: Any, pred: Any) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _check_range(arr: np.ndarray, name: str, num_classes: int) -> None:
-    lo, hi = int(arr.min()), int(arr.max())
-    if lo < 0 or hi >= num_classes:
-        raise ValueError(
-            f"{name} has values outside 0..{num_classes - 1} (min {lo}, max {hi})"
-        )
+    check_labels(arr, num_classes, name, allow_empty=True)
 
 
 def _iou_from_confusion(cm: np.ndarray) -> np.ndarray:

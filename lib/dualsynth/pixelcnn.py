@@ -12,9 +12,7 @@ through the old name still reaches the code that calls it.
 """
 from __future__ import annotations
 
-import sys
-import types
-
+from ._shim import forward_writes
 from .prior import __all__ as _prior_all
 from .prior import conditioning as _conditioning
 from .prior import engines as _engines
@@ -41,20 +39,5 @@ from .prior.training import (_CONFIG, _WEIGHTS, TrainHistory, _check_codes, _com
 
 __all__ = list(_prior_all)
 
-_HOMES = (_model, _layers, _training, _sampling, _engines, _conditioning)
-
-
-class _ForwardingModule(types.ModuleType):
-    """Module type whose attribute writes also reach the ``dualsynth.prior`` modules holding the same object."""
-
-    def __setattr__(self, name, value):
-        old = self.__dict__.get(name, _MISSING)
-        if old is not _MISSING:
-            for mod in _HOMES:
-                if mod.__dict__.get(name, _MISSING) is old:
-                    setattr(mod, name, value)
-        super().__setattr__(name, value)
-
-
-_MISSING = object()
-sys.modules[__name__].__class__ = _ForwardingModule
+# monkeypatching through this old path reaches the submodules
+forward_writes(__name__, (_model, _layers, _training, _sampling, _engines, _conditioning))

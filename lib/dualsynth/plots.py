@@ -229,13 +229,24 @@ def plot_code_samples(real: np.ndarray, sampled: np.ndarray, num_embeddings: int
     return fig
 
 
-def plot_sample_grid(images: np.ndarray, masks: np.ndarray, palette: Palette, max_pairs: int = 8, title: str = "") -> plt.Figure:
-    """Synthetic micrograph + mask pairs (paper Fig. 10): pairs in columns, micrograph above its mask."""
+def plot_sample_grid(images: np.ndarray, masks: np.ndarray, palette: Palette, max_pairs: int = 8, title: str = "",
+                     raw: Sequence[np.ndarray] | None = None) -> plt.Figure:
+    """Synthetic micrograph + mask pairs (paper Fig. 10): pairs in columns, micrograph above its mask.
+
+    ``raw``: the decoded mask channels before clean-up (float ``(H, W)`` in [0, 1], as the paper shows them),
+    drawn as grey images between the micrograph and the cleaned mask.
+    """
     n = min(max_pairs, len(images))
-    fig, axes = plt.subplots(2, n, figsize=(2.0 * n, 4.3), squeeze=False)
+    rows = 2 if raw is None else 3
+    fig, axes = plt.subplots(rows, n, figsize=(2.0 * n, 2.15 * rows), squeeze=False)
     for j in range(n):
         show_image(axes[0, j], images[j])
-        show_image(axes[1, j], palette.index_to_rgb(masks[j]))
+        if raw is not None:
+            show_image(axes[1, j], _grey_mask(raw[j]))
+        show_image(axes[rows - 1, j], palette.index_to_rgb(masks[j]))
+    if raw is not None:
+        for r, lab in enumerate(("micrograph", "raw mask", "cleaned mask")):
+            axes[r, 0].set_ylabel(lab, fontsize=8)
     fig.legend(handles=palette_legend(palette), loc="lower center", ncol=palette.num_classes, fontsize=8, frameon=False)
     if title:
         fig.suptitle(title, fontsize=10)
@@ -287,14 +298,24 @@ def plot_consistency(record: Mapping, title: str = "") -> plt.Figure:
 
 
 def plot_pretest(images: np.ndarray, masks: np.ndarray, preds: np.ndarray, scores: Sequence[float], palette: Palette,
-                 max_rows: int = 3) -> plt.Figure:
-    """Pre-test (paper Fig. 12): a model trained on real data segments synthetic micrographs; compare with their masks."""
+                 max_rows: int = 3, raw_masks: np.ndarray | None = None,
+                 raw_scores: Sequence[float] | None = None) -> plt.Figure:
+    """Pre-test (paper Fig. 12): a model trained on real data segments synthetic micrographs; compare with their masks.
+
+    ``scores``: the prediction's Missing Class IoU against the cleaned masks ``masks``.  ``raw_masks`` (labels of the
+    decoded mask channel before clean-up, which the paper compared with) and ``raw_scores`` add a column.
+    """
     n = min(max_rows, len(images))
-    fig, axes = plt.subplots(n, 3, figsize=(7.5, 2.6 * n), squeeze=False)
+    cols = 3 if raw_masks is None else 4
+    fig, axes = plt.subplots(n, cols, figsize=(2.5 * cols, 2.6 * n), squeeze=False)
     for i in range(n):
         show_image(axes[i, 0], images[i], "synthetic micrograph" if i == 0 else None)
-        show_image(axes[i, 1], palette.index_to_rgb(masks[i]), "synthetic mask" if i == 0 else None)
-        show_image(axes[i, 2], palette.index_to_rgb(preds[i]), f"U-Net prediction — MCIoU {scores[i]:.1%}")
+        if raw_masks is not None:
+            head = "raw mask" if i == 0 else ""
+            show_image(axes[i, 1], palette.index_to_rgb(raw_masks[i]),
+                       f"{head} (MCIoU {raw_scores[i]:.1%})" if raw_scores is not None else head or None)
+        show_image(axes[i, cols - 2], palette.index_to_rgb(masks[i]), "cleaned mask" if i == 0 else None)
+        show_image(axes[i, cols - 1], palette.index_to_rgb(preds[i]), f"U-Net prediction — MCIoU {scores[i]:.1%}")
     fig.legend(handles=palette_legend(palette), loc="lower center", ncol=palette.num_classes, fontsize=8, frameon=False)
     fig.tight_layout(rect=(0, 0.05, 1, 1))
     return fig
@@ -469,4 +490,165 @@ def plot_similarity(sim: Mapping[str, Any], title: str = "") -> plt.Figure:
     axes[0, 0].legend(fontsize=7)
     fig.suptitle(title or f"synthetic ({sim['n_synthetic']}) vs real ({sim['n_real']}) patches", fontsize=10)
     fig.tight_layout()
+    return fig
+
+
+# --------------------------------------------------------------------------- per-image figures (paper Figs. 14, 18, 20)
+def missing_class_example() -> dict[str, np.ndarray]:
+    """The 6 × 6 worked example of the Missing Class IoU (paper Fig. 14), four classes 0..3.
+
+    ``gt`` holds classes 0, 1 and 2 (class 3 is missing); ``pred_wrong`` puts class 3 on three pixels (a class
+    absent from the ground truth, predicted: mIoU counts its IoU as 0, Missing Class IoU does not average it, its
+    pixels lower the IoU of their true class); ``pred_absent`` predicts no class 3 either (mIoU counts it as 1).
+    """
+    gt = np.array([[0, 0, 0, 0, 1, 1],
+                   [0, 0, 0, 0, 1, 1],
+                   [0, 0, 2, 2, 0, 0],
+                   [0, 0, 2, 2, 0, 0],
+                   [0, 0, 0, 0, 0, 0],
+                   [1, 1, 0, 0, 0, 0]], np.uint8)
+    absent = gt.copy()
+    absent[2, 2] = 0  # one pixel of class 2 missed
+    absent[5, 2] = 1  # one matrix pixel taken for class 1
+    wrong = absent.copy()
+    wrong[0, 0] = wrong[4, 4] = wrong[4, 5] = 3  # class 3 predicted although the ground truth has none
+    return {"gt": gt, "pred_absent": absent, "pred_wrong": wrong}
+
+
+def _label_grid(ax: plt.Axes, labels: np.ndarray, palette: Palette, title: str) -> None:
+    show_image(ax, palette.index_to_rgb(labels), title)
+    for (y, x), v in np.ndenumerate(labels):
+        bright = float(np.mean(palette.colors[int(v)])) > 140
+        ax.text(x, y, str(int(v)), ha="center", va="center", fontsize=8, color="k" if bright else "w")
+
+
+def plot_missing_class_example(palette: Palette | None = None) -> plt.Figure:
+    """Paper Fig. 14: Missing Class IoU against mIoU on a 6 × 6 example, computed by :mod:`dualsynth.metrics`.
+
+    Two predictions of the same ground truth (class 3 absent from it): one that does not predict class 3 either
+    and one that does on three pixels.  The table beside each gives IoU per class and both scores.
+    """
+    from . import metrics
+    from .palette import NDFEB_PALETTE
+
+    palette = palette or NDFEB_PALETTE
+    k = palette.num_classes
+    ex = missing_class_example()
+    fig, axes = plt.subplots(2, 3, figsize=(10.5, 6.6), gridspec_kw={"width_ratios": [1, 1, 1.5]})
+    for r, (key, what) in enumerate((("pred_absent", "class 3 absent from both"),
+                                     ("pred_wrong", "class 3 predicted, absent from the ground truth"))):
+        gt, pred = ex["gt"], ex[key]
+        _label_grid(axes[r, 0], gt, palette, "ground truth G")
+        _label_grid(axes[r, 1], pred, palette, "prediction P")
+        cm = metrics.confusion_matrix(gt, pred, k)
+        iou = metrics.iou_per_class(gt, pred, k)
+        rows = []
+        for c in range(k):
+            inter, union = int(cm[c, c]), int(cm[c, :].sum() + cm[:, c].sum() - cm[c, c])
+            in_g = bool(cm[c, :].sum())
+            val = "— (1 in mIoU)" if np.isnan(iou[c]) else f"{iou[c]:.3f}"
+            rows.append([f"{c} {palette.names[c]}", f"{inter}/{union}", val, "yes" if in_g else "no"])
+        ax = axes[r, 2]
+        ax.axis("off")
+        tab = ax.table(cellText=rows, colLabels=["class", "|G∩P| / |G∪P|", "IoU", "in G"], loc="upper center",
+                       cellLoc="center")
+        tab.auto_set_font_size(False)
+        tab.set_fontsize(8)
+        tab.scale(1, 1.3)
+        ax.text(0.5, 0.18, f"mIoU = {metrics.miou(gt, pred, k):.3f}  (all {k} classes)\n"
+                f"Missing Class IoU = {metrics.missing_class_iou(gt, pred, k):.3f}  (classes in G)",
+                ha="center", va="center", fontsize=9, transform=ax.transAxes)
+        ax.set_title(what, fontsize=9)
+    fig.suptitle("Missing Class IoU vs mIoU (cf. paper Fig. 14)", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def choose_variants(available: Sequence[str], wanted: Sequence[str], ranking: Sequence[str] = (),
+                    fallback_n: int = 2, need_all: bool = True) -> tuple[list[str], bool]:
+    """Which variants a per-image figure shows: ``wanted`` if they were run (all of them with ``need_all``, else
+    those that were), otherwise the first ``fallback_n`` of ``ranking`` (e.g. the mixed variants, best first).
+    Returns ``(names, fell_back)``."""
+    have = [w for w in wanted if w in set(available)]
+    if have and (len(have) == len(wanted) or not need_all):
+        return have, False
+    return [v for v in ranking if v in set(available)][:fallback_n], True
+
+
+def plot_per_image_scatter(per_image: Mapping[str, Sequence[Mapping[str, Any]]], title: str = "") -> plt.Figure:
+    """Paper Fig. 20: per test image, mIoU (x) against Missing Class IoU (y), one colour per variant.
+
+    ``per_image``: variant → its ``metrics.json`` ``per_image`` rows (``miou``, ``missing_class_iou``).  Points
+    below the diagonal are images where mIoU is the higher score (a class absent from both counts 1 in mIoU).
+    """
+    fig, ax = plt.subplots(figsize=(5.4, 5.0))
+    for i, (name, rows) in enumerate(per_image.items()):
+        x = [r["miou"] for r in rows]
+        y = [r["missing_class_iou"] for r in rows]
+        ax.scatter(x, y, s=22, alpha=0.75, color=f"C{i}", label=f"{name} ({len(rows)} images)")
+    lo = min([0.5] + [min(min(r["miou"], r["missing_class_iou"]) for r in rows)
+                      for rows in per_image.values() if len(rows)])
+    ax.plot([lo, 1], [lo, 1], color="0.5", lw=0.8, ls="--")
+    ax.set_xlim(lo - 0.02, 1.01)
+    ax.set_ylim(lo - 0.02, 1.01)
+    ax.set_xlabel("mIoU per test image")
+    ax.set_ylabel("Missing Class IoU per test image")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    ax.set_title(title or "per-image mIoU vs Missing Class IoU (cf. paper Fig. 20)", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def plot_per_image_histogram(per_image: Mapping[str, Sequence[Mapping[str, Any]]], metric: str = "miou",
+                             label: str = "mIoU", bins: int = 12, title: str = "") -> plt.Figure:
+    """Histogram of a per-image score over the test images, one outline per variant (the paper suggests looking
+    at the per-image mIoU distribution rather than its mean alone)."""
+    fig, ax = plt.subplots(figsize=(6.0, 3.6))
+    vals = {n: np.asarray([r[metric] for r in rows], float) for n, rows in per_image.items()}
+    lo = min([0.5] + [float(v.min()) for v in vals.values() if v.size])
+    edges = np.linspace(np.floor(lo * 20) / 20, 1.0, bins + 1)
+    for i, (name, v) in enumerate(vals.items()):
+        ax.hist(v, bins=edges, histtype="step", lw=1.8, color=f"C{i}",
+                label=f"{name}: mean {v.mean():.3f}, median {np.median(v):.3f}" if v.size else name)
+    ax.set_xlabel(f"{label} per test image")
+    ax.set_ylabel("test images")
+    ax.legend(fontsize=8, loc="upper left")
+    ax.grid(alpha=0.3)
+    ax.set_title(title or f"per-image {label}", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def pick_images(per_image: Mapping[str, Sequence[Mapping[str, Any]]], n: int = 5,
+                metric: str = "missing_class_iou") -> list[int]:
+    """``n`` test images spread over the range of the variants' mean per-image ``metric`` (worst … best)."""
+    scores = np.mean([[r[metric] for r in rows] for rows in per_image.values()], axis=0)
+    order = np.argsort(scores, kind="stable")
+    if len(order) <= n:
+        return order.tolist()
+    at = np.round(np.linspace(0, len(order) - 1, n)).astype(int)
+    return order[at].tolist()
+
+
+def plot_prediction_comparison(images: np.ndarray, gts: np.ndarray, preds: Mapping[str, np.ndarray],
+                               palette: Palette, per_image: Mapping[str, Sequence[Mapping[str, Any]]] | None = None,
+                               indices: Sequence[int] | None = None, n: int = 5, title: str = "") -> plt.Figure:
+    """Paper Fig. 18's layout: the same test images (rows) as micrograph, ground truth and each variant's
+    prediction (columns, e.g. BMQ_0, BMQ_150, BMQ_300), each prediction titled with its Missing Class IoU."""
+    names = list(preds)
+    if indices is None:
+        indices = pick_images(per_image, n) if per_image else list(range(min(n, len(images))))
+    cols = 2 + len(names)
+    fig, axes = plt.subplots(len(indices), cols, figsize=(2.3 * cols, 2.35 * len(indices) + 0.5), squeeze=False)
+    for r, i in enumerate(indices):
+        show_image(axes[r, 0], images[i], f"test image {i}")
+        show_image(axes[r, 1], palette.index_to_rgb(gts[i]), "ground truth")
+        for j, name in enumerate(names):
+            score = f" — {per_image[name][i]['missing_class_iou']:.1%}" if per_image else ""
+            show_image(axes[r, 2 + j], palette.index_to_rgb(preds[name][i]), f"{name}{score}")
+    fig.legend(handles=palette_legend(palette), loc="lower center", ncol=palette.num_classes, fontsize=8, frameon=False)
+    fig.suptitle(title or "predictions on the same test images (cf. paper Fig. 18; Missing Class IoU per image)",
+                 fontsize=10)
+    fig.tight_layout(rect=(0, 0.04, 1, 1))
     return fig

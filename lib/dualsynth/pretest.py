@@ -2,8 +2,10 @@
 
 A segmentation model trained on *real* data (the "judge") segments the synthetic micrographs; where the
 synthetic masks are right, it agrees with them about as well as it agrees with real masks on real held-out
-images.  The paper ran an existing expert model on the raw synthetic masks; here a U-Net is trained on the
-real base set of the experiment (``BMQ`` train / val by default) in ``synthetic/pretest_unet/`` (resumable like
+images.  The paper ran an existing expert model on the raw synthetic masks: :func:`load_judge` takes such a
+model (04's ``pretest_model``: a dualsynth U-Net training folder or a local ``.h5`` weight file), and
+:func:`judge_record` scores the judge against the raw (pre-clean-up) labels too.  Without one, a U-Net is trained on
+the real base set of the experiment (``BMQ`` train / val by default) in ``synthetic/pretest_unet/`` (resumable like
 every U-Net run).  The numbers themselves come from :func:`dualsynth.quality.consistency` (pure NumPy): this
 module only trains the judge, runs it and assembles the record 04 writes into ``quality.json``.
 """
@@ -17,7 +19,7 @@ import numpy as np
 
 from . import quality
 
-__all__ = ["Judge", "train_judge", "judge_record", "score_samples"]
+__all__ = ["Judge", "train_judge", "load_judge", "judge_record", "score_samples"]
 
 
 @dataclass
@@ -33,6 +35,7 @@ class Judge:
     real_train_masks: np.ndarray
     num_classes: int
     class_names: list[str]
+    source: str = "trained"  # "trained" (train_judge) or the path of the user's model (load_judge)
 
     def predict(self, images: np.ndarray) -> np.ndarray:
         from . import segmentation
@@ -67,6 +70,59 @@ def train_judge(manifest, folder: str | os.PathLike, *, encoder: str, epochs: in
                  class_names=list(manifest.palette.names))
 
 
+def _user_model(path: str | os.PathLike, num_classes: int, channels: int, encoder: str):
+    """A segmentation model from a dualsynth U-Net training folder (``unet_config.json`` + ``model.h5``), a weight
+    file beside such a config, or a bare Keras 2 / Keras 3 ``.h5`` weight file of a U-Net with ``encoder``."""
+    import dataclasses
+
+    from .unet.files import CONFIG_FILE, WEIGHTS_FILE
+    from .unet.infer import load_unet_config
+    from .unet.model import UNetConfig, build_unet
+    from .unet.weights import load_weights_h5
+
+    from .config import resolve_path
+
+    path = resolve_path(path)  # a relative path is taken from the project root, like the other parameters
+    if path.is_dir():
+        folder, weights = path, path / WEIGHTS_FILE
+    elif path.is_file():
+        folder, weights = path.parent, path
+    else:
+        raise FileNotFoundError(f"pretest_model {path}: no such file or folder (give a U-Net training folder or a "
+                                "local .h5 weight file)")
+    if not weights.is_file():
+        raise FileNotFoundError(f"pretest_model {path}: no {WEIGHTS_FILE} in the folder (has its training finished an "
+                                "epoch?)")
+    if (folder / CONFIG_FILE).is_file():
+        cfg = load_unet_config(folder)
+    else:
+        cfg = UNetConfig(num_classes=num_classes, in_channels=channels, encoder=encoder)
+    if cfg.num_classes != num_classes:
+        raise ValueError(f"pretest_model {path}: a model of {cfg.num_classes} classes, the experiment's palette has "
+                         f"{num_classes}")
+    # grey and RGB U-Nets share their weights (the input adapter repeats a grey channel)
+    cfg = dataclasses.replace(cfg, in_channels=channels, encoder_weights=None)
+    model = build_unet(cfg)
+    load_weights_h5(model, weights, strict=True)
+    return model, cfg.encoder
+
+
+def load_judge(manifest, model_path: str | os.PathLike, *, encoder: str = "efficientnetb3",
+               tier: str = "BMQ") -> Judge:
+    """The pre-test as the paper ran it: an existing segmentation model (``model_path``: a dualsynth U-Net training
+    folder, or a ``.h5`` weight file -- with ``unet_config.json`` beside it, or of a U-Net with ``encoder`` and the
+    palette's classes) instead of one trained here.  It segments the real test images as the reference."""
+    from . import segmentation
+
+    k = manifest.palette.num_classes
+    model, enc = _user_model(model_path, k, manifest.channels, encoder)
+    test_img, test_mask = manifest.load_arrays("test", "test")
+    return Judge(model=model, encoder=enc, epochs=0, real_images=test_img, real_masks=test_mask,
+                 real_preds=segmentation.predict(model, test_img),
+                 real_train_masks=manifest.load_arrays(tier, "train")[1], num_classes=k,
+                 class_names=list(manifest.palette.names), source=str(model_path))
+
+
 def score_samples(judge: Judge, images: np.ndarray, masks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The judge's segmentation of synthetic micrographs and each image's consistency (see
     :func:`dualsynth.quality.per_image_consistency`)."""
@@ -74,9 +130,12 @@ def score_samples(judge: Judge, images: np.ndarray, masks: np.ndarray) -> tuple[
     return preds, quality.per_image_consistency(masks, preds, judge.num_classes, judge.reference)
 
 
-def judge_record(judge: Judge, syn_masks: np.ndarray, syn_preds: np.ndarray) -> dict[str, Any]:
+def judge_record(judge: Judge, syn_masks: np.ndarray, syn_preds: np.ndarray,
+                 raw_masks: np.ndarray | None = None) -> dict[str, Any]:
     """The ``pretest`` entry of ``quality.json``: consistency overall and per class, plus the paper's numbers
-    (Missing Class IoU of the judge on the synthetic set and on the real test images)."""
+    (Missing Class IoU of the judge on the synthetic set and on the real test images).  ``raw_masks``: the
+    synthetic masks before clean-up (the labels of the decoded mask channel), which the paper's pre-test compared
+    with: adds ``missing_class_iou_synthetic_raw``, ``per_class_synthetic_raw`` and ``per_image_synthetic_raw``."""
     from .metrics import evaluate
 
     names = judge.class_names
@@ -84,7 +143,8 @@ def judge_record(judge: Judge, syn_masks: np.ndarray, syn_preds: np.ndarray) -> 
     on_real = evaluate(judge.real_masks, judge.real_preds, judge.num_classes, names)
     cons = quality.consistency(syn_masks, syn_preds, judge.real_masks, judge.real_preds, judge.num_classes,
                                names, real_train_masks=judge.real_train_masks)
-    return {
+    record = {
+        "model": judge.source,
         "encoder": judge.encoder,
         "epochs": judge.epochs,
         "missing_class_iou_synthetic": on_syn["missing_class_iou"],
@@ -94,6 +154,12 @@ def judge_record(judge: Judge, syn_masks: np.ndarray, syn_preds: np.ndarray) -> 
         "per_image_synthetic": [r["missing_class_iou"] for r in on_syn["per_image"]],
         "consistency": cons,
     }
+    if raw_masks is not None:
+        on_raw = evaluate(np.asarray(raw_masks), syn_preds, judge.num_classes, names)
+        record["missing_class_iou_synthetic_raw"] = on_raw["missing_class_iou"]
+        record["per_class_synthetic_raw"] = on_raw["per_class"]
+        record["per_image_synthetic_raw"] = [r["missing_class_iou"] for r in on_raw["per_image"]]
+    return record
 
 
 def fraction_error(sample, num_classes: int) -> float:

@@ -53,6 +53,8 @@ import numpy as np
 from scipy.signal import fftconvolve
 from scipy.stats import wasserstein_distance
 
+from .labels import check_labels
+
 __all__ = [
     "per_patch_fractions",
     "fraction_distance",
@@ -75,21 +77,12 @@ SIMILARITY_FORMAT = 1
 
 
 def _masks(masks, what: str = "masks") -> np.ndarray:
-    m = np.asarray(masks)
-    if m.ndim != 3:
-        raise ValueError(f"{what}: expected (N, H, W) class-index masks, got shape {m.shape}")
-    if len(m) == 0:
-        raise ValueError(f"{what}: no masks")
-    if not np.issubdtype(m.dtype, np.integer):
-        raise ValueError(f"{what}: masks must hold integer class ids, got dtype {m.dtype}")
-    return m
+    return check_labels(masks, None, what, ndim=3)
 
 
 def per_patch_fractions(masks, num_classes: int) -> np.ndarray:
     """``(N, K)``: the fraction of each class in each mask."""
-    m = _masks(masks)
-    if m.min() < 0 or m.max() >= num_classes:
-        raise ValueError(f"masks hold class ids {int(m.min())}…{int(m.max())}, outside 0…{num_classes - 1}")
+    m = check_labels(masks, num_classes, "masks", ndim=3, outside="{what} hold class ids {lo}…{hi}, outside 0…{last}")
     counts = np.stack([np.bincount(x.ravel(), minlength=num_classes) for x in m])
     return counts / float(m.shape[1] * m.shape[2])
 
@@ -262,8 +255,7 @@ def consistency(syn_masks, syn_preds, real_masks, real_preds, num_classes: int,
             raise ValueError(f"{what} masks {a.shape} and predictions {b.shape} differ in shape")
     for arr, what in ((sm, "synthetic masks"), (sp, "synthetic predictions"), (rm, "real masks"),
                       (rp, "real predictions")):
-        if arr.size and (arr.min() < 0 or arr.max() >= num_classes):
-            raise ValueError(f"{what} hold class ids outside 0..{num_classes - 1}")
+        check_labels(arr, num_classes, what)
     names = list(class_names) if class_names is not None else [str(c) for c in range(num_classes)]
     train = rm if real_train_masks is None else _masks(real_train_masks, "real training masks")
     present = np.bincount(rm.ravel(), minlength=num_classes)[:num_classes] > 0

@@ -64,13 +64,13 @@ def study_tables(experiment_dir: str | os.PathLike, alpha: float = 0.05, warn: b
     ``UserWarning`` naming them if ``warn``), the per-variant summary over seeds, the ranked table with gains,
     matched controls and paired tests (:func:`dualsynth.stats.ranked_table`), and the majority-class baseline.
     ``summary`` and ``ranked`` are None when there is no complete run."""
-    from .. import batch, quality, stats
+    from .. import quality, results, stats
     from ..patching import Manifest
 
     exp = Path(experiment_dir)
     manifest = Manifest.load(exp / "patches")
     baseline = majority_baseline(manifest, _real_fractions(manifest, quality._generator_tier(exp)))
-    runs = batch.collect_metrics(exp)
+    runs = results.collect_metrics(exp)
     if runs.empty:
         return runs, None, None, baseline
     runs = stats.flag_collapsed(runs, baseline[METRIC] if baseline else None)
@@ -79,7 +79,7 @@ def study_tables(experiment_dir: str | os.PathLike, alpha: float = 0.05, warn: b
         warnings.warn(f"{len(bad)} run(s) collapsed (a verdict resting on one is inconclusive): "
                       + "; ".join(f"{r.variant} seed {r.seed}: {r.collapse_reason}" for r in bad.itertuples()),
                       stacklevel=2)
-    cols = [c for c in list(batch.METRIC_COLUMNS) + [f"mciou_{n}" for n in manifest.class_names] if c in runs]
+    cols = [c for c in list(results.METRIC_COLUMNS) + [f"mciou_{n}" for n in manifest.class_names] if c in runs]
     summary = stats.summarise(runs, cols)
     return runs, summary, stats.ranked_table(summary, runs, exp, METRIC, alpha), baseline
 
@@ -159,12 +159,12 @@ def compare_runs(exp_a: str | os.PathLike, variant_a: str, exp_b: str | os.PathL
     """``variant_a`` of experiment ``exp_a`` against ``variant_b`` of ``exp_b`` (e.g. the same variant trained with
     other settings in a forked experiment): the seed-matched gain with its 95 % interval and the paired Wilcoxon
     test over the test images (each averaged over the common seeds).  Both must be scored on the same test set."""
-    from .. import batch, stats
+    from .. import results, stats
     from ..io import DataError, read_json
     from ..variants import VariantError, parse_run
 
     def scores(exp, variant):
-        runs = batch.collect_metrics(exp)
+        runs = results.collect_metrics(exp)
         return runs.loc[runs.variant == variant].groupby("seed")[metric].mean()
 
     a, b = scores(exp_a, variant_a), scores(exp_b, variant_b)

@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from ..labels import check_labels
 from ._backend import tf
 
 __all__ = ["check_images", "check_masks", "build_augmentation", "make_dataset"]
@@ -41,11 +42,7 @@ def check_masks(masks: Any, shape: tuple[int, ...], num_classes: int, what: str 
         arr = arr[..., 0]
     if arr.shape != tuple(shape[:3]):
         raise ValueError(f"{what} must have shape {tuple(shape[:3])} (N, H, W) to match the images, got {arr.shape}")
-    if not (np.issubdtype(arr.dtype, np.integer) or arr.dtype == bool):
-        raise TypeError(f"{what} must hold integer class indices, got dtype {arr.dtype}")
-    lo, hi = int(arr.min()), int(arr.max())
-    if lo < 0 or hi >= num_classes:
-        raise ValueError(f"{what} have values outside 0..{num_classes - 1} (min {lo}, max {hi})")
+    arr = check_labels(arr, num_classes, what)  # a dtype error is a TypeError (and a ValueError)
     return np.ascontiguousarray(arr.astype(np.uint8))
 
 

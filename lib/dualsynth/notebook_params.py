@@ -1,0 +1,265 @@
+"""Notebook parameters: each notebook's rules (:data:`NOTEBOOK_RULES`), and the stage start that checks them.
+
+To add or change a notebook parameter, edit :data:`NOTEBOOK_RULES` below (one entry per name in the notebook's
+``parameters`` cell; a test checks that the two agree) and, for a check across parameters, :data:`NOTEBOOK_CHECKS`.
+
+* ``validate_params`` checks parameters against rules, reporting every problem at once.
+* ``start_stage`` is the one call each notebook makes on its parameters: validate, create the experiment folder,
+  refuse a locked experiment, seed, write the run record.
+* ``set_tf_threads`` limits TensorFlow's threads (06, under the batch).
+
+Re-exported by :mod:`dualsynth.config`.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+from .locking import BATCH_ENV, check_experiment_lock
+from .paths import MAX_EXPERIMENT_NAME, ParamError, experiment_dir, experiment_name_ok
+from .records import record_tag, run_record_path, set_seed, write_run_record
+
+__all__ = ["validate_params", "NOTEBOOK_RULES", "NOTEBOOK_CHECKS", "Stage", "start_stage", "set_tf_threads"]
+
+
+# --------------------------------------------------------------------------- checking parameters against rules
+def validate_params(params: Mapping[str, Any], rules: Mapping[str, tuple], where: str = "parameters") -> dict[str, Any]:
+    """Check notebook parameters against ``rules`` once, at the start of a notebook.
+
+    ``rules`` maps a parameter name to ``(types, check, hint)`` where ``check``
+    is a callable returning True for a good value (or None) and ``hint`` says
+    what a good value is.  All problems are reported together.
+    """
+    problems = []
+    for name, (types, check, hint) in rules.items():
+        if name not in params:
+            problems.append(f"{name}: missing")
+            continue
+        value = params[name]
+        if types is not None:
+            allowed = _as_tuple(types)
+            if not isinstance(value, allowed) or (isinstance(value, bool) and bool not in allowed):
+                problems.append(f"{name}={value!r}: wrong type {type(value).__name__}; expected {hint}")
+                continue
+        if check is not None and not check(value):
+            problems.append(f"{name}={value!r}: {hint}")
+    if problems:
+        raise ParamError(f"bad {where}:\n  " + "\n  ".join(problems))
+    return dict(params)
+
+
+def _as_tuple(t: Any) -> tuple:
+    return t if isinstance(t, tuple) else (t,)
+
+
+# --------------------------------------------------------------------------- per-notebook rules
+def _positive(v: Any) -> bool:
+    return v > 0
+
+
+def _non_negative(v: Any) -> bool:
+    return v >= 0
+
+
+_COMMON_RULES: dict[str, tuple] = {
+    "experiment": (str, experiment_name_ok,
+                   f"a folder name of letters, digits, '_', '-', '.', at most {MAX_EXPERIMENT_NAME} characters"),
+    "outputs_dir": (str, None, "a folder path (relative paths are taken from the project root)"),
+    "seed": (int, _non_negative, "an integer ≥ 0"),
+}
+
+#: Parameter rules of each notebook; the keys are exactly the notebook's parameters cell (a test checks this).
+NOTEBOOK_RULES: dict[str, dict[str, tuple]] = {
+    "01_patching": {
+        **_COMMON_RULES,
+        "data_config": (str, None, "the path of a data YAML (params/data/*.yaml)"),
+        "patch_size": (int, lambda v: v >= 8 and v % 4 == 0, "an integer ≥ 8 divisible by 4"),
+        "max_majority_fraction": ((int, float), lambda v: 0 < v <= 1, "a fraction in (0, 1]"),
+        "save_figures": (bool, None, "True or False"),
+    },
+    "02_vqvae": {
+        **_COMMON_RULES,
+        "train_tier": (str, lambda v: v in ("SHQ", "SLQ", "BLQ", "BMQ"), "one of SHQ, SLQ, BLQ, BMQ"),
+        "mask_encoding": (str, lambda v: v in ("grey", "onehot"), "grey (the paper's) or onehot"),
+        "num_embeddings": (int, lambda v: v >= 2, "K, an integer ≥ 2"),
+        "embedding_dim": (int, _positive, "D, an integer ≥ 1"),
+        "num_hiddens": (int, lambda v: v >= 2 and v % 2 == 0, "an even integer ≥ 2"),
+        "num_residual_hiddens": (int, _positive, "an integer ≥ 1"),
+        "num_residual_layers": (int, _non_negative, "an integer ≥ 0"),
+        "use_ema": (bool, None, "True (VectorQuantizerEMA) or False (VectorQuantizer)"),
+        "commitment_cost": ((int, float), _non_negative, "a number ≥ 0"),
+        "steps": (int, _positive, "the number of updates, ≥ 1"),
+        "batch_size": (int, _positive, "an integer ≥ 1"),
+        "learning_rate": ((int, float), _positive, "a number > 0"),
+        "eval_every": (int, _positive, "an integer ≥ 1"),
+        "snapshot_steps": (list, lambda v: all(isinstance(s, int) and s >= 0 for s in v), "a list of steps ≥ 0"),
+        "checkpoint_on": (str, lambda v: v in ("val", "train"),
+                          "val (lowest validation reconstruction error) or train (the paper's: lowest training error)"),
+        "checkpoint_every": (int, _non_negative, "0 (every eval_every steps) or a number of steps ≥ 1"),
+        "generator_val_patches": (int, _non_negative,
+                                  "0 (the tier's own train/val split) or the number of pooled patches held out (paper: 6)"),
+        "encoder_final_relu": (bool, None, "True (Sonnet's encoder, the paper preset) or False"),
+        "save_figures": (bool, None, "True or False"),
+    },
+    "03_pixelcnn": {
+        **_COMMON_RULES,
+        "prior": (str, lambda v: v in ("pixelcnn", "gated"), "pixelcnn or gated"),
+        "hidden": (int, _positive, "an integer ≥ 1"),
+        "num_layers": (int, _positive, "an integer ≥ 1"),
+        "steps": (int, _positive, "the number of updates, ≥ 1"),
+        "batch_size": (int, _positive, "an integer ≥ 1"),
+        "learning_rate": ((int, float), _positive, "a number > 0"),
+        "eval_every": (int, _positive, "an integer ≥ 1"),
+        "patience": (int, _non_negative, "0 (no early stopping) or the number of evaluations without improvement"),
+        "augment_dihedral": (bool, None, "True or False"),
+        "prior_maps": (str, lambda v: v in ("train", "all"),
+                       "train (the generator's validation maps held out) or all (the paper's: every BMQ code map)"),
+        "condition": (str, lambda v: v in ("none", "class_fractions"),
+                      "none or class_fractions (condition the gated prior on each map's class fractions)"),
+        "num_preview": (int, _non_negative, "an integer ≥ 0"),
+        "temperature": ((int, float), _positive, "a number > 0"),
+        "save_figures": (bool, None, "True or False"),
+    },
+    "04_synthesis": {
+        **_COMMON_RULES,
+        "pool_size": (int, _positive, "an integer ≥ 1 (300 % of 48 = 144 for the paper's variants)"),
+        "temperature": ((int, float), _positive, "a number > 0"),
+        "sample_batch": (int, _positive, "an integer ≥ 1"),
+        "min_object_px": (int, lambda v: v >= -1, "-1 (200 px scaled with patch area) or a pixel count ≥ 0"),
+        "use_kmeans": (bool, None, "True or False"),
+        "cleanup": (str, lambda v: v in ("paper", "thin", "none"),
+                    "paper (small objects by area), thin (rims reassigned, long thin objects kept) or none"),
+        "min_object_len": ((int, float), lambda v: v == -1 or v >= 0,
+                           "-1 (twice the side of a square of min_object_px) or a length in pixels ≥ 0"),
+        "rim_px": (int, _non_negative, "an integer ≥ 0 (0: no rim step)"),
+        "min_consistency": ((int, float), lambda v: 0 <= v <= 10, "0 (keep every sample) or a per-image consistency > 0"),
+        "max_fraction_error": ((int, float), lambda v: v == -1 or 0 <= v <= 1,
+                               "-1 (off) or a total-variation distance in [0, 1] between a sample's mask class "
+                               "fractions and its target (needs a prior conditioned on class fractions)"),
+        "max_curation_rounds": (int, _positive, "an integer ≥ 1"),
+        "rare_boost": ((int, float), _non_negative, "0 (target fractions as in the real maps) or a number > 0"),
+        "pretest": (bool, None, "True or False"),
+        "pretest_encoder": (str, None, "a segmentation-models encoder name, e.g. efficientnetb0"),
+        "pretest_epochs": (int, _positive, "an integer ≥ 1"),
+        "pretest_model": ((str, type(None)), None,
+                          "None (train the judge) or a U-Net training folder / local .h5 weight file (the paper's pre-test)"),
+        "save_figures": (bool, None, "True or False"),
+    },
+    "05_datasets": {
+        **_COMMON_RULES,
+        "variants": (str, None, "'all' or a comma list of variant names / groups (base, mixed, synthetic, augment, "
+                     "pretrain)"),
+        "save_figures": (bool, None, "True or False"),
+    },
+    "06_unet_training": {
+        **_COMMON_RULES,
+        "variant": (str, None, "a variant name, e.g. BMQ_50 or PT_SHQ_100 (see params/variants/), or a matched "
+                    "control run <base>@<updates>, e.g. SHQ_0@320"),
+        "encoder": (str, None, "plain (the small plain U-Net) or a segmentation-models encoder, e.g. efficientnetb3"),
+        "encoder_weights": ((str, type(None)), None, "'imagenet', None (null) or the path of a local .h5 file"),
+        "base_filters": (int, _positive, "an integer ≥ 1 (width of the plain U-Net's first level)"),
+        "lr_schedule": (str, lambda v: v in ("plateau", "cosine"),
+                        "plateau (the paper's ReduceLROnPlateau) or cosine (warm-up, then cosine to 0)"),
+        "warmup_fraction": ((int, float), lambda v: 0 <= v < 1, "a fraction in [0, 1) of the updates"),
+        "class_weighting": (str, lambda v: v in ("none", "sqrt_inverse"),
+                            "none or sqrt_inverse (loss weights ∝ 1/sqrt(class share) in the training masks)"),
+        "normalise": (str, lambda v: v in ("encoder", "patches"),
+                      "encoder (its ImageNet statistics) or patches (z-scores from the training images)"),
+        "epochs": (int, _positive, "an integer ≥ 1"),
+        "batch_size": (int, _positive, "an integer ≥ 1"),
+        "val_batch_size": (int, _positive, "an integer ≥ 1"),
+        "learning_rate": ((int, float), _positive, "a number > 0"),
+        "early_stopping_patience": (int, _positive, "an integer ≥ 1"),
+        "reduce_lr_patience": (int, _positive, "an integer ≥ 1"),
+        "budget": (str, lambda v: v in ("fixed", "epochs"),
+                   "fixed (epochs × steps_per_epoch updates for every run) or epochs (the paper's: steps per epoch "
+                   "= training images // batch_size)"),
+        "steps_per_epoch": (int, _non_negative, "0 (training images / batch size, the paper's) or a fixed number"),
+        "bn_momentum": ((float, type(None)), lambda v: v is None or 0 <= v < 1,
+                        "None (the encoder's 0.99) or a momentum in [0, 1), e.g. 0.9 for short schedules"),
+        "mixed_precision": (bool, None, "True (float16 compute, for GPUs) or False (float32, the default)"),
+        "tf_threads": (int, _non_negative, "0 (TensorFlow's default) or the number of threads"),
+        "save_figures": (bool, None, "True or False"),
+    },
+    "07_results_plots": {
+        **_COMMON_RULES,
+        "overlay_variants": (str, None, "a comma list of variants (or best / worst) to show prediction overlays for"),
+        "margin": ((int, float), _non_negative, "a gain ≥ 0 of Missing Class IoU: 'does not help' needs the 95 % "
+                   "interval to exclude gains above it (e.g. 0.02)"),
+        "save_figures": (bool, None, "True or False"),
+    },
+}
+
+
+def _unet_budget(p: Mapping[str, Any]) -> str | None:
+    from .unet.budget import budget_problems  # TensorFlow-free
+
+    return "\n  ".join(budget_problems(p["budget"], p["steps_per_epoch"], p["epochs"], p["variant"])) or None
+
+
+#: Checks across parameters of one notebook: each returns a problem (str) or None.
+NOTEBOOK_CHECKS: dict[str, list[Callable[[Mapping[str, Any]], str | None]]] = {
+    "03_pixelcnn": [
+        lambda p: ("condition='class_fractions' needs prior='gated' (the plain PixelCNN takes no condition)"
+                   if p["condition"] != "none" and p["prior"] != "gated" else None),
+    ],
+    "06_unet_training": [_unet_budget],
+    "04_synthesis": [
+        lambda p: ("min_consistency > 0 needs pretest=True (the pre-test U-Net judges each synthetic pair)"
+                   if p["min_consistency"] > 0 and not p["pretest"] else None),
+    ],
+}
+
+
+@dataclass
+class Stage:
+    """What a notebook needs after checking its parameters: the values and its folders."""
+
+    name: str
+    params: dict[str, Any]
+    experiment_dir: Path
+
+    def folder(self, *parts: str) -> Path:
+        return experiment_dir(self.experiment_dir.parent, self.experiment_dir.name, *parts)
+
+
+def start_stage(name: str, namespace: Mapping[str, Any]) -> Stage:
+    """Validate a notebook's parameters (taken from ``namespace``), create its experiment folder, seed RNGs,
+    and record the run (parameters, versions, git commit) in ``<experiment>/runs/`` (run by the batch: in
+    ``runs/.pending/``, moved into ``runs/`` when the stage succeeds).  Refuses an experiment another process has
+    locked (:func:`experiment_lock`)."""
+    if name not in NOTEBOOK_RULES:
+        raise ParamError(f"unknown stage {name!r}; stages are {sorted(NOTEBOOK_RULES)}")
+    rules = NOTEBOOK_RULES[name]
+    params = validate_params({k: namespace[k] for k in rules if k in namespace}, rules, where=f"parameters of {name}")
+    problems = [msg for check in NOTEBOOK_CHECKS.get(name, []) if (msg := check(params))]
+    if problems:
+        raise ParamError(f"bad parameters of {name}:\n  " + "\n  ".join(problems))
+    exp = experiment_dir(params["outputs_dir"], params["experiment"])
+    check_experiment_lock(exp)  # another chain or study is writing this experiment
+    set_seed(params["seed"])
+    # one record per run: the study runs 06 many times (variant × seed) in parallel.  Run by the batch, the record
+    # waits in runs/.pending/ until the stage succeeds (a failed re-run keeps the last good run's record)
+    pending = bool(os.environ.get(BATCH_ENV))
+    write_run_record(run_record_path(exp, "x", pending).parent, record_tag(name, params), params)
+    return Stage(name, params, exp)
+
+
+def set_tf_threads(threads: int) -> None:
+    """Limit TensorFlow's intra-/inter-op threads (0 keeps TensorFlow's default).
+
+    Must run before TensorFlow executes its first op; the batch sets it so parallel runs share the cores.
+    """
+    if threads <= 0:
+        return
+    import tensorflow as tf
+
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(int(threads))
+        tf.config.threading.set_inter_op_parallelism_threads(min(2, int(threads)))
+    except RuntimeError as e:  # already initialised: keep going with the default, but say so
+        import warnings
+
+        warnings.warn(f"tf_threads={threads} not applied: {e}", stacklevel=2)
