@@ -82,10 +82,12 @@ def repeat(fn: Callable[[], Any], repeats: int, warmup: int = 1) -> list[float]:
     return out
 
 
-def run_child(script: str, task: dict, env: dict | None = None) -> Any:
-    """Run ``script --child JSON`` in a fresh interpreter; return the object it prints after ``RESULT ``."""
+def run_child(script: str, task: dict, env: dict | None = None, timeout: float | None = None) -> Any:
+    """Run ``script --child JSON`` in a fresh interpreter; return the object it prints after ``RESULT ``.
+
+    ``timeout`` (seconds): the child is killed and ``subprocess.TimeoutExpired`` raised when it runs longer."""
     cmd = [sys.executable, os.path.abspath(script), "--child", json.dumps(task)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **(env or {})})
+    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **(env or {})}, timeout=timeout)
     if proc.returncode != 0:
         raise RuntimeError(f"child {' '.join(cmd[1:])} failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
