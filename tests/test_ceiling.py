@@ -51,7 +51,11 @@ def test_lookup_needs_the_same_data_and_names_the_recipe(tmp_path):
     atomic_write_json(ceiling.ceiling_file(name, tmp_path), record)
     found = ceiling.lookup(exp, {"encoder": "plain", "batch_size": 8, "seed": 3}, root=tmp_path)
     assert found["missing_class_iou"] == 0.7 and found["same_recipe"] is True
-    assert ceiling.lookup(exp, {"encoder": "resnet18"}, root=tmp_path)["same_recipe"] is False
+    other = ceiling.lookup(exp, {"encoder": "resnet18", "lr_schedule": "plateau"}, root=tmp_path)
+    assert other["same_recipe"] is False and other["recipe_differs"] == ["encoder"]
+    # the ceiling's own cosine schedule is not a difference
+    same = ceiling.lookup(exp, {"encoder": "plain", "lr_schedule": "plateau", "warmup_fraction": 0.1}, root=tmp_path)
+    assert same["same_recipe"] is True and same["recipe_differs"] == []
     atomic_write_json(ceiling.ceiling_file(name, tmp_path), {**record, "split_key": "other"})
     assert ceiling.lookup(exp, root=tmp_path) is None
 

@@ -123,6 +123,10 @@ def test_cosine_schedule_resumes_on_its_curve(tmp_path, monkeypatch):
     assert resumed.resumed_from == 2
     np.testing.assert_allclose(resumed.history["lr"], whole.history["lr"], rtol=1e-6)
     assert resumed.history["lr"][2] < resumed.history["lr"][1]
+    import dataclasses
+
+    with pytest.raises(ValueError, match="cosine schedule"):  # more epochs would be another curve
+        train_unet(dataclasses.replace(cfg, epochs=6), train, val, tmp_path / "cut", progress=False)
 
 
 def test_corrupt_makes_holes_and_keeps_range():

@@ -8,8 +8,10 @@ baseline it lets 07 and the report say "SHQ_0 reaches 82 % of what this data all
 
 It is kept as a small results file per dataset, ``params/ceilings/<data name>.json`` (committed: measured once,
 read by every later experiment on that data), and found again only for an experiment with the same data name,
-patch size and test / training patch ids (:func:`lookup`); a ceiling of another recipe is still shown, with its
-recipe named.
+patch size and test / training patch ids (:func:`lookup`); a ceiling of another recipe is still shown in the
+report, with the settings that differ named.  It is the recipe's architecture, batch, loss and BatchNorm settings
+with its own schedule (cosine over all updates), on BMQ's labels (mixed quality): a reference for what this
+architecture learns from the data at length, not an upper bound for every tier.
 
     python -m dualsynth.ceiling outputs/<experiment> [--updates 2000] [--seeds 0] [--preset quick]
 
@@ -30,6 +32,8 @@ from .io import DataError, atomic_write_json, read_json
 
 __all__ = ["ceiling_file", "split_key", "lookup", "measure", "main", "RECIPE_KEYS"]
 
+#: The ceiling's own schedule, whatever the recipe's: left out when a ceiling's recipe is compared with a run's.
+_OWN_SCHEDULE = ("lr_schedule", "warmup_fraction")
 #: 06 parameters that make up the recipe a ceiling is measured with (and compared on).
 RECIPE_KEYS = ("encoder", "encoder_weights", "base_filters", "batch_size", "learning_rate", "lr_schedule",
                "warmup_fraction", "class_weighting", "normalise", "bn_momentum", "focal_weight")
@@ -60,7 +64,8 @@ def lookup(experiment: str | Path, recipe: Mapping[str, Any] | None = None,
     """The ceiling measured on this experiment's data (same name, patch size and patch ids), else None.
 
     The record gets ``same_recipe`` (True/False; None without ``recipe``) comparing its recipe with ``recipe``
-    (06 parameters) on :data:`RECIPE_KEYS`.
+    (06 parameters) on the :data:`RECIPE_KEYS` both hold, the schedule left out, and ``recipe_differs`` (those
+    that differ).
     """
     exp = Path(experiment)
     try:
@@ -76,8 +81,11 @@ def lookup(experiment: str | Path, recipe: Mapping[str, Any] | None = None,
     except (DataError, OSError, KeyError, ParamError):
         return None
     assert record is not None
-    if recipe is not None:
-        record["same_recipe"] = all(record["recipe"].get(k) == recipe.get(k) for k in RECIPE_KEYS if k in recipe)
+    record["recipe_differs"] = []
+    if recipe is not None:  # the schedule is the ceiling's own (cosine over all its updates): not compared
+        record["recipe_differs"] = [k for k in RECIPE_KEYS if k not in _OWN_SCHEDULE and k in record["recipe"]
+                                    and k in recipe and record["recipe"][k] != recipe[k]]
+        record["same_recipe"] = not record["recipe_differs"]
     else:
         record["same_recipe"] = None
     return record
@@ -139,16 +147,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="override a 06 parameter of the recipe")
     args = ap.parse_args(argv)
-    from .batch import _parse_overrides, preset_params
+    from .batch import _parse_overrides, notebook_parameters, preset_params
 
     try:
         seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
         exp = Path(args.experiment)
         if not (exp / "variants" / "BMQ_0.json").is_file():
             raise ParamError(f"{exp}: no variants/BMQ_0.json; run 01_patching and 05_datasets first")
-        params = {**preset_params(args.preset, "06_unet_training"), **_parse_overrides(args.overrides)}
+        # the recipe as a study run gets it: the notebook's defaults, then the preset, then --set
+        params = {**notebook_parameters("06_unet_training"), **preset_params(args.preset, "06_unet_training"),
+                  **_parse_overrides(args.overrides)}
         record = measure(exp, params, args.updates, seeds)
-    except (ParamError, DataError, ValueError) as e:
+    except (ParamError, DataError, ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     out = ceiling_file(record["dataset"])

@@ -148,7 +148,10 @@ def _md_collapse(rep: dict[str, Any]) -> list[str]:
     if c:
         shares = ", ".join(f"{v} {d['score']:.3f} ({d['share']:.0%})" for v, d in c["bases"].items()
                            if d.get("share") is not None)
-        recipe = "" if c.get("same_recipe") else f" — measured with another recipe (encoder {c['encoder']})"
+        differs = c.get("recipe_differs") or []
+        recipe = (f" — measured with other settings ({', '.join(differs)})" if c.get("same_recipe") is False
+                  else "")
+        lines += [""] if len(lines) > 1 else []  # not inside the collapsed-runs list
         lines.append(f"Ceiling: the study's U-Net recipe trained to convergence on the real BMQ set "
                      f"({c['updates']} updates, seeds {c['seeds']}, `{c['file']}`) scores {c['value']:.3f}"
                      f"{recipe}. Base variants as a share of it: {shares or '–'}.")

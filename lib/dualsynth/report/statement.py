@@ -139,7 +139,8 @@ def _ceiling(exp: Path, runs, summary) -> dict[str, Any] | None:
     top = found[METRIC]
     bases = summary[summary.group == "base"] if "group" in summary else summary.iloc[0:0]
     return {"value": _num(top), "updates": found["updates"], "seeds": found["seeds"],
-            "same_recipe": found.get("same_recipe"), "encoder": found["recipe"].get("encoder"),
+            "same_recipe": found.get("same_recipe"), "recipe_differs": found.get("recipe_differs", []),
+            "encoder": found["recipe"].get("encoder"),
             "file": os.path.relpath(ceiling.ceiling_file(found["dataset"]), ceiling.project_root()),
             "per_class": found.get("per_class_iou_dataset"),
             "bases": {str(r.variant): {"score": _num(r[METRIC]), "share": _num(r[METRIC] / top) if top else None}

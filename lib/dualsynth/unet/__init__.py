@@ -11,6 +11,10 @@ them, so ``dualsynth.unet.budget`` stays cheap for the batch runner):
 * :mod:`.infer` - :func:`predict_proba`, :func:`predict`, :func:`evaluate_model`, :func:`load_unet`;
 * :mod:`.budget` - how many updates a run gets (06's ``budget``: ``fixed`` or ``epochs``), matched controls;
 * :mod:`.pretrain` - pretrain on synthetic, then fine-tune on real (the ``PT_`` variants): two ``train_unet`` stages.
+* :mod:`.plain` - the small plain U-Net (``encoder: plain``, the quick preset's), built in place of ``sm.Unet``;
+* :mod:`.recipe` - warm-up + cosine schedule, input statistics (``normalise: patches``: the input adapter then
+  z-scores instead of applying the encoder's ImageNet preprocessing), class weights;
+* :mod:`.pretext` - inpainting pretraining without labels, a local substitute for ImageNet weights.
 
 ``dualsynth.segmentation`` re-exports the public names (and the old private ones tests use) from here.
 

@@ -4,24 +4,22 @@ segmentation-models' encoders (EfficientNet, ResNet, MobileNet) are built to be 
 ImageNet weights cannot be downloaded, and from random weights these deep encoders learn slowly from a few dozen
 patches: at the quick preset's 160 updates they stayed near a guess on two real datasets (the U-Net issue). The
 plain U-Net of Ronneberger et al. (2015) — two 3×3 convolutions with BatchNorm and ReLU per level, max-pooling
-down, up-sampling and concatenation with the skip up — has ~0.5 M weights at ``base_filters`` 16 and depth 4, and
+down, up-sampling and concatenation with the skip up — has ~2 M weights at ``base_filters`` 16 and depth 4, and
 trains from scratch in a few hundred updates.
 
 Its layers are named (``enc{level}_…``, ``dec{level}_…``, ``bottom_…``, ``final_conv``) so that weight files are
 loaded by name like every other dualsynth U-Net: a file from a plain U-Net of the same width with another number of
-classes restores all but ``final_conv``; an encoder-only file (:mod:`dualsynth.unet.pretext`) fills the
-encoder.
+classes restores all but ``final_conv``, and so does a pretext file (:mod:`dualsynth.unet.pretext`), whose head
+has another name.
 """
 from __future__ import annotations
 
 from ._backend import tf
 
-__all__ = ["PLAIN", "plain_unet", "ENCODER_PREFIXES"]
+__all__ = ["PLAIN", "plain_unet"]
 
 #: The ``UNetConfig.encoder`` value that selects this model.
 PLAIN = "plain"
-#: Layer-name prefixes of the encoder half (the part a pretext task pretrains).
-ENCODER_PREFIXES = ("enc", "bottom")
 
 
 def _block(x, filters: int, name: str):

@@ -3,14 +3,16 @@
 ImageNet weights cannot be downloaded on the machines this project runs on, and a random encoder learns slowly
 from a few dozen labelled patches.  The patches themselves, without their masks, are free: here the whole plain
 U-Net (:mod:`.plain`, encoder and decoder) learns to *inpaint* — each input has random square holes (filled with
-the patch mean) and pixel noise, and the network restores the clean patch (mean squared error on the holes and
-half weight elsewhere).  To fill a hole in a micrograph it has to know grain boundaries, films and particles —
+the patch mean) and pixel noise, and the network restores the clean patch (squared error weighted 1.5 in the holes
+and 0.5 elsewhere).  To fill a hole in a micrograph it has to know grain boundaries, films and particles —
 the same features segmentation needs.
 
-Only patches outside the test set are used (every training tier's patches and the unused ones; no test patch,
-and no patch of an image held out for testing), and only their images, so nothing of the test set and no label
-enters.  The result is an ordinary weight file: ``encoder_weights: <file>.h5`` in 06 loads it by layer name into
-the segmentation U-Net (every layer but the classifier head ``final_conv``, which starts at random).
+Only the patch images 01 saved outside the test set are used — the tiers' training *and validation* patches (01
+writes no image for unused patches); no test patch and no patch of an image held out for testing, and no label.
+(The validation images are unlabelled here, but they are the ones 06 selects its best epoch on.)  The result is an
+ordinary weight file: ``encoder_weights: <file>.h5`` in 06 loads it by layer name into the segmentation U-Net
+(every layer but the classifier head ``final_conv``, which starts at random).  It was pretrained on z-scored input:
+use it with ``normalise: patches``.
 
     python -m dualsynth.unet.pretext outputs/<experiment> [--updates 600] [--base-filters 16]
         [--out outputs/<experiment>/unet/pretext_plain16.h5]
@@ -82,6 +84,9 @@ def pretrain_plain(images: np.ndarray, out: str | Path, base_filters: int = 16, 
         imgs = imgs[..., None]
     if imgs.ndim != 4 or len(imgs) == 0:
         raise ValueError(f"pretrain_plain needs uint8 images (N, H, W[, C]), got shape {imgs.shape}")
+    if updates < 1 or batch_size < 1 or base_filters < 1:
+        raise ValueError(f"pretrain_plain needs updates, batch_size and base_filters >= 1, got {updates}, "
+                         f"{batch_size}, {base_filters}")
     channels = imgs.shape[-1]
     stats = input_stats(imgs)
     cfg = UNetConfig(num_classes=2, in_channels=channels, encoder="plain", base_filters=base_filters,
@@ -148,7 +153,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     out = Path(args.out) if args.out else exp / "unet" / f"pretext_plain{args.base_filters}.h5"
-    s = pretrain_plain(images, out, args.base_filters, args.updates, args.batch_size, seed=args.seed)
+    try:
+        s = pretrain_plain(images, out, args.base_filters, args.updates, args.batch_size, seed=args.seed)
+    except (ValueError, FloatingPointError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     print(f"{s['images']} patches, {s['updates']} updates: inpainting loss {s['loss_first']:.4f} -> "
           f"{s['loss_last']:.4f} ({s['seconds']:.0f} s) -> {out}")
     return 0

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,7 +45,8 @@ PRETRAIN_DIR = "pretrain"
 @dataclass
 class PretrainResult:
     """Both stages of a ``PT_`` run.  ``model``, ``history``, ``epochs_run``, ``best_epoch`` and ``stopped_early``
-    are the fine-tuning stage's (the run's model, as for any variant); ``seconds`` is this call's wall time."""
+    are the fine-tuning stage's (the run's model, as for any variant); ``seconds`` is the training time of both
+    stages over every session."""
 
     pretrain: TrainResult
     finetune: TrainResult
@@ -106,12 +106,11 @@ def train_pretrain_finetune(
     stages as in :func:`~dualsynth.unet.train.train_unet`; ``resume=False`` retrains both.  A NaN loss in either
     stage raises ``FloatingPointError`` as there.
     """
-    t0 = time.perf_counter()
     out = Path(out_dir)
     kw = dict(progress=progress, verbose=verbose, resume=resume, keep_checkpoint=keep_checkpoint)
     first = train_unet(pretrain_config(cfg, pretrain_steps_per_epoch), pretrain, val, out / PRETRAIN_DIR, **kw)
     second = train_unet(finetune_config(cfg, out), train, val, out, **kw)
-    return PretrainResult(first, second, time.perf_counter() - t0)
+    return PretrainResult(first, second, first.seconds + second.seconds)  # both stages, every session
 
 
 def train_run(cfg: UNetConfig, train, val, out_dir: str | os.PathLike, *, pretrain=None,

@@ -37,8 +37,9 @@ class TrainResult:
     ``history``: column -> list over *all* finished epochs (also those of
     earlier, resumed sessions); ``epochs_run`` = their number; ``best_epoch``
     (1-based) = epoch of the best ``val_iou_score`` whose weights the model
-    holds; ``seconds`` = wall time of this call; ``resumed_from`` = epochs
-    already done when this call started.
+    holds; ``seconds`` = training time over every session (this call plus the
+    recorded epochs of earlier ones); ``resumed_from`` = epochs already done
+    when this call started.
     """
 
     model: tf.keras.Model
@@ -102,8 +103,11 @@ def _json_float(v: Any) -> float | None:
 
 
 def _current_lr(optimizer) -> float:
-    """The rate of the next update (a schedule is evaluated at the optimizer's step counter)."""
-    lr = optimizer.learning_rate
+    """The rate of the next update (a schedule is evaluated at the optimizer's step counter; ``tf_keras``'s
+    ``optimizer.learning_rate`` would give the rate of the *last* update instead)."""
+    lr = getattr(optimizer, "_learning_rate", None)
+    if not isinstance(lr, tf.keras.optimizers.schedules.LearningRateSchedule):
+        lr = optimizer.learning_rate
     if isinstance(lr, tf.keras.optimizers.schedules.LearningRateSchedule):
         lr = lr(optimizer.iterations)
     return float(tf.keras.backend.get_value(lr))
@@ -342,6 +346,12 @@ def train_unet(
                 stale.unlink(missing_ok=True)
     if state is not None:
         files.check_resumable(out, "checkpoint", state["config"], state["fingerprint"], cfg, fingerprint)
+        if cfg.lr_schedule == "cosine" and int(state["config"].get("epochs", cfg.epochs)) != cfg.epochs:
+            raise ValueError(
+                f"{out}: a cosine schedule spans the run's planned {state['config']['epochs']} epochs; it cannot be "
+                f"continued to {cfg.epochs} epochs on the same curve. Pass resume=False to train again, or use "
+                "lr_schedule='plateau' to extend runs"
+            )
 
     initial_epoch = int(state["epochs_done"]) if state else 0
     history: dict[str, list[float]] = {k: list(v) for k, v in state["history"].items()} if state else {}
