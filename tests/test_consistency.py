@@ -161,9 +161,39 @@ def test_min_consistency_needs_the_pretest():
     ns = {"experiment": "x", "outputs_dir": "outputs", "seed": 0, "pool_size": 4, "temperature": 1.0,
           "sample_batch": 4, "min_object_px": -1, "use_kmeans": True, "cleanup": "thin", "min_object_len": -1.0,
           "rim_px": 1, "min_consistency": 0.8, "max_fraction_error": -1.0, "max_curation_rounds": 3, "rare_boost": 0.0, "pretest": False,
-          "pretest_encoder": "efficientnetb0", "pretest_epochs": 1, "pretest_model": None, "save_figures": False}
+          "pretest_encoder": "efficientnetb0", "pretest_epochs": 1, "pretest_unet": {}, "pretest_model": None,
+          "save_figures": False}
     with pytest.raises(config.ParamError, match="min_consistency > 0 needs pretest=True"):
         config.start_stage("04_synthesis", ns)
+    with pytest.raises(config.ParamError, match="pretest_unet=.*wrong type"):
+        config.start_stage("04_synthesis", {**ns, "pretest": True, "pretest_unet": "plain16"})
+
+
+def test_judge_config_takes_the_u_net_settings_and_refuses_unknown_or_fixed_keys():
+    cfg = pretest.judge_config({"base_filters": 8, "batch_size": 4, "bn_momentum": 0.9}, num_classes=3,
+                               in_channels=1, encoder="plain", epochs=7, seed=2)
+    assert (cfg.base_filters, cfg.batch_size, cfg.bn_momentum, cfg.epochs, cfg.encoder, cfg.seed) == \
+        (8, 4, 0.9, 7, "plain", 2)
+    with pytest.raises(ValueError, match=r"unknown U-Net setting\(s\) \['base_filter'\]"):
+        pretest.judge_config({"base_filter": 8}, num_classes=3, in_channels=1, encoder="plain", epochs=1, seed=0)
+    with pytest.raises(ValueError, match=r"\['epochs'\] are set by 04 itself"):
+        pretest.judge_config({"epochs": 3}, num_classes=3, in_channels=1, encoder="plain", epochs=1, seed=0)
+
+
+def test_quick_judge_uses_the_quick_study_recipe():
+    """The quick preset's judge is 06's quick U-Net (same architecture, batch, updates per epoch, BatchNorm), only
+    trained longer: a change to one preset that forgets the other fails here."""
+    import yaml
+
+    root = config.project_root()
+    p04 = yaml.safe_load((root / "params/presets/quick/04_synthesis.yaml").read_text())
+    p06 = yaml.safe_load((root / "params/presets/quick/06_unet_training.yaml").read_text())
+    assert p04["pretest_encoder"] == p06["encoder"]
+    for key in ("base_filters", "encoder_weights", "batch_size", "steps_per_epoch", "bn_momentum"):
+        assert p04["pretest_unet"][key] == p06[key], key
+    assert p04["pretest_epochs"] >= p06["epochs"]
+    pretest.judge_config(p04["pretest_unet"], num_classes=4, in_channels=1, encoder=p04["pretest_encoder"],
+                         epochs=p04["pretest_epochs"], seed=0)
 
 
 # --------------------------------------------------------------------------- target fractions for a conditioned prior

@@ -143,6 +143,9 @@ NOTEBOOK_RULES: dict[str, dict[str, tuple]] = {
         "pretest": (bool, None, "True or False"),
         "pretest_encoder": (str, None, "a segmentation-models encoder name, e.g. efficientnetb0"),
         "pretest_epochs": (int, _positive, "an integer ≥ 1"),
+        "pretest_unet": (dict, lambda v: all(isinstance(k, str) for k in v),
+                         "a mapping of U-Net settings for the judge, e.g. {base_filters: 16, batch_size: 8} ({} for "
+                         "the defaults)"),
         "pretest_model": ((str, type(None)), None,
                           "None (train the judge) or a U-Net training folder / local .h5 weight file (the paper's pre-test)"),
         "save_figures": (bool, None, "True or False"),

@@ -11,7 +11,9 @@ module only trains the judge, runs it and assembles the record 04 writes into ``
 """
 from __future__ import annotations
 
+import dataclasses
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,7 +21,7 @@ import numpy as np
 
 from . import quality
 
-__all__ = ["Judge", "train_judge", "load_judge", "judge_record", "score_samples"]
+__all__ = ["Judge", "train_judge", "judge_config", "load_judge", "judge_record", "score_samples"]
 
 
 @dataclass
@@ -54,13 +56,18 @@ class Judge:
 
 
 def train_judge(manifest, folder: str | os.PathLike, *, encoder: str, epochs: int, seed: int = 0,
-                tier: str = "BMQ", progress: bool = True) -> Judge:
-    """Train (or resume) the pre-test U-Net on the real ``tier`` set and segment the real test images."""
+                tier: str = "BMQ", unet: Mapping[str, Any] | None = None, progress: bool = True) -> Judge:
+    """Train (or resume) the pre-test U-Net on the real ``tier`` set and segment the real test images.
+
+    ``unet``: further U-Net settings (any :class:`~dualsynth.unet.model.UNetConfig` field, e.g. ``base_filters``,
+    ``batch_size``, ``steps_per_epoch``, ``bn_momentum``; 04's ``pretest_unet``), so the judge can be trained with
+    the study's own recipe (the ``quick`` preset: the BMQ_0 run of 06).  A judge that cannot segment a class cannot
+    say whether the synthetic masks draw it right: its per-class score on the real test images is in the record."""
     from . import segmentation
 
     k = manifest.palette.num_classes
-    cfg = segmentation.UNetConfig(num_classes=k, in_channels=manifest.channels, encoder=encoder, epochs=epochs,
-                                  seed=seed)
+    cfg = judge_config(unet or {}, num_classes=k, in_channels=manifest.channels, encoder=encoder, epochs=epochs,
+                       seed=seed)
     train = manifest.load_arrays(tier, "train")
     result = segmentation.train_unet(cfg, train, manifest.load_arrays(tier, "val"), folder, progress=progress)
     test_img, test_mask = manifest.load_arrays("test", "test")
@@ -70,11 +77,30 @@ def train_judge(manifest, folder: str | os.PathLike, *, encoder: str, epochs: in
                  class_names=list(manifest.palette.names))
 
 
+#: UNetConfig fields 04 sets itself (from the manifest, ``pretest_encoder``, ``pretest_epochs``, ``seed``)
+JUDGE_FIXED = ("num_classes", "in_channels", "encoder", "epochs", "seed", "augment", "input_stats")
+
+
+def judge_config(unet: Mapping[str, Any], **fixed: Any):
+    """The judge's :class:`~dualsynth.unet.model.UNetConfig`: ``fixed`` plus the settings in ``unet``; an unknown
+    or a fixed key in ``unet`` is refused by name."""
+    from .unet.model import UNetConfig
+
+    known = {f.name for f in dataclasses.fields(UNetConfig)}
+    unknown = sorted(set(unet) - known)
+    if unknown:
+        raise ValueError(f"pretest_unet: unknown U-Net setting(s) {unknown}; allowed: "
+                         f"{sorted(known - set(JUDGE_FIXED))}")
+    clash = sorted(set(unet) & set(JUDGE_FIXED))
+    if clash:
+        raise ValueError(f"pretest_unet: {clash} are set by 04 itself (pretest_encoder, pretest_epochs, seed, the "
+                         "patches); remove them from pretest_unet")
+    return UNetConfig.from_params(unet, **fixed)
+
+
 def _user_model(path: str | os.PathLike, num_classes: int, channels: int, encoder: str):
     """A segmentation model from a dualsynth U-Net training folder (``unet_config.json`` + ``model.h5``), a weight
     file beside such a config, or a bare Keras 2 / Keras 3 ``.h5`` weight file of a U-Net with ``encoder``."""
-    import dataclasses
-
     from .unet.files import CONFIG_FILE, WEIGHTS_FILE
     from .unet.infer import load_unet_config
     from .unet.model import UNetConfig, build_unet
