@@ -161,7 +161,7 @@ def test_min_consistency_needs_the_pretest():
     ns = {"experiment": "x", "outputs_dir": "outputs", "seed": 0, "pool_size": 4, "temperature": 1.0,
           "sample_batch": 4, "min_object_px": -1, "use_kmeans": True, "cleanup": "thin", "min_object_len": -1.0,
           "rim_px": 1, "min_consistency": 0.8, "max_fraction_error": -1.0, "max_curation_rounds": 3, "rare_boost": 0.0, "pretest": False,
-          "pretest_encoder": "efficientnetb0", "pretest_epochs": 1, "pretest_unet": {}, "pretest_model": None,
+          "pretest_encoder": "efficientnetb0", "pretest_epochs": 1, "pretest_unet": {}, "pretest_model": None, "match_fractions": False, "pool_candidates": 2.0,
           "save_figures": False}
     with pytest.raises(config.ParamError, match="min_consistency > 0 needs pretest=True"):
         config.start_stage("04_synthesis", ns)
@@ -298,3 +298,54 @@ def test_rounds_of_a_curated_pool_never_reuse_a_sampling_seed(monkeypatch):
         drawn += n
     assert len(seeds) == len(set(seeds)) == 6  # 1 + 2 + 1 + 1 + 1 batches, no seed twice
     assert seeds[0] == 3  # the first batch of a pool keeps the pool's seed
+
+
+# --------------------------------------------------------------------------- a pool matched to the real fractions
+def test_match_fractions_picks_the_subset_whose_mean_hits_the_target():
+    rng = np.random.default_rng(0)
+    # a generator that over-draws class 0: most candidates hold 90 % of it, a few are rich in the rare class 2
+    common = np.tile([0.9, 0.08, 0.02], (80, 1)) + rng.normal(0, 0.01, (80, 3))
+    rare = np.tile([0.5, 0.1, 0.4], (20, 1)) + rng.normal(0, 0.01, (20, 3))
+    f = np.clip(np.vstack([common, rare]), 0, None)
+    target = np.array([0.75, 0.085, 0.165])
+    pick = pretest.match_fractions(f, target, 40)
+    assert len(pick) == 40 and len(set(pick)) == 40 and np.all(np.diff(pick) > 0)
+    got = f[pick].mean(axis=0)
+    assert np.all(np.abs(got - target) / target < 0.05), got  # every class within 5 % (relative)
+    first40 = f[:40].mean(axis=0)
+    assert abs(first40[2] - target[2]) / target[2] > 0.8  # the draw order alone misses the rare class badly
+    with pytest.raises(ValueError, match="cannot choose 5 of 3"):
+        pretest.match_fractions(f[:3], target, 5)
+
+
+def test_generate_pool_matches_fractions_from_twice_the_candidates():
+    k = 3
+
+    def generate(n, start):  # sample i is rich in class 2 (27 %) when i % 3 == 0, else 90 % class 0
+        out = []
+        for i in range(start, start + n):
+            m = np.zeros((10, 10), np.int64)
+            m[:, :3 if i % 3 == 0 else 0] = 2
+            m[0, :] = 1
+            out.append(SimpleNamespace(cleaned=m, image=np.zeros((10, 10), np.uint8), condition=None))
+        return out
+
+    target = np.array([0.75, 0.10, 0.15])
+    plain, _, rec0 = pretest.generate_pool(generate, 8, num_classes=k)
+    assert rec0["fraction_match"] is None and rec0["drawn"] == 8
+    samples, _, rec = pretest.generate_pool(generate, 8, num_classes=k, fraction_target=target, candidates=2.0)
+    fm = rec["fraction_match"]
+    assert rec["drawn"] >= 16 and fm["candidates"] >= 16 and len(samples) == 8
+    kept = quality_fractions(samples, k)
+    assert abs(kept[2] - 0.15) < 0.02 < abs(quality_fractions(plain, k)[2] - 0.15)  # draw order: 0.10
+    assert np.allclose(fm["mean_kept"], kept)
+    with pytest.raises(ValueError, match="fraction_target needs num_classes"):
+        pretest.generate_pool(generate, 8, fraction_target=target)
+    with pytest.raises(ValueError, match="candidates must be a number >= 1"):
+        pretest.generate_pool(generate, 8, num_classes=k, fraction_target=target, candidates=0.5)
+
+
+def quality_fractions(samples, k):
+    from dualsynth.quality import per_patch_fractions
+
+    return per_patch_fractions(np.stack([s.cleaned for s in samples]), k).mean(axis=0)

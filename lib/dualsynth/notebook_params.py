@@ -139,6 +139,10 @@ NOTEBOOK_RULES: dict[str, dict[str, tuple]] = {
                                "-1 (off) or a total-variation distance in [0, 1] between a sample's mask class "
                                "fractions and its target (needs a prior conditioned on class fractions)"),
         "max_curation_rounds": (int, _positive, "an integer ≥ 1"),
+        "match_fractions": (bool, None, "True (keep the samples whose mean class fractions match the real training "
+                            "masks) or False"),
+        "pool_candidates": ((int, float), lambda v: v >= 1, "a number ≥ 1: with match_fractions, accepted samples "
+                            "drawn per pool place"),
         "rare_boost": ((int, float), _non_negative, "0 (target fractions as in the real maps) or a number > 0"),
         "pretest": (bool, None, "True or False"),
         "pretest_encoder": (str, None, "a segmentation-models encoder name, e.g. efficientnetb0"),

@@ -195,9 +195,33 @@ def fraction_error(sample, num_classes: int) -> float:
     return float(0.5 * np.abs(got - np.asarray(sample.condition, np.float64)).sum())
 
 
+def match_fractions(fractions: np.ndarray, target: np.ndarray, n: int) -> np.ndarray:
+    """Indices of ``n`` of the rows of ``fractions`` (``(N, K)``, each sample's mask class fractions) whose mean
+    is close to ``target`` (``(K,)``): greedy, each step adds the sample that most lowers the sum over classes of
+    the squared *relative* error of the running mean (relative, so a rare class counts as much as the matrix; a
+    class with target 0 is weighted as one of 0.1 %).  Returned in increasing order."""
+    f = np.asarray(fractions, np.float64)
+    t = np.asarray(target, np.float64)
+    if f.ndim != 2 or t.shape != (f.shape[1],):
+        raise ValueError(f"match_fractions needs fractions (N, K) and a target (K,), got {f.shape} and {t.shape}")
+    if not 1 <= n <= len(f):
+        raise ValueError(f"match_fractions: cannot choose {n} of {len(f)} samples")
+    w = 1.0 / np.maximum(t, 1e-3)
+    chosen = np.zeros(len(f), bool)
+    total = np.zeros_like(t)
+    for k in range(n):
+        cost = ((((total + f) / (k + 1) - t) * w) ** 2).sum(axis=1)
+        cost[chosen] = np.inf
+        i = int(np.argmin(cost))
+        chosen[i] = True
+        total += f[i]
+    return np.flatnonzero(chosen)
+
+
 def generate_pool(generate, pool_size: int, *, judge: Judge | None = None, min_consistency: float = 0.0,
                   max_fraction_error: float | None = None, num_classes: int | None = None,
-                  max_rounds: int = 5) -> tuple[list, np.ndarray | None, dict[str, Any]]:
+                  max_rounds: int = 5, fraction_target: np.ndarray | None = None,
+                  candidates: float = 1.0) -> tuple[list, np.ndarray | None, dict[str, Any]]:
     """Draw a pool of ``pool_size`` synthetic samples, optionally curated.
 
     ``generate(n, start_index)`` returns ``n`` :class:`~dualsynth.synthesis.SyntheticSample` drawn as if
@@ -206,6 +230,12 @@ def generate_pool(generate, pool_size: int, *, judge: Judge | None = None, min_c
     * ``min_consistency`` > 0 (needs a judge): its per-image consistency is at least that, and
     * ``max_fraction_error`` is set (needs a prior conditioned on class fractions, so every sample carries the
       target it was drawn for, and ``num_classes``): its :func:`fraction_error` is at most that.
+
+    With ``fraction_target`` (the class fractions of the real training masks; needs ``num_classes``), the pool is
+    *matched*: accepted samples are drawn until there are ``candidates`` × ``pool_size`` of them (or
+    ``max_rounds`` is reached), and :func:`match_fractions` keeps the ``pool_size`` whose mean class fractions
+    come closest to the target — a generator that over-draws the matrix and under-draws a rare phase still gives a
+    pool with the real phase fractions, each sample unchanged.
 
     Rejected samples are replaced by drawing more, in up to ``max_rounds`` rounds, each sized by the acceptance
     rate so far; if the pool is still short, the rejected samples that fail fewest criteria (then the most
@@ -223,6 +253,11 @@ def generate_pool(generate, pool_size: int, *, judge: Judge | None = None, min_c
         raise ValueError("max_fraction_error needs num_classes")
     if max_rounds < 1:
         raise ValueError(f"max_rounds must be >= 1, got {max_rounds!r}")
+    if fraction_target is not None and not num_classes:
+        raise ValueError("fraction_target needs num_classes")
+    if not (np.isfinite(candidates) and candidates >= 1):
+        raise ValueError(f"candidates must be a number >= 1, got {candidates!r}")
+    wanted = pool_size if fraction_target is None else int(np.ceil(candidates * pool_size))
 
     def judged(batch):
         if judge is None:
@@ -246,9 +281,9 @@ def generate_pool(generate, pool_size: int, *, judge: Judge | None = None, min_c
     pool_e = errors(pool_s)
     drawn, rounds = len(pool_s), 1
     kept = [i for i in range(drawn) if failures(pool_c[i], pool_e[i]) == 0]
-    while len(kept) < pool_size and rounds < max_rounds:
+    while len(kept) < wanted and rounds < max_rounds:
         rate = max(len(kept) / len(pool_s), 0.1)
-        more = list(generate(int(np.ceil((pool_size - len(kept)) / rate * 1.2)), drawn))
+        more = list(generate(int(np.ceil((wanted - len(kept)) / rate * 1.2)), drawn))
         p, c = judged(more)
         e = errors(more)
         base = len(pool_s)
@@ -268,10 +303,18 @@ def generate_pool(generate, pool_size: int, *, judge: Judge | None = None, min_c
         warnings.warn(f"only {pool_size - filled} of {drawn} synthetic samples pass the curation "
                       f"(min_consistency {min_consistency}, max_fraction_error {max_fraction_error}) after {rounds} "
                       f"rounds; the best {filled} of the others fill the pool", stacklevel=2)
+    matched = None
+    if fraction_target is not None and len(kept) >= pool_size:
+        fr = quality.per_patch_fractions(np.stack([pool_s[i].cleaned for i in kept]), num_classes)
+        pick = match_fractions(fr, fraction_target, pool_size)
+        matched = {"target": [float(x) for x in fraction_target], "candidates": len(kept),
+                   "mean_candidates": [float(x) for x in fr.mean(axis=0)],
+                   "mean_kept": [float(x) for x in fr[pick].mean(axis=0)]}
+        kept = [kept[i] for i in pick]
     kept = sorted(kept[:pool_size])
     record: dict[str, Any] = {"min_consistency": float(min_consistency), "max_fraction_error": max_fraction_error,
                               "drawn": drawn, "dropped": drawn - len(kept), "rounds": rounds,
-                              "filled_below_threshold": filled}
+                              "filled_below_threshold": filled, "fraction_match": matched}
     if judge is not None:
         record["per_image_mean_drawn"] = float(np.mean(pool_c))
         record["per_image_mean_kept"] = float(np.mean([pool_c[i] for i in kept]))
