@@ -14,7 +14,7 @@ SEEDS ?= 0
 WORKERS ?= 2
 PYTEST_ARGS ?=
 
-.PHONY: install run study test test-fast lab kernel bench clean-outputs strip-notebooks
+.PHONY: install run study report test test-fast lab kernel bench clean-outputs strip-notebooks
 
 $(VENV)/.installed: pyproject.toml requirements.lock
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -27,11 +27,17 @@ install: $(VENV)/.installed
 run: install
 	$(PY) -m dualsynth.batch chain --preset $(PRESET) --experiment $(EXPERIMENT) --data $(DATA) --stages $(STAGES) \
 		--variants $(VARIANTS) --seeds $(SEEDS) --workers $(WORKERS)
+	$(PY) -m dualsynth.report "$${DUALSYNTH_OUTPUTS:-outputs}/$(EXPERIMENT)" --html
 
 # the paper-scale study on a GPU machine: make study PRESET=paper
 study: install
 	$(PY) -m dualsynth.batch chain --preset $(PRESET) --experiment $(EXPERIMENT) --data $(DATA) --stages all \
 		--variants $(VARIANTS) --seeds $(SEEDS) --workers $(WORKERS)
+	$(PY) -m dualsynth.report "$${DUALSYNTH_OUTPUTS:-outputs}/$(EXPERIMENT)" --html
+
+# outputs/<experiment>/report.html: the executed notebooks (pages under report/) and the results statement
+report: install
+	$(PY) -m dualsynth.report "$${DUALSYNTH_OUTPUTS:-outputs}/$(EXPERIMENT)" --html
 
 test: install
 	$(PY) -m pytest $(PYTEST_ARGS)
@@ -39,9 +45,9 @@ test: install
 test-fast: install
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
-# JupyterLab with the project's environment (its python3 kernel is the venv's)
+# JupyterLab with the project's environment (its python3 kernel is the venv's); as root (containers) --allow-root
 lab: install
-	$(VENV)/bin/jupyter lab notebooks/
+	$(VENV)/bin/jupyter lab notebooks/ $(if $(filter 0,$(shell id -u)),--allow-root)
 
 # register the venv as a kernel named "dualsynth" for a Jupyter installed elsewhere
 kernel: install

@@ -1,4 +1,5 @@
-"""Project-wide pytest hooks (for tests/ and the notebooks run by nbval)."""
+"""Project-wide pytest hooks (for tests/, and for the notebooks run by hand with nbval: ``pytest notebooks/``, not
+part of ``make test``, which runs each notebook once through the batch: tests/test_notebooks.py)."""
 from __future__ import annotations
 
 import os

@@ -339,6 +339,14 @@ def test_generate_pool_matches_fractions_from_twice_the_candidates():
     kept = quality_fractions(samples, k)
     assert abs(kept[2] - 0.15) < 0.02 < abs(quality_fractions(plain, k)[2] - 0.15)  # draw order: 0.10
     assert np.allclose(fm["mean_kept"], kept)
+    assert rec["dropped_by_match"] == fm["candidates"] - 8 and rec0["dropped_by_match"] == 0
+    with pytest.warns(UserWarning, match="only 8 candidates for a pool of 8 \\(wanted 16\\)"):
+        _, _, rec1 = pretest.generate_pool(generate, 8, num_classes=k, fraction_target=target, candidates=2.0,
+                                           max_rounds=1)
+    assert rec1["fraction_match"]["candidates"] == 8 and rec1["fraction_match"]["wanted"] == 16
+    for bad in ([0.5, 0.5], [0.7, 0.1, np.nan], [1.2, -0.1, -0.1], [0.5, 0.1, 0.1]):
+        with pytest.raises(ValueError, match="must be 3 class fractions >= 0 summing to 1"):
+            pretest.generate_pool(generate, 8, num_classes=k, fraction_target=np.array(bad))
     with pytest.raises(ValueError, match="fraction_target needs num_classes"):
         pretest.generate_pool(generate, 8, fraction_target=target)
     with pytest.raises(ValueError, match="candidates must be a number >= 1"):

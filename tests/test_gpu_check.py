@@ -1,5 +1,6 @@
 """``bench/gpu_check.py`` (issue 18, item 4): the paper study's counts and projection, the time budget, and the
-``--cpu-smoke`` path end to end (one fresh process per configuration, as on a GPU machine)."""
+``--cpu-smoke`` path end to end (one fresh process per configuration, as on a GPU machine; two runs of the script
+side by side, each measuring part of the models)."""
 from __future__ import annotations
 
 import importlib.util
@@ -26,15 +27,34 @@ def _module():
 
 
 def _run(tmp_path, *args: str, timeout: float) -> dict:
-    out = tmp_path / "gpu.json"
-    proc = subprocess.run([sys.executable, str(SCRIPT), "--out", str(out), *args], capture_output=True, text=True,
-                          timeout=timeout, cwd=ROOT)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    payload = json.loads(out.read_text())
-    assert KEYS <= set(payload)
-    if not payload["gpu"]:  # said plainly, on the console and in the JSON
-        assert "NO GPU" in proc.stdout and payload["warning"].startswith("NO GPU")
-    return payload
+    return _run_side_by_side(tmp_path, [list(args)], timeout=timeout)[0]
+
+
+def _run_side_by_side(tmp_path, arg_lists: list[list[str]], timeout: float) -> list[dict]:
+    """Run the script once per argument list, all at the same time; each run's JSON, checked."""
+    procs = []
+    for k, args in enumerate(arg_lists):
+        out, log = tmp_path / f"gpu{k}.json", tmp_path / f"gpu{k}.log"
+        with open(log, "w") as fh:  # a file, not a pipe: a full pipe would stall the run
+            procs.append((subprocess.Popen([sys.executable, str(SCRIPT), "--out", str(out), *args], stdout=fh,
+                                           stderr=subprocess.STDOUT, text=True, cwd=ROOT), out, log))
+    payloads = []
+    try:
+        for proc, out, log in procs:
+            rc = proc.wait(timeout=timeout)
+            console = log.read_text()
+            assert rc == 0, console[-3000:]
+            payload = json.loads(out.read_text())
+            assert KEYS <= set(payload)
+            if not payload["gpu"]:  # said plainly, on the console and in the JSON
+                assert "NO GPU" in console and payload["warning"].startswith("NO GPU")
+            payloads.append(payload)
+    finally:
+        for proc, _, _ in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    return payloads
 
 
 def test_study_counts_follow_the_paper_design():
@@ -85,12 +105,35 @@ def test_budget_used_up_skips_with_a_note(tmp_path):
     assert d["projection"]["paper_preset_config"]["total_hours"] is None
 
 
+#: ``--cpu-smoke`` in two runs side by side (``--only``; every configuration still in its own fresh process): the
+#: U-Net's four configurations, and the other models' six (plus their six ``unsupported`` mixed-precision entries)
+PARTS = (("unet",), ("vqvae", "prior", "sampler"))
+#: the step times each model gives the projection (``gpu_check._seconds_of``)
+STEP_KEYS = {"vqvae": {"vqvae_step"}, "prior": {"prior_step"}, "sampler": {"sampler_batch"},
+             "unet": {"unet_step", "unet_val_step", "unet_startup"}}
+
+
 @pytest.mark.slow
 def test_cpu_smoke_writes_measurements_and_projection(tmp_path):
     g = _module()
-    d = _run(tmp_path, "--cpu-smoke", timeout=600)
-    assert d["mode"] == "cpu-smoke" and d["total_seconds"] <= d["setup"]["budget_seconds"] + 30
-    cfg = d["configurations"]
+    preset = g.load_preset()
+    # a child may take 300 s (default 120 s): the U-Net's XLA compilation, ~30 s on an idle CPU, overran 120 s with
+    # the two runs side by side on a busy machine
+    parts = _run_side_by_side(tmp_path, [["--cpu-smoke", "--only", ",".join(p), "--child-timeout", "300"]
+                                         for p in PARTS], timeout=600)
+    cfg = {}
+    for models, d in zip(PARTS, parts):
+        assert d["mode"] == "cpu-smoke" and d["total_seconds"] <= d["setup"]["budget_seconds"] + 30
+        assert d["setup"]["models"] == list(models)
+        assert set(d["configurations"]) == {g.config_name(*c) for c in g.ORDER if c[0] in models}
+        # a partial run's projection: incomplete, naming the step times of the models it did not measure
+        for p in d["projection"].values():
+            assert p["total_hours"] is None and set(p["missing"]) == set().union(
+                *(STEP_KEYS[m] for m in g.MODELS if m not in models))
+        # the JSON's projection is the script's function of its measurements
+        assert d["projection"] == g.projections(d["configurations"], d["projection_counts"], preset)
+        cfg.update(d["configurations"])
+    assert parts[0]["projection_counts"] == parts[1]["projection_counts"]
     assert set(cfg) == {g.config_name(*c) for c in g.ORDER}
     assert {r["status"] for r in cfg.values()} <= STATUSES
     for name in ("unet", "vqvae", "prior", "sampler+xla", "unet+mixed", "vqvae+xla", "sampler", "prior+xla"):
@@ -102,16 +145,15 @@ def test_cpu_smoke_writes_measurements_and_projection(tmp_path):
         assert cfg[name]["status"] in {"ok", "failed"}
         assert cfg[name]["status"] == "ok" or cfg[name]["error"]
 
-    proj = d["projection"]
+    # all the measurements together: the complete projection
+    counts = parts[0]["projection_counts"]
+    proj = g.projections(cfg, counts, preset)
     assert set(proj) == {"paper_preset_config", "fastest_measured"}
     for p in proj.values():
         assert p["total_hours"] > 0 and all(v > 0 for v in p["hours"].values()) and not p["missing"]
     assert proj["paper_preset_config"]["configurations"] == {"vqvae": "vqvae", "prior": "prior",
                                                              "sampler": "sampler+xla", "unet": "unet"}
     # the projection is the measured medians times the counts, and doubles when they double
-    counts = d["projection_counts"]
-    again = g.projections(cfg, counts, g.load_preset())
-    assert again["paper_preset_config"]["total_hours"] == pytest.approx(proj["paper_preset_config"]["total_hours"])
     seconds = proj["paper_preset_config"]["seconds"]
     assert seconds["unet_step"] == cfg["unet"]["median_seconds"]
     doubled = g.project({k: 2 * v for k, v in seconds.items()}, counts)

@@ -9,7 +9,7 @@ import yaml
 
 from dualsynth import batch, config
 
-from conftest import ROOT
+from conftest import ROOT, copy_experiment
 
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 NB_NAMES = [p.stem for p in NOTEBOOKS]
@@ -78,12 +78,7 @@ def test_bad_parameter_value_is_reported(tmp_path):
                                            "outputs_dir": str(tmp_path)})
 
 
-@pytest.fixture(scope="session")
-def smoke_chain(tmp_path_factory):
-    """Run the notebooks that exist, in order, with the smoke preset into a temporary outputs folder."""
-    out = tmp_path_factory.mktemp("outputs")
-    timings = batch.run_chain("smoke", experiment="t", stages="all", outputs_dir=str(out), variants="SHQ_0,SHQ_50")
-    return out / "t", timings
+# smoke_chain (tests/conftest.py): the smoke chain 01 → 07 through the batch, once per test session
 
 
 @pytest.mark.slow
@@ -196,6 +191,50 @@ def test_smoke_05_to_07(smoke_chain):
     assert "06_unet_training" in [t["notebook"] for t in timings]
 
 
+def _run_as_a_user(name: str):
+    """Execute ``notebooks/<name>.ipynb`` as Jupyter (or nbval) does: its own defaults (no parameters injected), the
+    notebooks folder as the working directory, outside the batch (records written at the start); a failing cell
+    raises nbclient's ``CellExecutionError`` with its traceback."""
+    import nbformat
+    from nbclient import NotebookClient
+
+    nb = nbformat.read(ROOT / "notebooks" / f"{name}.ipynb", as_version=4)
+    NotebookClient(nb, timeout=600, kernel_name="python3",
+                   resources={"metadata": {"path": str(ROOT / "notebooks")}}).execute()
+    return nb
+
+
+@pytest.mark.slow
+def test_06_and_07_as_a_user_runs_them(smoke_chain, tmp_path, monkeypatch):
+    """What nbval checked that the chain does not: 06 and 07 with their own defaults, run by hand (cwd notebooks/,
+    no parameters injected, ``$DUALSYNTH_BATCH`` unset), on a copy of the chain's 01–05 outputs as experiment
+    ``smoke`` in ``$DUALSYNTH_OUTPUTS``, as a user's ``outputs/smoke``.  01–05's defaults are the smoke preset the
+    chain ran (01 and 02 also run by hand in JupyterLab: test_browser.py); 06's are not — variant BMQ_50 under the
+    ``epochs`` budget — and 07 then reports a mixed variant whose base was not run."""
+    from dualsynth.config import BATCH_ENV
+
+    exp, _ = smoke_chain
+    user = copy_experiment(exp, tmp_path / "smoke")
+    monkeypatch.setenv("DUALSYNTH_OUTPUTS", str(tmp_path))  # the kernels inherit it: outputs_dir "outputs" → here
+    monkeypatch.delenv(BATCH_ENV, raising=False)
+    for name in ("06_unet_training", "07_results_plots"):
+        nb = _run_as_a_user(name)
+        assert "papermill" not in nb.metadata  # not a parameterised run
+    m = json.loads((user / "unet" / "BMQ_50" / "seed0" / "metrics.json").read_text())
+    assert m["complete"] and m["budget"] == "epochs" and m["epochs_run"] == 2 and m["num_test"] == 27
+    assert (m["num_real_train"], m["num_synthetic_train"]) == (48, 24)
+    assert m["steps_per_epoch"] == 72 // 2 and m["updates"] == m["updates_run"] == 2 * 36  # every image once per epoch
+    run = json.loads((user / "runs" / "run_06_unet_training-BMQ_50-seed0.json").read_text())  # not in runs/.pending
+    assert run["params"]["variant"] == "BMQ_50" and run["params"]["outputs_dir"] == "outputs"
+    import pandas as pd
+
+    table = pd.read_csv(user / "results" / "metrics.csv")
+    assert table.variant.tolist() == ["BMQ_50"] and table.missing_class_iou.between(0, 1).all()
+    rep = json.loads((user / "results" / "report.json").read_text())
+    assert rep["runs"] == 1 and (user / "results" / "fig16_miou.png").is_file()
+    assert not (exp / "unet" / "BMQ_50").exists()  # the chain's own experiment untouched
+
+
 @pytest.mark.slow
 def test_study_resumes_after_sigkill(smoke_chain):
     """Kill the batch with SIGKILL mid-run, restart it: it completes, finished runs are not redone,
@@ -243,16 +282,14 @@ def test_study_resumes_after_sigkill(smoke_chain):
 
 @pytest.mark.slow
 @pytest.mark.realdata
-def test_generative_chain_on_grey_real_data(tmp_path):
-    """The whole chain 01 → 07 at smoke scale on a real grey-scale SEM dataset (2-channel dual images)."""
+def test_generative_chain_on_grey_real_data(real_data_chain):
+    """The whole chain 01 → 07 at smoke scale on a real grey-scale SEM dataset (2-channel dual images), run by the
+    command line (conftest.REAL_DATA_CHAIN; side by side with the smoke chain when both are selected).  04's pre-test
+    judge is the plain U-Net here: the smoke chain trains the EfficientNetB0 judge, and test_segmentation.py an
+    EfficientNetB0 U-Net on grey images."""
     import numpy as np
 
-    from conftest import shared_dataset
-
-    shared_dataset("nasa_super")
-    batch.run_chain("smoke", experiment="nasa", data="params/data/nasa_super.yaml", stages="all",
-                    outputs_dir=str(tmp_path), variants="SHQ_0,SHQ_50")
-    exp = tmp_path / "nasa"
+    exp = real_data_chain
     m = json.loads((exp / "patches" / "manifest.json").read_text())
     assert m["channels"] == 1 and [c["name"] for c in m["data"]["classes"]][0] == "matrix"
     cfg = json.loads((exp / "vqvae" / "checkpoint" / "config.json").read_text())
@@ -263,6 +300,7 @@ def test_generative_chain_on_grey_real_data(tmp_path):
     img = read_image(exp / "synthetic" / pool["items"][0]["image"])
     assert img.shape == (64, 64, 1)
     q = json.loads((exp / "synthetic" / "quality.json").read_text())
+    assert q["pretest"]["encoder"] == "plain" and 0 <= q["pretest"]["missing_class_iou_synthetic"] <= 1
     assert set(q["class_fractions"]["synthetic (cleaned)"]) == {"matrix", "gamma_prime", "small_gamma_prime"}
     assert np.isclose(sum(q["class_fractions"]["real BMQ train"].values()), 1)
     sim = q["similarity"]

@@ -11,10 +11,10 @@ import pytest
 
 from dualsynth import config, stats, study
 from dualsynth import variants as V
-from dualsynth.config import DataConfig, TierSpec
 from dualsynth.palette import NDFEB_PALETTE
-from dualsynth.patching import SourceImage, prepare_dataset
 from dualsynth.unet import budget as B
+
+from conftest import fake_pool as _pool
 
 EPOCHS = dict(budget="epochs", epochs=20, batch_size=2, steps_per_epoch=0)
 FIXED = dict(budget="fixed", epochs=10, batch_size=2, steps_per_epoch=16)
@@ -55,18 +55,8 @@ def test_committed_pt_yamls():
 
 # --------------------------------------------------------------------------- 05: the variant file
 @pytest.fixture(scope="module")
-def manifest(tmp_path_factory):
-    rng = np.random.default_rng(0)
-    d = tmp_path_factory.mktemp("patches")
-    srcs = [SourceImage("m", rng.integers(0, 256, (64, 96, 3), dtype=np.uint8),
-                        rng.integers(0, 4, (64, 96)).astype(np.uint8), rng.integers(0, 4, (64, 96)).astype(np.uint8))]
-    cfg = DataConfig("x", 3, NDFEB_PALETTE, {"kind": "pairs"}, TierSpec((4, 2), (8, 3), 2, 0))
-    return prepare_dataset(cfg, d, patch_size=8, sources=srcs, progress=False)
-
-
-def _pool(n):
-    return {"items": [{"id": f"s{i:03d}", "image": f"images/s{i:03d}.png", "mask": f"masks/s{i:03d}.png"}
-                      for i in range(n)]}
+def manifest(tiny_manifest):
+    return tiny_manifest  # conftest's shared builder
 
 
 def test_materialise_pt_variant(manifest, tmp_path):

@@ -1,14 +1,11 @@
 import json
 
-import numpy as np
 import pytest
 
 from dualsynth import variants as V
-from dualsynth.config import DataConfig, TierSpec
-from dualsynth.palette import NDFEB_PALETTE
-from dualsynth.patching import SourceImage, prepare_dataset
 
 from conftest import ROOT
+from conftest import fake_pool as _pool
 
 
 def test_exactly_the_paper_variants():
@@ -44,18 +41,9 @@ def test_parse_and_counts():
     assert len(V.select("all")) == 47
 
 
-@pytest.fixture(scope="module")
-def manifest(tmp_path_factory):
-    rng = np.random.default_rng(0)
-    d = tmp_path_factory.mktemp("patches")
-    srcs = [SourceImage("m", rng.integers(0, 256, (64, 96, 3), dtype=np.uint8), rng.integers(0, 4, (64, 96)).astype(np.uint8),
-                        rng.integers(0, 4, (64, 96)).astype(np.uint8))]
-    cfg = DataConfig("x", 3, NDFEB_PALETTE, {"kind": "pairs"}, TierSpec((4, 2), (8, 3), 2, 0))
-    return prepare_dataset(cfg, d, patch_size=8, sources=srcs, progress=False)
-
-
-def _pool(n):
-    return {"items": [{"id": f"s{i:03d}", "image": f"images/s{i:03d}.png", "mask": f"masks/s{i:03d}.png"} for i in range(n)]}
+@pytest.fixture
+def manifest(tiny_manifest):
+    return tiny_manifest  # conftest's shared builder
 
 
 def test_materialise_lists(manifest, tmp_path):

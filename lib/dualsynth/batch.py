@@ -257,7 +257,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                             "--matched-controls; record: results/adaptive.json")
         p.add_argument("--max-seeds", type=int, default=None, metavar="N",
                        help="with --until-decided: stop a comparison undecided at N seeds (default 5)")
+        p.add_argument("--verbose", action="store_true",
+                       help="show TensorFlow's C++ log lines and the kernels' start-up messages (hidden by default; "
+                            "the same as DUALSYNTH_VERBOSE=1)")
     args = ap.parse_args(argv)
+    if args.verbose:
+        from .tfquiet import set_verbose
+
+        set_verbose()  # before any kernel or Dask worker starts: they inherit the environment
     if args.max_seeds is not None and not args.until_decided:
         ap.error("--max-seeds goes with --until-decided")
     max_seeds = (args.max_seeds or 5) if args.until_decided else None

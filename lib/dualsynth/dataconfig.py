@@ -43,7 +43,8 @@ class TierSpec:
 
 _SOURCE_KINDS = {
     "generated": {"kind", "generator", "seed", "width", "height", "grain_diameter_px", "scale_with_patch", "extra_test_seed"},
-    "pairs": {"kind", "images", "masks", "masks_lq", "mask_encoding", "glob", "test_image_fraction", "lq_masks"},
+    "pairs": {"kind", "images", "masks", "masks_lq", "mask_encoding", "glob", "test_image_fraction", "lq_masks",
+              "scale"},
 }
 _DATA_KEYS = {"name", "description", "modality", "channels", "classes", "source", "tiers", "citation", "license"}
 
@@ -71,6 +72,9 @@ _SOURCE_TYPES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "glob": (lambda v: isinstance(v, str) and v != "", "a file pattern such as '*.png'"),
     "mask_encoding": (lambda v: v in ("auto", "index", "grey", "rgb"), "auto, index, grey or rgb"),
     "test_image_fraction": (lambda v: _is_number(v) and 0 <= v < 1, "a fraction in [0, 1), e.g. 0.25"),
+    # images resampled by area averaging, masks by nearest neighbour before patching (patching.scaling)
+    "scale": (lambda v: _is_number(v) and 0 < v <= 1,
+              "a factor in (0, 1], e.g. 0.5 to halve width and height (images are only scaled down)"),
 }
 
 
@@ -145,6 +149,9 @@ def load_data_config(path: str | os.PathLike) -> DataConfig:
     if kind not in _SOURCE_KINDS:
         raise ParamError(f"{path}: source.kind must be one of {sorted(_SOURCE_KINDS)}, got {kind!r}")
     bad = set(source) - _SOURCE_KINDS[kind]
+    if "scale" in bad:
+        raise ParamError(f"{path}: source.scale applies to source kind 'pairs' only; the generated default is drawn "
+                         f"at the size you ask for (source.width, source.height, source.grain_diameter_px)")
     if bad:
         raise ParamError(f"{path}: source keys {sorted(bad)} are not known for kind {kind!r}; allowed: {sorted(_SOURCE_KINDS[kind])}")
     lq = source.get("lq_masks", "degrade")

@@ -12,6 +12,8 @@ Re-exported by :mod:`dualsynth.config`.
 """
 from __future__ import annotations
 
+import math
+
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -141,7 +143,7 @@ NOTEBOOK_RULES: dict[str, dict[str, tuple]] = {
         "max_curation_rounds": (int, _positive, "an integer ≥ 1"),
         "match_fractions": (bool, None, "True (keep the samples whose mean class fractions match the real training "
                             "masks) or False"),
-        "pool_candidates": ((int, float), lambda v: v >= 1, "a number ≥ 1: with match_fractions, accepted samples "
+        "pool_candidates": ((int, float), lambda v: math.isfinite(v) and v >= 1, "a number ≥ 1: with match_fractions, accepted samples "
                             "drawn per pool place"),
         "rare_boost": ((int, float), _non_negative, "0 (target fractions as in the real maps) or a number > 0"),
         "pretest": (bool, None, "True or False"),

@@ -20,6 +20,8 @@ from typing import Any
 import numpy as np
 
 from . import quality
+from .checkpoint import ConfigMismatch
+from .io import DataError
 
 __all__ = ["Judge", "train_judge", "judge_config", "load_judge", "judge_record", "score_samples"]
 
@@ -69,7 +71,15 @@ def train_judge(manifest, folder: str | os.PathLike, *, encoder: str, epochs: in
     cfg = judge_config(unet or {}, num_classes=k, in_channels=manifest.channels, encoder=encoder, epochs=epochs,
                        seed=seed)
     train = manifest.load_arrays(tier, "train")
-    result = segmentation.train_unet(cfg, train, manifest.load_arrays(tier, "val"), folder, progress=progress)
+    val = manifest.load_arrays(tier, "val")
+    try:  # resumes a judge of the same settings and data
+        result = segmentation.train_unet(cfg, train, val, folder, progress=progress)
+    except (ConfigMismatch, DataError) as e:  # another recipe or other patches: the judge is cheap, train anew
+        import warnings
+
+        warnings.warn(f"the pre-test judge in {folder} was trained with other settings or data; training a new "
+                      f"one ({str(e).splitlines()[0][:200]})", stacklevel=2)
+        result = segmentation.train_unet(cfg, train, val, folder, progress=progress, resume=False)
     test_img, test_mask = manifest.load_arrays("test", "test")
     preds = segmentation.predict(result.model, test_img)
     return Judge(model=result.model, encoder=encoder, epochs=result.epochs_run, real_images=test_img,
@@ -78,7 +88,7 @@ def train_judge(manifest, folder: str | os.PathLike, *, encoder: str, epochs: in
 
 
 #: UNetConfig fields 04 sets itself (from the manifest, ``pretest_encoder``, ``pretest_epochs``, ``seed``)
-JUDGE_FIXED = ("num_classes", "in_channels", "encoder", "epochs", "seed", "augment", "input_stats")
+JUDGE_FIXED = ("num_classes", "in_channels", "encoder", "epochs", "seed", "input_stats")
 
 
 def judge_config(unet: Mapping[str, Any], **fixed: Any):
@@ -253,8 +263,13 @@ def generate_pool(generate, pool_size: int, *, judge: Judge | None = None, min_c
         raise ValueError("max_fraction_error needs num_classes")
     if max_rounds < 1:
         raise ValueError(f"max_rounds must be >= 1, got {max_rounds!r}")
-    if fraction_target is not None and not num_classes:
-        raise ValueError("fraction_target needs num_classes")
+    if fraction_target is not None:
+        if not num_classes:
+            raise ValueError("fraction_target needs num_classes")
+        t = np.asarray(fraction_target, np.float64)
+        if t.shape != (num_classes,) or not np.all(np.isfinite(t)) or t.min() < 0 or abs(t.sum() - 1) > 1e-3:
+            raise ValueError(f"fraction_target must be {num_classes} class fractions >= 0 summing to 1, got "
+                             f"{np.round(t, 4).tolist()}")
     if not (np.isfinite(candidates) and candidates >= 1):
         raise ValueError(f"candidates must be a number >= 1, got {candidates!r}")
     wanted = pool_size if fraction_target is None else int(np.ceil(candidates * pool_size))
@@ -303,18 +318,25 @@ def generate_pool(generate, pool_size: int, *, judge: Judge | None = None, min_c
         warnings.warn(f"only {pool_size - filled} of {drawn} synthetic samples pass the curation "
                       f"(min_consistency {min_consistency}, max_fraction_error {max_fraction_error}) after {rounds} "
                       f"rounds; the best {filled} of the others fill the pool", stacklevel=2)
-    matched = None
-    if fraction_target is not None and len(kept) >= pool_size:
+    matched, before_match = None, len(kept)
+    if fraction_target is not None:
+        if len(kept) < wanted:
+            import warnings
+
+            warnings.warn(f"match_fractions: only {len(kept)} candidates for a pool of {pool_size} (wanted {wanted}) "
+                          f"after {rounds} rounds; the pool is matched among fewer (raise max_curation_rounds)",
+                          stacklevel=2)
         fr = quality.per_patch_fractions(np.stack([pool_s[i].cleaned for i in kept]), num_classes)
         pick = match_fractions(fr, fraction_target, pool_size)
-        matched = {"target": [float(x) for x in fraction_target], "candidates": len(kept),
+        matched = {"target": [float(x) for x in fraction_target], "candidates": len(kept), "wanted": wanted,
                    "mean_candidates": [float(x) for x in fr.mean(axis=0)],
                    "mean_kept": [float(x) for x in fr[pick].mean(axis=0)]}
         kept = [kept[i] for i in pick]
     kept = sorted(kept[:pool_size])
     record: dict[str, Any] = {"min_consistency": float(min_consistency), "max_fraction_error": max_fraction_error,
                               "drawn": drawn, "dropped": drawn - len(kept), "rounds": rounds,
-                              "filled_below_threshold": filled, "fraction_match": matched}
+                              "filled_below_threshold": filled, "fraction_match": matched,
+                              "dropped_by_match": before_match - pool_size if matched else 0}
     if judge is not None:
         record["per_image_mean_drawn"] = float(np.mean(pool_c))
         record["per_image_mean_kept"] = float(np.mean([pool_c[i] for i in kept]))

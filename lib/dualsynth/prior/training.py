@@ -21,7 +21,6 @@ without any other information.
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
@@ -251,14 +250,6 @@ def save_prior(model, path: str | os.PathLike, step: int | None = None, generato
     return str(path / _WEIGHTS)
 
 
-def _architecture(config: dict) -> dict:
-    """``config`` without the init seed; a gated prior saved before conditioning existed has num_conditions 0."""
-    arch = {k: v for k, v in config.items() if k != "seed"}
-    if arch.get("kind") == "gated":
-        arch.setdefault("num_conditions", 0)
-    return arch
-
-
 def _complete_prior(folder: Path) -> bool:
     return (Path(folder) / _CONFIG).is_file()  # save_prior writes prior.json last
 
@@ -309,18 +300,21 @@ def fit_prior(model, codes_train: np.ndarray, codes_val: np.ndarray, checkpoint_
     has not improved for that many evaluations (small code-map sets overfit quickly).  ``conditions_train`` /
     ``conditions_val``: per-map conditions of a conditioned prior (see :func:`train_prior`); they are part of the
     input fingerprint, so a checkpoint trained with other conditions is refused like one of other code maps.
+    Each evaluation is committed by :class:`dualsynth.checkpoint.RunFolder`: ``last/`` → ``history.csv`` →
+    ``best/``; a resume repairs a kill between any two of them.
 
     Returns ``{"history": rows, "best_step", "best_val_nll", "final_step", "stopped_early"}``; ``model`` ends
     with the BEST weights.
     """
-    from ..io import fingerprint, guard_inputs, read_json, read_rows_csv, recover_dir, write_rows_csv
+    from ..checkpoint import RunFolder, TrainingDiverged
+    from .. import io as _io
 
     ckpt_dir = Path(checkpoint_dir)
     cond_train = _check_conditions(model, "conditions_train", conditions_train, np.asarray(codes_train))
     cond_val = _check_conditions(model, "conditions_val", conditions_val,
                                  None if codes_val is None else np.asarray(codes_val))
     (ckpt_dir / "last").mkdir(parents=True, exist_ok=True)
-    recover_dir(ckpt_dir / "best", complete=_complete_prior)  # a kill between the two renames of the best-folder swap
+    _io.recover_dir(ckpt_dir / "best", complete=_complete_prior)  # a kill between the two renames of a best swap
     opt = snt.optimizers.Adam(learning_rate)
     step_var = tf.Variable(0, dtype=tf.int64)
     # create the optimizer's slots before restoring so they are restored too
@@ -328,52 +322,56 @@ def fit_prior(model, codes_train: np.ndarray, codes_val: np.ndarray, checkpoint_
           **({"condition": tf.zeros((1, model.num_conditions))} if model.num_conditions else {}))
     ckpt = tf.train.Checkpoint(model=model, optimizer=opt, step=step_var)
     manager = tf.train.CheckpointManager(ckpt, str(ckpt_dir / "last"), max_to_keep=1)
-    hist_path = ckpt_dir / "history.csv"
     columns = ("step", "train_loss", "val_nll", "seconds")
+
+    def save_last(step: int) -> None:
+        step_var.assign(step)
+        manager.save()
+
+    def reset() -> str:  # a non-finite state: back to the last good checkpoint, in memory
+        if not manager.latest_checkpoint:
+            return ""
+        ckpt.restore(manager.latest_checkpoint)
+        return f"the model was reset to it in memory, and the best prior in {ckpt_dir / 'best'} is kept"
+
+    # commits (last -> history -> best), resume, repairs and the NaN stop: dualsynth.checkpoint
+    run = RunFolder(ckpt_dir, who="fit_prior", score="val_nll", finite=("train_loss",), save_last=save_last,
+                    save_best=lambda step: save_prior(model, ckpt_dir / "best", step=step),
+                    write_history=lambda path, rows: _io.write_rows_csv(path, columns, rows, int_columns=("step",)),
+                    read_history=lambda path: _io.read_rows_csv(path, columns, int_columns=("step",)),
+                    best_saved_at=lambda: _saved_step(ckpt_dir / "best"), last_name=lambda: ckpt_dir / "last",
+                    reset=reset)
     inputs = [np.asarray(codes_train), np.asarray(codes_val)]
     if cond_train is not None:  # unconditioned: the same fingerprint as before conditions existed
         inputs += ["conditions", cond_train, cond_val]
-    guard_inputs(ckpt_dir, fingerprint(*inputs), "prior checkpoint", resuming=manager.latest_checkpoint is not None)
-    rows: list[dict] = []
-    if manager.latest_checkpoint:
-        saved = read_json(ckpt_dir / "best" / _CONFIG) if (ckpt_dir / "best" / _CONFIG).exists() else None
-        arch = _architecture(json.loads(json.dumps(model.config)))
-        if saved is not None and _architecture(saved) != arch:
-            raise ValueError(f"{ckpt_dir} holds a prior with config {saved}, not {model.config}; delete {ckpt_dir} "
-                             "or pass a new experiment name")
+    resuming = manager.latest_checkpoint is not None
+    saved_config = ckpt_dir / "best" / _CONFIG
+    run.open(_io.fingerprint(*inputs), "prior checkpoint", resuming,
+             head=f"{ckpt_dir} holds a prior with config other than this one",
+             advice=f"delete {ckpt_dir} or pass a new experiment name",
+             # the init seed may differ; a gated prior saved before conditioning existed has num_conditions 0
+             may_differ=("seed",), defaults={"num_conditions": 0},
+             config=[(saved_config, _io.read_json(saved_config), model.config)] if resuming
+             and saved_config.is_file() else ())
+    vb = max(batch_size, 8)  # as train_prior evaluates
+    if resuming:
         ckpt.restore(manager.latest_checkpoint)
-        if hist_path.exists():  # written before 'last' (the commit point): rows after it are dropped
-            rows = [r for r in read_rows_csv(hist_path, columns, int_columns=("step",))
-                    if r["step"] <= int(step_var.numpy())]
+        run.resume(int(step_var.numpy()))  # history rows after 'last' are dropped
+        # killed after committing 'last' but before its history row: evaluate that step again (its training loss
+        # since the previous row is lost); before 'best': save it again
+        run.repair(reevaluate=lambda step: {
+            "step": step, "train_loss": math.nan, "seconds": math.nan,
+            "val_nll": evaluate_nll(model, codes_val, vb, conditions=cond_val)})
     done = int(step_var.numpy())
-    best = min(rows, key=lambda r: r["val_nll"]) if rows else None
-    since_best = 0 if best is None else sum(1 for r in rows if r["step"] > best["step"])
+    rows = run.rows
+    since_best = 0 if run.best is None else sum(1 for r in rows if r["step"] > run.best["step"])
     stopped = bool(patience and since_best >= patience)
 
-    def save_best(step: int) -> None:
-        save_prior(model, ckpt_dir / "best", step=step)
-
-    # killed after committing the best step but before the best folder was replaced: the restored weights
-    # ('last', the same step) are the best ones
-    if best is not None and best["step"] == done and _saved_step(ckpt_dir / "best") != done:
-        save_best(done)
-
     def on_eval(rec: dict) -> bool:
-        nonlocal best, since_best, stopped
+        nonlocal since_best, stopped
         row = {"step": done + rec["step"], "train_loss": rec["train_loss"], "val_nll": rec["val_nll"],
                "seconds": rec["seconds"]}
-        rows.append(row)
-        improved = best is None or row["val_nll"] < best["val_nll"]
-        if improved:
-            best, since_best = row, 0
-        else:
-            since_best += 1
-        # order: history -> last (commit point) -> best; a resume repairs each kill point in between
-        write_rows_csv(hist_path, columns, rows, int_columns=("step",))
-        step_var.assign(row["step"])
-        manager.save()
-        if improved:
-            save_best(row["step"])
+        since_best = 0 if run.commit(row["step"], row) else since_best + 1
         if patience and since_best >= patience:
             stopped = True
             return True
@@ -384,11 +382,11 @@ def fit_prior(model, codes_train: np.ndarray, codes_val: np.ndarray, checkpoint_
             train_prior(model, codes_train, codes_val, steps=steps - done, batch_size=batch_size,
                         learning_rate=learning_rate, seed=seed + done, log_every=eval_every, callback=on_eval,
                         progress=progress, optimizer=opt, conditions_train=cond_train, conditions_val=cond_val)
+        except TrainingDiverged:
+            raise
         except FloatingPointError as e:
-            raise FloatingPointError(
-                f"{e} (counted from step {done}); training stopped. The last good checkpoint in {ckpt_dir / 'last'} "
-                f"(step {int(step_var.numpy())}) and the best prior in {ckpt_dir / 'best'} are kept; "
-                "lower learning_rate and run again") from e
+            raise run.stop(f"{e} (counted from step {done})") from e
+    best = run.best
     best_model = load_prior(ckpt_dir / "best")
     for v_best, v in zip(best_model.variables, model.variables):
         v.assign(v_best)

@@ -38,12 +38,15 @@ The markdown is built by the functions in :data:`SECTIONS`, one per section: a n
 
 Modules: :mod:`.tables` (runs, ranked table, the comparison of one variant, :func:`compare_runs`),
 :mod:`.statement` (verdict, reasons, :func:`experiment_report`), :mod:`.consistency` (the image–mask consistency
-section), :mod:`.markdown` (the sections, the cross-experiment table, writing the files), :mod:`.cli`.
+section), :mod:`.markdown` (the sections, the cross-experiment table, writing the files), :mod:`.html`
+(``report.html``: the executed notebooks as pages and the statement, :func:`write_html_report`; ``--html``),
+:mod:`.cli`.
 """
 from __future__ import annotations
 
 from .cli import main
 from .consistency import consistency_table, experiment_consistency
+from .html import write_html_report
 from .markdown import (SECTIONS, VERDICT_WORDS, combined_table, headline, report_markdown,  # noqa: F401
                        verdict_table, write_report)
 from .statement import FAR, OVER, UNDER, experiment_report, reference_lines  # noqa: F401  (re-exported)
@@ -52,4 +55,4 @@ from .tables import MARGIN, METRIC, compare_runs, majority_baseline, study_table
 __all__ = ["experiment_report", "reference_lines", "study_tables", "majority_baseline", "compare_runs", "report_markdown",
            "combined_table", "verdict_table", "headline", "write_report", "main",
            "SECTIONS", "MARGIN", "experiment_consistency",
-           "consistency_table"]
+           "consistency_table", "write_html_report"]

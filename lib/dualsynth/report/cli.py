@@ -7,6 +7,8 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+from ..io import DataError
+from .html import write_html_report
 from .markdown import combined_table, verdict_table, write_report
 from .statement import experiment_report
 from .tables import MARGIN, compare_runs
@@ -14,6 +16,21 @@ from .tables import MARGIN, compare_runs
 def _description() -> str:
     doc = sys.modules[__package__].__doc__ or ""
     return doc.split("\n\n")[0]
+
+
+def _html_reports(experiments: Sequence[str], out_dir: str | None) -> int:
+    """``--html``: one report.html per experiment, its path printed last (``make run`` ends with it)."""
+    for e in experiments:
+        exp = Path(e)
+        out = Path(out_dir) / exp.name if out_dir else exp
+        statement = out / "report.md" if out_dir and (out / "report.md").is_file() else None
+        try:
+            path = write_html_report(exp, out, statement=statement)
+        except DataError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        print(f"report: {path}")
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -34,10 +51,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                     help="list every variant with synthetic data in the verdict table (default: each dataset's "
                          "headline and the comparisons of its adaptive study)")
     ap.add_argument("--verdict-table", metavar="FILE", help="also write the cross-dataset verdict table (markdown) here")
+    ap.add_argument("--html", action="store_true",
+                    help="instead: write <experiment>/report.html (or <out-dir>/<experiment>/report.html) — the "
+                         "executed notebooks as pages under report/ and the results statement already written "
+                         "(results/report.md) — and print its path")
     a = ap.parse_args(argv)
     from .. import quality
-    from ..io import DataError
 
+    if a.html and a.compare:
+        ap.error("--html writes an experiment's report.html; give experiment folders, not --compare")
     if a.margin < 0:
         ap.error(f"--margin {a.margin}: a gain ≥ 0, e.g. 0.02")
     if a.compare:
@@ -58,6 +80,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if not a.experiments:
         ap.error("give experiment folders, or --compare EXP:VARIANT EXP:VARIANT")
+    if a.html:
+        return _html_reports(a.experiments, a.out_dir)
 
     reports = []
     for e in a.experiments:

@@ -2,9 +2,9 @@
 
 ``unet_config.json``, ``model.h5`` (best weights), ``history.csv``, ``checkpoint/`` (``epoch_XXXXX/`` weights +
 optimizer, ``state.json`` as its commit point) and ``train_summary.json``.  The commit order of an epoch is
-checkpoint + ``state.json`` -> ``model.h5`` -> ``history.csv``; a resume rewrites the last two from the committed
-state.  :func:`dualsynth.unet.train.train_unet` calls these through this module's attributes, so a test can put a
-kill point on any of them.
+:data:`dualsynth.checkpoint.COMMIT_ORDER`: checkpoint + ``state.json`` -> ``history.csv`` -> ``model.h5``; a
+resume rewrites the last two from the committed state.  :func:`dualsynth.unet.train.train_unet` calls these
+through this module's attributes, so a test can put a kill point on any of them.
 """
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ import shutil
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from dualsynth.checkpoint import check_config
 from dualsynth.io import DataError, atomic_path, atomic_write_json, read_json, read_rows_csv, stale_inputs_message, \
     write_rows_csv
 
@@ -92,12 +93,11 @@ def check_resumable(out: Path, what: str, config: Mapping[str, Any], fingerprint
                     cfg: UNetConfig, data_fingerprint: str) -> None:
     """Refuse to continue a run folder made with another config (``epochs`` and ``encoder_weights`` may differ)
     or from other data (``ValueError`` / ``DataError``)."""
-    defaults = {f.name: f.default for f in dataclasses.fields(UNetConfig)}  # keys added later: their default
-    diff = [k for k, v in cfg.to_dict().items()
-            if k not in _RESUME_MAY_DIFFER and config.get(k, defaults.get(k)) != v]
-    if diff:
-        changes = ", ".join(f"{k}: {config.get(k)!r} -> {getattr(cfg, k)!r}" for k in diff)
-        raise ValueError(f"{out} holds a {what} with another config ({changes}); use another out_dir or resume=False")
+    defaults = {f.name: f.default for f in dataclasses.fields(UNetConfig)  # keys added later: their default
+                if f.default is not dataclasses.MISSING}
+    file = out / CHECKPOINT_DIR / STATE_FILE if what == "checkpoint" else out / SUMMARY_FILE
+    check_config(f"{out} holds a {what} with another config", "use another out_dir or resume=False",
+                 [(file, config, cfg.to_dict())], may_differ=_RESUME_MAY_DIFFER, defaults=defaults)
     if fingerprint != data_fingerprint:
         raise DataError(stale_inputs_message(out, what) + " (or call train_unet with resume=False)")
 

@@ -11,6 +11,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from dualsynth.checkpoint import RunFolder
 from dualsynth.io import fingerprint as _fingerprint
 from dualsynth.io import atomic_write_json, read_json
 
@@ -189,14 +190,12 @@ class _ResumableEarlyStopping(tf.keras.callbacks.EarlyStopping):
 
 
 class _Recorder(tf.keras.callbacks.Callback):
-    """History rows, last good weights, best weights file, checkpoint, history.csv."""
+    """Commits each finished epoch through the run folder (:class:`dualsynth.checkpoint.RunFolder`: checkpoint +
+    ``state.json`` -> ``history.csv`` -> ``model.h5``) and keeps the last good weights in memory."""
 
-    def __init__(self, guard, es, rlr, history, out: Path | None, meta: dict, initial_weights):
+    def __init__(self, guard, es, run: RunFolder, initial_weights):
         super().__init__()
-        self.guard, self.es, self.rlr = guard, es, rlr
-        self.history = history
-        self.out = out
-        self.meta = meta
+        self.guard, self.es, self.run = guard, es, run
         self.last_good = initial_weights
         self.stopped_early = False
 
@@ -212,27 +211,18 @@ class _Recorder(tf.keras.callbacks.Callback):
         for k in HISTORY_COLUMNS:
             if k not in row:
                 row[k] = float(logs[k]) if k in logs else float("nan")
-        for k, v in row.items():
-            self.history.setdefault(k, []).append(v)
-        self.last_good = self.model.get_weights()
         self.stopped_early = bool(self.model.stop_training)
-        if self.out is None:
-            return
-        # Order: checkpoint + state.json (the commit point) -> model.h5 -> history.csv.  A resume rewrites
-        # model.h5 (when the committed epoch is the best) and history.csv from the committed state.
-        files.save_checkpoint(self.out, self.model, epoch + 1, {
-            **self.meta,
-            "epochs_done": epoch + 1,
-            "stopped_early": self.stopped_early,
-            "best_epoch": self.es.best_epoch + 1,
-            "early_stopping": self.es.state(),
-            "reduce_lr": self.rlr.state(),
-            "next_lr": _current_lr(self.model.optimizer),
-            "history": self.history,
-        })
-        if self.es.best_epoch == epoch:
-            files.save_best_weights(self.out, self.model)
-        files.write_history_csv(self.out / HISTORY_FILE, self.history)
+        self.run.commit(epoch + 1, row, improved=self.es.best_epoch == epoch)
+        self.last_good = self.model.get_weights()
+
+
+def _columns(rows) -> dict[str, list]:
+    """History rows as :attr:`TrainResult.history` and ``state.json`` hold them: column -> values."""
+    return {k: [r.get(k, float("nan")) for r in rows] for k in HISTORY_COLUMNS} if rows else {}
+
+
+def _rows(history: Mapping[str, list]) -> list[dict]:
+    return [{k: v[i] for k, v in history.items()} for i in range(len(history.get("epoch", [])))]
 
 
 class _TqdmEpochs(tf.keras.callbacks.Callback):
@@ -306,7 +296,8 @@ def train_unet(
     A NaN/inf loss stops training and raises ``FloatingPointError``; the model
     then holds the weights of the last finished epoch (the initial ones if
     none), ``out_dir`` keeps the last good checkpoint, and the exception's
-    ``result`` attribute is the partial :class:`TrainResult`.
+    ``result`` attribute is the partial :class:`TrainResult`.  Epochs are committed by
+    :class:`dualsynth.checkpoint.RunFolder` (checkpoint + ``state.json`` → ``history.csv`` → ``model.h5``).
     """
     t_start = time.perf_counter()
     x_tr, y_tr = _check_xy(train, cfg, "train")
@@ -354,12 +345,30 @@ def train_unet(
             )
 
     initial_epoch = int(state["epochs_done"]) if state else 0
-    history: dict[str, list[float]] = {k: list(v) for k, v in state["history"].items()} if state else {}
     build_cfg = dataclasses.replace(cfg, encoder_weights=None) if state else cfg
     model = compile_unet(build_unet(build_cfg, seed=cfg.seed), cfg, cfg.epochs * steps, weights)
     if out is not None:
         atomic_write_json(out / CONFIG_FILE, cfg.to_dict())
 
+    def save_last(epoch: int) -> None:  # the commit point: checkpoint/epoch_N (weights + optimizer), state.json
+        files.save_checkpoint(out, model, epoch, {
+            **meta, "epochs_done": epoch, "stopped_early": recorder.stopped_early, "best_epoch": es.best_epoch + 1,
+            "early_stopping": es.state(), "reduce_lr": rlr.state(), "next_lr": _current_lr(model.optimizer),
+            "history": _columns(run.rows),
+        })
+
+    def reset() -> str:  # a non-finite loss: back to the last finished epoch's weights, in memory
+        model.set_weights(recorder.last_good)
+        return f"the model keeps {f'the weights of epoch {len(run.rows)}' if run.rows else 'its initial weights'}"
+
+    # commits (checkpoint + state.json -> history.csv -> model.h5), repairs, the NaN stop: dualsynth.checkpoint.
+    # (files.* are looked up at call time: a test can put a kill point on any of them.)
+    run = RunFolder(out, who="train_unet", step_key="epoch", finite=("loss",), save_last=save_last,
+                    save_best=lambda epoch: files.save_best_weights(out, model),
+                    write_history=lambda path, rows: files.write_history_csv(path, _columns(rows)),
+                    read_history=lambda path: _rows(files.read_history_csv(path)),
+                    last_name=lambda: out / CHECKPOINT_DIR / f"epoch_{run.step:05d}", reset=reset,
+                    history_file=HISTORY_FILE)
     best_weights = None
     if state:
         model.optimizer.build(model.trainable_variables)
@@ -368,17 +377,16 @@ def train_unet(
         status.assert_existing_objects_matched()
         if cfg.lr_schedule == "plateau":  # a schedule follows the restored step counter
             model.optimizer.learning_rate.assign(float(state["next_lr"]))
-        if int(state["best_epoch"]) == initial_epoch:
-            # the committed epoch is the best one: its weights are the checkpoint's (model.h5 may not have
-            # been written before a kill)
-            files.save_best_weights(out, model)
+        # history.csv and model.h5 are rewritten from the committed state when a kill came before them
+        run.resume(initial_epoch, rows=_rows(state["history"]))
+        run.repair(best_step=int(state["best_epoch"]))
+        if int(state["best_epoch"]) == initial_epoch:  # the committed epoch is the best one
             best_weights = model.get_weights()
         elif (out / WEIGHTS_FILE).is_file():
             current = model.get_weights()
             load_weights_h5(model, out / WEIGHTS_FILE, strict=True)
             best_weights = model.get_weights()
             model.set_weights(current)
-        files.write_history_csv(out / HISTORY_FILE, history)  # a kill may have come before it was written
 
     finished = state is not None and (state["stopped_early"] or initial_epoch >= cfg.epochs)
     guard = _NanGuard()
@@ -388,7 +396,7 @@ def train_unet(
                                  monitor=MONITOR, mode="max", patience=cfg.early_stopping_patience,
                                  restore_best_weights=True, verbose=verbose)
     meta = {"config": cfg.to_dict(), "fingerprint": fingerprint, "steps_per_epoch": steps}
-    recorder = _Recorder(guard, es, rlr, history, out, meta, model.get_weights())
+    recorder = _Recorder(guard, es, run, model.get_weights())
     callbacks: list = [guard, rlr, es, recorder] if cfg.lr_schedule == "plateau" else [guard, es, recorder]
     if progress:
         callbacks.append(_TqdmEpochs(cfg.epochs, initial_epoch, f"U-Net {cfg.encoder}"))
@@ -399,13 +407,14 @@ def train_unet(
         val_ds = make_dataset(x_va, y_va, cfg.num_classes, cfg.val_batch_size, shuffle=False)
         model.fit(train_ds, validation_data=val_ds, epochs=cfg.epochs, initial_epoch=initial_epoch,
                   steps_per_epoch=steps, callbacks=callbacks, verbose=verbose)
-        stopped_early = recorder.stopped_early and len(history.get("epoch", [])) < cfg.epochs
+        stopped_early = recorder.stopped_early and len(run.rows) < cfg.epochs
     else:
         stopped_early = bool(state["stopped_early"])
         if best_weights is not None:
             model.set_weights(best_weights)
 
-    epochs_run = len(history.get("epoch", []))
+    history = _columns(run.rows)
+    epochs_run = len(run.rows)
     vals = history.get(MONITOR, [])
     finite = [(v, i) for i, v in enumerate(vals) if _finite(v)]
     best_i = max(finite, key=lambda t: (t[0], -t[1]))[1] if finite else (epochs_run - 1)
@@ -423,12 +432,7 @@ def train_unet(
         config=cfg,
     )
     if guard.failed:
-        model.set_weights(recorder.last_good)
-        kept = f"the weights of epoch {epochs_run}" if epochs_run else "its initial weights"
-        err = FloatingPointError(
-            f"U-Net training diverged: the loss became NaN/inf at {guard.where}; the model keeps {kept}. "
-            "Lower learning_rate or check the data."
-        )
+        err = run.stop(f"training diverged, the loss became NaN/inf at {guard.where}")  # resets the weights
         err.result = result  # type: ignore[attr-defined]
         raise err
     if out is not None:

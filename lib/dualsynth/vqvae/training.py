@@ -12,12 +12,13 @@ from typing import Mapping, Sequence
 import numpy as np
 import tensorflow as tf
 
-from ..io import atomic_write_json, atomic_write_text, fingerprint, guard_inputs
-from .checkpoints import (_BEST_DIR, _CONFIG_FILE, _HISTORY_FILE, _LAST_DIR, _N_SNAPSHOT_IMAGES, _SNAPSHOT_FILE,
-                          _TRAINING_FILE, _all_finite, _full_config, _read_config, checkpoint_rule)
+from ..checkpoint import RunFolder
+from ..io import atomic_write_json, atomic_write_text, fingerprint
+from .checkpoints import (_BEST_DIR, _CONFIG_FILE, _LAST_DIR, _N_SNAPSHOT_IMAGES, _SNAPSHOT_FILE, _TRAINING_FILE,
+                          _all_finite, _read_config, checkpoint_rule)
 from .codes import _check_images, data_variance
 from .history import VQVAEHistory, _load_snapshots, _read_history_csv, _save_snapshots, _write_history_csv
-from .model import VQVAE
+from .model import MODEL_DEFAULTS, VQVAE
 
 __all__ = ["train_vqvae", "make_train_step", "DEAD_CODE_FRACTION", "CHECKPOINT_ON"]
 
@@ -132,7 +133,9 @@ def train_vqvae(
             (model, optimizer, step, history) and continues up to ``steps``;
             returns immediately if already there.  The learning rate given
             here overrides the restored one; another ``checkpoint_on`` is
-            refused (the ``best/`` on disk was chosen by the old rule).
+            refused (the ``best/`` on disk was chosen by the old rule).  Each
+            row is committed by :class:`dualsynth.checkpoint.RunFolder`:
+            ``last/`` → ``history.csv`` → ``best/``.
         eval_every: evaluate on the validation images (reconstruction MSE,
             codebook usage) every this many steps, and at the final step.
         checkpoint_on: ``"val"`` (default) or ``"train"``: the ``best``
@@ -205,51 +208,91 @@ def train_vqvae(
     history = VQVAEHistory(snapshot_inputs=snap_inputs, data_variance=var, checkpoint_on=checkpoint_on)
 
     last_manager = best_manager = None
-    ckpt_dir: Path | None = None
-    if checkpoint_dir is not None:
-        ckpt_dir = Path(checkpoint_dir)
+    ckpt_dir: Path | None = None if checkpoint_dir is None else Path(checkpoint_dir)
+
+    def reset() -> str:  # a non-finite state: back to the last good checkpoint, in memory
+        if last_manager is None or not last_manager.latest_checkpoint:
+            return "the in-memory model is corrupted (no checkpoint to reset it to)"
+        ckpt.restore(last_manager.latest_checkpoint).assert_existing_objects_matched()
+        return "the model was reset to it in memory"
+
+    # commits (last -> history -> best), resume, repairs and the NaN stop: dualsynth.checkpoint
+    run = RunFolder(ckpt_dir, who="train_vqvae", score=criterion, finite=("train_loss", "train_recon_mse"),
+                    save_last=lambda step: last_manager.save(checkpoint_number=step),
+                    save_best=lambda step: best_manager.save(checkpoint_number=step),
+                    write_history=lambda path, rows: _write_history_csv(path, rows),
+                    read_history=lambda path: _read_history_csv(path),
+                    best_saved_at=lambda: _step_of(best_manager.latest_checkpoint),
+                    last_name=lambda: last_manager.latest_checkpoint, reset=reset)
+    history.rows = run.rows  # the same list: every commit shows in the returned history
+    if ckpt_dir is not None:
         history.checkpoint_dir = ckpt_dir
         ckpt_dir.mkdir(parents=True, exist_ok=True)
         last_manager = tf.train.CheckpointManager(ckpt, str(ckpt_dir / _LAST_DIR), max_to_keep=2)
         best_manager = tf.train.CheckpointManager(ckpt, str(ckpt_dir / _BEST_DIR), max_to_keep=1)
-        # the training data's fingerprint: a checkpoint made from other patches is never resumed
-        guard_inputs(ckpt_dir, fingerprint(train_images, val_images), "VQ-VAE checkpoint",
-                     resuming=last_manager.latest_checkpoint is not None)
-        if last_manager.latest_checkpoint:
-            saved = _full_config(_read_config(ckpt_dir))
-            problems = [
-                f"{key}: checkpoint has {saved.get(key)!r}, this model has {val!r}"
-                for key, val in model.config.items()
-                if saved.get(key) != val
-            ]
-            old_rule = checkpoint_rule(ckpt_dir)["checkpoint_on"]
-            if old_rule != checkpoint_on:
-                problems.append(f"checkpoint_on: the run chose its best checkpoint by {old_rule!r}, this call by "
-                                f"{checkpoint_on!r}")
-            if problems:
-                raise ValueError(
-                    f"train_vqvae: {ckpt_dir} holds a checkpoint of a different model (or checkpoint rule); "
-                    "cannot resume into this one (use another checkpoint_dir): " + "; ".join(problems)
-                )
+        resuming = last_manager.latest_checkpoint is not None
+        # a checkpoint made from other patches, of another model or under another best rule is never resumed
+        run.open(fingerprint(train_images, val_images), "VQ-VAE checkpoint", resuming,
+                 head=f"train_vqvae: {ckpt_dir} holds a checkpoint of a different model (or checkpoint rule); "
+                      "cannot resume into this one",
+                 advice="use another checkpoint_dir", defaults=MODEL_DEFAULTS,
+                 config=[(ckpt_dir / _CONFIG_FILE, _read_config(ckpt_dir), model.config),
+                         (ckpt_dir / _TRAINING_FILE, checkpoint_rule(ckpt_dir), {"checkpoint_on": checkpoint_on})]
+                 if resuming else ())
+        if resuming:
             ckpt.restore(last_manager.latest_checkpoint).assert_existing_objects_matched()
             optimizer.learning_rate = float(learning_rate)
-            start = int(step_var.numpy())
-            history.resumed_from_step = start
-            if (ckpt_dir / _HISTORY_FILE).exists():
-                history.rows = [
-                    r for r in _read_history_csv(ckpt_dir / _HISTORY_FILE) if r["step"] <= start
-                ]
-            history.snapshots = _load_snapshots(ckpt_dir / _SNAPSHOT_FILE, start)
+            history.resumed_from_step = int(step_var.numpy())
+            run.resume(history.resumed_from_step)  # history up to the restored step
+            history.snapshots = _load_snapshots(ckpt_dir / _SNAPSHOT_FILE, history.resumed_from_step)
         else:
             # Fresh run (no checkpoint yet): files of an earlier run that never
             # reached its first evaluation are stale and get overwritten.
             atomic_write_text(
                 ckpt_dir / _CONFIG_FILE, json.dumps(model.config, indent=2, sort_keys=True) + "\n"
             )
-        if not (ckpt_dir / _TRAINING_FILE).is_file() or last_manager.latest_checkpoint is None:
+        if not (ckpt_dir / _TRAINING_FILE).is_file() or not resuming:
             atomic_write_json(ckpt_dir / _TRAINING_FILE, {"checkpoint_on": checkpoint_on, "criterion": criterion,
                                                           "checkpoint_every": checkpoint_every,
                                                           "eval_every": eval_every})
+
+    writer = None  # the TensorBoard writer, once training starts
+    warned_dead = []
+
+    def make_row(step: int, acc: np.ndarray, n_acc: int, validate: bool) -> dict[str, float]:
+        """The history row of ``step``: training means since the previous row, validation if ``validate``."""
+        if not _all_finite(model.variables):
+            raise run.stop(f"non-finite model weights at step {step}")
+        val_mse, used = math.nan, math.nan
+        if validate:
+            val_mse, used = _evaluate(model, val_images, eval_batch_size)
+            if not math.isfinite(val_mse):
+                raise run.stop(f"non-finite validation reconstruction MSE ({val_mse!r}) at step {step}")
+        means = acc / n_acc if n_acc else np.full(4, np.nan)
+        if validate and used < DEAD_CODE_FRACTION and not warned_dead:
+            warned_dead.append(step)
+            warnings.warn(
+                f"VQ-VAE codebook collapse: only {used:.0%} of the {model.num_embeddings} codes are used "
+                f"on the validation set at step {step} (dead codes; consider a smaller codebook"
+                + (", a lower learning rate" if model.use_ema else ", use_ema=True")
+                + "; early in training this may still recover)",
+                RuntimeWarning,
+                stacklevel=4,
+            )
+        return {"step": int(step), "train_loss": float(means[0]), "train_recon_mse": float(means[1]),
+                "vq_loss": float(means[2]), "perplexity": float(means[3]), "val_recon_mse": float(val_mse),
+                "codes_used": float(used)}
+
+    def evaluate_and_save(step: int, acc: np.ndarray, n_acc: int, validate: bool) -> dict[str, float]:
+        row = make_row(step, acc, n_acc, validate)
+        if writer is not None:
+            _write_scalars(writer, step, {k: v for k, v in row.items() if k != "step"})
+        run.commit(step, row)
+        return row
+
+    # Killed after committing 'last' but before its history row: evaluate that step again (its training means
+    # are lost); killed before 'best': save it again.
+    run.repair(reevaluate=lambda step: make_row(step, np.zeros(4), 0, True))
     start = int(step_var.numpy())
     history.final_step = start
 
@@ -262,14 +305,9 @@ def train_vqvae(
             )
         return history
 
-    best_val = min((r[criterion] for r in history.rows if math.isfinite(r[criterion])), default=math.inf)
     snapshot_set = {int(s) for s in snapshot_steps if 0 <= int(s) <= steps}
-    warned_dead = False
-
     writer = tf.summary.create_file_writer(str(tensorboard_dir)) if tensorboard_dir is not None else None
-
     train_step = make_train_step(model, optimizer, var)
-
     train_tensor = tf.constant(train_images)
 
     def save_snapshot(step: int) -> None:
@@ -277,66 +315,6 @@ def train_vqvae(
         if ckpt_dir is not None:
             _save_snapshots(ckpt_dir / _SNAPSHOT_FILE, snap_inputs, history.snapshots)
 
-    def evaluate_and_save(step: int, acc: np.ndarray, n_acc: int, validate: bool = True) -> dict[str, float]:
-        nonlocal best_val, warned_dead
-        if not _all_finite(model.variables):
-            fail(step, "non-finite model weights")
-        val_mse, used = math.nan, math.nan
-        if validate:
-            val_mse, used = _evaluate(model, val_images, eval_batch_size)
-            if not math.isfinite(val_mse):
-                fail(step, f"non-finite validation reconstruction MSE ({val_mse!r})")
-        means = acc / n_acc if n_acc else np.full(4, np.nan)
-        row = {
-            "step": int(step),
-            "train_loss": float(means[0]),
-            "train_recon_mse": float(means[1]),
-            "vq_loss": float(means[2]),
-            "perplexity": float(means[3]),
-            "val_recon_mse": float(val_mse),
-            "codes_used": float(used),
-        }
-        history.rows = [r for r in history.rows if r["step"] != step] + [row]
-        if validate and used < DEAD_CODE_FRACTION and not warned_dead:
-            warned_dead = True
-            warnings.warn(
-                f"VQ-VAE codebook collapse: only {used:.0%} of the {model.num_embeddings} codes are used "
-                f"on the validation set at step {step} (dead codes; consider a smaller codebook"
-                + (", a lower learning rate" if model.use_ema else ", use_ema=True")
-                + "; early in training this may still recover)",
-                RuntimeWarning,
-                stacklevel=3,
-            )
-        if writer is not None:
-            _write_scalars(writer, step, {k: v for k, v in row.items() if k != "step"})
-        if ckpt_dir is not None:
-            # Order: last -> best -> history.  After a crash in between, the
-            # resumed run finds no history row for its step and re-evaluates.
-            last_manager.save(checkpoint_number=step)
-            if math.isfinite(row[criterion]) and row[criterion] < best_val:
-                best_manager.save(checkpoint_number=step)
-            _write_history_csv(ckpt_dir / _HISTORY_FILE, history.rows)
-        if math.isfinite(row[criterion]):
-            best_val = min(best_val, row[criterion])
-        return row
-
-    def fail(step: int, what: str) -> None:
-        msg = f"train_vqvae: {what} at step {step}; training stopped, the non-finite state was not saved"
-        if last_manager is not None and last_manager.latest_checkpoint:
-            good = last_manager.latest_checkpoint
-            ckpt.restore(good).assert_existing_objects_matched()
-            msg += (
-                f". The last good checkpoint {good} (step {int(step_var.numpy())}) is intact and the model "
-                "was reset to it in memory"
-            )
-        else:
-            msg += " (no checkpoint on disk; the in-memory model is corrupted)"
-        raise FloatingPointError(msg + ". Try a lower learning_rate.")
-
-    # A crash between saving 'last' and writing history.csv leaves the
-    # restored step without a history row: evaluate it again.
-    if start > 0 and ckpt_dir is not None and not any(r["step"] == start for r in history.rows):
-        evaluate_and_save(start, np.zeros(4), 0)
     if 0 in snapshot_set and start == 0 and 0 not in history.snapshots:
         save_snapshot(0)
 
@@ -361,7 +339,7 @@ def train_vqvae(
                 break
             loss, recon, vq_loss, perp = (float(t) for t in train_step(x))
             if not (math.isfinite(loss) and math.isfinite(recon)):
-                fail(step + 1, f"non-finite loss ({loss!r}, reconstruction MSE {recon!r})")
+                raise run.stop(f"non-finite loss ({loss!r}, reconstruction MSE {recon!r}) at step {step + 1}")
             step += 1
             step_var.assign(step)
             if t0 is None:
@@ -394,6 +372,11 @@ def train_vqvae(
             history.seconds_per_step = (time.perf_counter() - t0) / timed_steps
         history.final_step = int(step_var.numpy())
     return history
+
+
+def _step_of(checkpoint: str | None) -> int | None:
+    """The training step saved in a checkpoint (None: no checkpoint)."""
+    return None if checkpoint is None else int(tf.train.load_variable(checkpoint, "step/.ATTRIBUTES/VARIABLE_VALUE"))
 
 
 _variance_fn = data_variance

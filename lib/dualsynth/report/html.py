@@ -1,0 +1,199 @@
+"""``report.html``: an experiment's executed notebooks and its results statement, as pages a person opens.
+
+:func:`write_html_report` renders every executed notebook the batch saved under ``<experiment>/notebooks/`` (01–07,
+one 06 per variant and seed) with nbconvert — code, figures, tables, printed output — into ``report/<notebook>.html``,
+one self-contained page each (figures embedded), and writes the index ``report.html`` beside them: the results
+statement of ``results/report.md`` (07 writes it; so does ``python -m dualsynth.report``) followed by a table of
+the notebooks with their status and time, linking to the pages.
+
+**One index with a page per notebook, not one file**: the quick preset's study alone saves 47 executed 06 notebooks
+(30 MB with their figures), the paper's grid with seeds several times that; as one file the report would take long to
+open, while the index opens at once and each page holds one notebook.  Keep ``report.html`` and ``report/``
+together when copying the report.
+
+The pages are written into ``report.tmp/`` and put in place of ``report/`` as a whole (:func:`dualsynth.io.replace_dir`),
+then the index is written atomically: a report killed half-way leaves the previous one readable.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import html
+import logging
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import nbformat
+
+from ..io import DataError, atomic_write_text, recover_dir, replace_dir
+
+__all__ = ["REPORT_HTML", "PAGES_DIR", "executed_notebooks", "write_html_report"]
+
+REPORT_HTML = "report.html"
+PAGES_DIR = "report"
+
+
+class _NoAltTextNotice(logging.Filter):
+    """nbconvert notes every figure without alternative text (all of matplotlib's); it gives them a generic one."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Alternative text is missing")
+
+
+_QUIET_LOG = logging.getLogger(__name__)
+_QUIET_LOG.addFilter(_NoAltTextNotice())
+
+
+def _natural(path: Path) -> list:
+    """Sort key: numbers by value (``BLQ_50`` before ``BLQ_100``)."""
+    return [(0, int(t), "") if t.isdigit() else (1, 0, t) for t in re.split(r"(\d+)", path.name) if t]
+
+
+def _executed(nb: nbformat.NotebookNode) -> bool:
+    """A notebook a kernel ran: papermill's record, or a code cell with an execution count or outputs."""
+    if nb.metadata.get("papermill", {}).get("start_time"):
+        return True
+    return any(c.cell_type == "code" and (c.get("execution_count") is not None or c.get("outputs"))
+               for c in nb.cells)
+
+
+def _failed(path: Path, nb: nbformat.NotebookNode) -> bool:
+    return (path.stem.endswith("-failed") or bool(nb.metadata.get("papermill", {}).get("exception"))
+            or any(o.get("output_type") == "error" for c in nb.cells if c.cell_type == "code"
+                   for o in c.get("outputs", [])))
+
+
+def executed_notebooks(experiment_dir: str | os.PathLike) -> list[tuple[Path, nbformat.NotebookNode]]:
+    """The executed notebooks under ``<experiment>/notebooks/``, by name (hidden files — papermill's running
+    copies — skipped); a :class:`~dualsynth.io.DataError` naming the folder when there are none."""
+    exp = Path(experiment_dir)
+    folder = exp / "notebooks"
+    hint = (f"run the workflow for this experiment first (make run EXPERIMENT={exp.name}, or python -m dualsynth.batch "
+            f"chain --experiment {exp.name}); the batch saves every executed notebook there")
+    if not folder.is_dir():
+        raise DataError(f"{folder}: no such folder, so there are no executed notebooks to report; {hint}")
+    out = []
+    for p in sorted(folder.glob("*.ipynb"), key=_natural):
+        if p.name.startswith(".") or not p.is_file():
+            continue
+        try:
+            nb = nbformat.read(p, as_version=4)
+        except Exception as e:  # a notebook cut short on disk is not worth failing the whole report for
+            raise DataError(f"{p}: not a readable notebook ({type(e).__name__}: {e}); remove it or re-run its stage") from e
+        if _executed(nb):
+            out.append((p, nb))
+    if not out:
+        raise DataError(f"{folder}: no executed notebooks (*.ipynb that a kernel ran) in this folder; {hint}")
+    return out
+
+
+def _title(nb: nbformat.NotebookNode, fallback: str) -> str:
+    for c in nb.cells:
+        if c.cell_type == "markdown":
+            for line in c.source.splitlines():
+                if line.startswith("# "):
+                    return line[2:].strip()
+    return fallback
+
+
+def _duration(nb: nbformat.NotebookNode) -> str:
+    d = nb.metadata.get("papermill", {}).get("duration")
+    if not isinstance(d, (int, float)):
+        return "–"
+    return f"{d:.0f} s" if d < 120 else f"{d / 60:.1f} min"
+
+
+def _cell(text: Any) -> str:
+    """Text safe inside a markdown table cell."""
+    return html.escape(str(text)).replace("|", "\\|").replace("\n", " ")
+
+
+def _page(exp_name: str, path: Path, nb: nbformat.NotebookNode, status: str) -> nbformat.NotebookNode:
+    """A copy of the notebook with one line on top: back to the index, where it came from, its status and time."""
+    page = nbformat.from_dict(nb)
+    head = (f"[← report of `{exp_name}`](../{REPORT_HTML}) · `notebooks/{path.name}` · **{status}** · "
+            f"{_duration(nb)}")
+    page.cells.insert(0, nbformat.v4.new_markdown_cell(head))
+    return page
+
+
+def _index_markdown(exp: Path, pages: list[dict[str, Any]], statement: str | None, statement_path: Path) -> list[str]:
+    """The index's markdown cells: heading, results statement (or why there is none), notebook tables."""
+    written = _dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
+    failed = sum(p["status"] == "failed" for p in pages)
+    cells = [f"# Report · {exp.name}\n\nExperiment folder `{exp}` · {len(pages)} executed notebook(s)"
+             + (f", **{failed} failed**" if failed else "") + f" · written {written}.\n\n"
+             "The results statement first, then [every executed notebook](#notebooks) as a page of its own "
+             "(figures embedded)."]
+    if statement is not None:
+        cells.append(f"# Results (`{statement_path}`)\n\n{statement}")
+    else:
+        cells.append(f"# Results\n\nNo results statement yet: `{statement_path}` is written by 07_results_plots at the "
+                     f"end of the study, or by `python -m dualsynth.report {exp}`.")
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for p in pages:
+        groups.setdefault(p["stage"], []).append(p)
+    rows = ['<a id="notebooks"></a>', "", "# Notebooks", "", "| notebook | title | status | time |", "|---|---|---|---|"]
+    runs = []
+    for stage, items in groups.items():
+        single = len(items) == 1 and items[0]["run"] is None
+        if single:
+            p = items[0]
+            rows.append(f"| [{_cell(p['name'])}]({p['href']}) | {_cell(p['title'])} | {p['status']} | {p['time']} |")
+        else:
+            n_failed = sum(p["status"] == "failed" for p in items)
+            rows.append(f"| [{_cell(stage)}](#{quote(stage)}) | {_cell(items[0]['title'])} | {len(items)} runs"
+                        + (f", {n_failed} failed" if n_failed else "") + " | – |")
+            runs.append(f'<a id="{html.escape(stage)}"></a>\n\n## {stage}: {len(items)} runs\n\n'
+                        "| run | status | time |\n|---|---|---|\n"
+                        + "\n".join(f"| [{_cell(p['run'] or p['name'])}]({p['href']}) | {p['status']} | {p['time']} |"
+                                    for p in items))
+    cells.append("\n".join(rows))
+    cells += runs
+    return cells
+
+
+def write_html_report(experiment_dir: str | os.PathLike, out_dir: str | os.PathLike | None = None,
+                      statement: str | os.PathLike | None = None) -> Path:
+    """Write ``report.html`` and ``report/`` (one page per executed notebook) into ``out_dir`` (default: the
+    experiment folder); return the path of ``report.html``.
+
+    ``statement``: the markdown results statement to put first (default ``<experiment>/results/report.md``; the
+    index says how to make it when it is absent)."""
+    from nbconvert import HTMLExporter  # (imports in about a second; only this function needs it)
+
+    exp = Path(experiment_dir)
+    out = Path(out_dir) if out_dir is not None else exp
+    notebooks = executed_notebooks(exp)
+    statement_path = Path(statement) if statement is not None else exp / "results" / "report.md"
+    text = statement_path.read_text(encoding="utf-8") if statement_path.is_file() else None
+
+    out.mkdir(parents=True, exist_ok=True)
+    target = out / PAGES_DIR
+    recover_dir(target)
+    tmp = target.with_name(target.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    exporter = HTMLExporter(log=_QUIET_LOG)
+    pages = []
+    try:
+        for path, nb in notebooks:
+            status = "failed" if _failed(path, nb) else "ok"
+            stage, _, run = path.stem.partition("-")
+            body, _ = exporter.from_notebook_node(_page(exp.name, path, nb, status),
+                                                  resources={"metadata": {"name": f"{exp.name} · {path.stem}"}})
+            (tmp / f"{path.stem}.html").write_text(body, encoding="utf-8")
+            pages.append({"name": path.stem, "stage": stage, "run": run or None, "title": _title(nb, path.stem),
+                          "status": status, "time": _duration(nb), "href": f"{PAGES_DIR}/{quote(path.stem)}.html"})
+        index = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell(c)
+                                                for c in _index_markdown(exp, pages, text, statement_path)])
+        body, _ = exporter.from_notebook_node(index, resources={"metadata": {"name": f"Report · {exp.name}"}})
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # the previous report stays as it was
+        raise
+    replace_dir(tmp, target)
+    return atomic_write_text(out / REPORT_HTML, body)
