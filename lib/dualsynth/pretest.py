@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -75,8 +76,6 @@ def train_judge(manifest, folder: str | os.PathLike, *, encoder: str, epochs: in
     try:  # resumes a judge of the same settings and data
         result = segmentation.train_unet(cfg, train, val, folder, progress=progress)
     except (ConfigMismatch, DataError) as e:  # another recipe or other patches: the judge is cheap, train anew
-        import warnings
-
         warnings.warn(f"the pre-test judge in {folder} was trained with other settings or data; training a new "
                       f"one ({str(e).splitlines()[0][:200]})", stacklevel=2)
         result = segmentation.train_unet(cfg, train, val, folder, progress=progress, resume=False)
@@ -313,16 +312,12 @@ def generate_pool(generate, pool_size: int, *, judge: Judge | None = None, min_c
                       key=lambda i: (failures(pool_c[i], pool_e[i]), -(pool_c[i] or 0.0), pool_e[i] or 0.0))
         filled = pool_size - len(kept)
         kept += rest[:filled]
-        import warnings
-
         warnings.warn(f"only {pool_size - filled} of {drawn} synthetic samples pass the curation "
                       f"(min_consistency {min_consistency}, max_fraction_error {max_fraction_error}) after {rounds} "
                       f"rounds; the best {filled} of the others fill the pool", stacklevel=2)
     matched, before_match = None, len(kept)
     if fraction_target is not None:
         if len(kept) < wanted:
-            import warnings
-
             warnings.warn(f"match_fractions: only {len(kept)} candidates for a pool of {pool_size} (wanted {wanted}) "
                           f"after {rounds} rounds; the pool is matched among fewer (raise max_curation_rounds)",
                           stacklevel=2)
