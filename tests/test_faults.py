@@ -127,8 +127,8 @@ def _fake_study(exp: Path, fingerprint: str | None) -> Path:
     (exp / "variants" / "SHQ_0.json").write_text(json.dumps(data))
     run = V.run_dir(exp / "unet", "SHQ_0", 0)
     run.mkdir(parents=True)
-    rec = {"variant": "SHQ_0", "seed": 0, "complete": True, "missing_class_iou": 0.5,
-           "inputs_fingerprint": fingerprint or V.inputs_fingerprint(data)}
+    rec = {"variant": "SHQ_0", "seed": 0, "complete": True, "accuracy": 0.5, "miou": 0.5, "miou_dataset": 0.5,
+           "missing_class_iou": 0.5, "inputs_fingerprint": fingerprint or V.inputs_fingerprint(data)}
     (run / "metrics.json").write_text(json.dumps(rec))
     return run
 
@@ -242,6 +242,7 @@ def test_run_record_versions_and_commit(tmp_path, monkeypatch):
     monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path.parent))
     assert config.run_record()["git_commit"] == "unknown"
     stage = config.start_stage("05_datasets", params)
+    stage.finish()  # run by hand: the record is written when the notebook reaches its end
     written = json.loads((stage.experiment_dir / "runs" / "run_05_datasets.json").read_text())
     assert written["versions"]["tensorflow"] and written["git_commit"] == "unknown"
     assert written["params"]["outputs_dir"] == str(tmp_path / "o")

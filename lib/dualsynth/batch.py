@@ -14,21 +14,28 @@ study (:mod:`dualsynth.dask_study`), the results table (:mod:`dualsynth.results`
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import re
 import sys
 import time
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from .config import ParamError, experiment_dir, experiment_lock, project_root, resolve_outputs
+import yaml
+
+from .adaptive import study_runner
+from .config import ParamError, experiment_dir, experiment_lock, load_data_config, project_root, resolve_outputs
 from .dask_study import (FORK_ITEMS, STUDY_NOTEBOOK, _check_variants, _check_workers, _run_one,  # noqa: F401
                          fork_experiment, run_study)
-from .io import DataError
+from .io import DataError, atomic_write_json
+from .patching import patch_size_warning
 from .results import METRIC_COLUMNS, collect_metrics, write_metrics_csv  # noqa: F401  (re-exported)
 from .runner import (NOTEBOOKS, StageError, _record_paths, _stage_error, check_parameters,  # noqa: F401
                      failed_notebook_path, notebook_parameters, notebook_path, notebook_warnings, preset_file,
                      preset_params, run_notebook)
 from .study import _stale_check, plan_study, predicted_share, recorded_updates, study_runs  # noqa: F401  (re-exported)
+from .tfquiet import set_verbose
 
 __all__ = ["NOTEBOOKS", "notebook_path", "notebook_parameters", "preset_params", "run_notebook", "run_chain",
            "fork_experiment", "study_runs", "collect_metrics", "main"]
@@ -92,9 +99,6 @@ def _check_chain(preset: str, selected: Sequence[str], data: str | None, overrid
     if "05_datasets" in selected:
         _check_variants(_stage_params(preset, "05_datasets", data, overrides).get("variants"), "variants (05_datasets)")
     if "01_patching" in selected:
-        from .config import load_data_config
-        from .patching import patch_size_warning
-
         p = _stage_params(preset, "01_patching", data, overrides)
         if isinstance(p.get("data_config"), str) and isinstance(p.get("patch_size"), int):
             warning = patch_size_warning(load_data_config(p["data_config"]), p["patch_size"])
@@ -110,8 +114,6 @@ def _run_chain_locked(preset, experiment, data, selected, exp, outputs_dir, over
             print(f"[{time.strftime('%H:%M:%S')}] {nb}: study of {variants!r}, seeds {list(seeds)}, {workers} worker(s)",
                   flush=True)
             t0 = time.perf_counter()
-            from .adaptive import study_runner
-
             summary = study_runner(max_seeds)(preset, experiment, variants, seeds, workers, outputs_dir=outputs_dir,
                                 overrides={k: v for k, v in (overrides or {}).items()
                                            if k in notebook_parameters(nb)}, matched_controls=matched_controls)
@@ -151,8 +153,6 @@ MAX_RANGE = 10_000
 def _int_ranges(text: str, option: str = "--seeds", example: str = "0,1,2 or 0-4") -> list[int]:
     """``"0,2-4"`` → ``[0, 2, 3, 4]`` (used for --stages and --seeds); anything else is a ParamError naming
     ``option`` (numbers ≥ 0, ranges ``a-b`` with a ≤ b)."""
-    import re
-
     out: list[int] = []
     for part in str(text).split(","):
         part = part.strip()
@@ -181,10 +181,6 @@ def _parse_seeds(text: str) -> list[int]:
 def record_timings(path: str | os.PathLike, preset: str, timings: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """Merge this chain's stage times into ``chain_timings.json``: a re-run stage replaces its old entry, the
     stages not run this time keep theirs (so ``--stages 07`` does not erase the times of 01–06)."""
-    import json
-
-    from .io import atomic_write_json
-
     path = Path(path)
     old: list[dict[str, Any]] = []
     if path.is_file():
@@ -202,8 +198,6 @@ def record_timings(path: str | os.PathLike, preset: str, timings: Sequence[Mappi
 
 def _parse_overrides(items: Sequence[str]) -> dict[str, Any]:
     """``["epochs=3", "mask_encoding=onehot"]`` → ``{"epochs": 3, "mask_encoding": "onehot"}`` (values read as YAML)."""
-    import yaml
-
     out: dict[str, Any] = {}
     for item in items:
         key, sep, value = item.partition("=")
@@ -262,8 +256,6 @@ def main(argv: Sequence[str] | None = None) -> int:
                             "the same as DUALSYNTH_VERBOSE=1)")
     args = ap.parse_args(argv)
     if args.verbose:
-        from .tfquiet import set_verbose
-
         set_verbose()  # before any kernel or Dask worker starts: they inherit the environment
     if args.max_seeds is not None and not args.until_decided:
         ap.error("--max-seeds goes with --until-decided")
@@ -277,8 +269,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             if args.from_experiment:
                 fork_experiment(args.outputs_dir, args.from_experiment, args.experiment or args.preset)
-            from .adaptive import study_runner
-
             summary = study_runner(max_seeds)(args.preset, args.experiment, args.variants, _parse_seeds(args.seeds),
                                               args.workers, args.threads, args.scheduler, args.outputs_dir,
                                               overrides=overrides, matched_controls=args.matched_controls)
@@ -306,8 +296,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 130
         total = sum(t["seconds"] for t in timings)
         if timings:
-            from .io import atomic_write_json
-
             exp = experiment_dir(args.outputs_dir, args.experiment or args.preset)
             record_timings(exp / "results" / "chain_timings.json", args.preset, timings)
         print("stage times: " + ", ".join(f"{t['notebook']} {t['seconds']} s" for t in timings) + f"; total {total:.1f} s")

@@ -11,8 +11,9 @@ This module holds no code of its own; it re-exports, so ``from dualsynth.config 
   ``validate_params``, ``start_stage`` / ``Stage`` (the one check each notebook calls), ``set_tf_threads``.
 * :mod:`dualsynth.records`: ``set_seed``, ``run_record`` / ``write_run_record`` (versions and git commit of a run),
   ``record_tag``, ``run_record_path``.
-* :mod:`dualsynth.locking`: one writer per experiment: ``experiment_lock``, ``check_experiment_lock``,
-  ``ExperimentLocked``, ``BATCH_ENV``.
+* :mod:`dualsynth.locking`: one writer per experiment: ``experiment_lock`` (the batch), ``hold_experiment`` /
+  ``release_experiment`` (a notebook run by hand, through ``start_stage`` and ``stage.finish()``),
+  ``check_experiment_lock``, ``ExperimentLocked``, ``BATCH_ENV``.
 """
 from __future__ import annotations
 
@@ -24,7 +25,9 @@ from .locking import (
     ExperimentLocked,
     check_experiment_lock,
     experiment_lock,
+    hold_experiment,
     lock_token,
+    release_experiment,
 )
 from .notebook_params import NOTEBOOK_CHECKS, NOTEBOOK_RULES, Stage, set_tf_threads, start_stage, validate_params
 from .paths import (
@@ -80,4 +83,6 @@ __all__ = [
     "LOCK_FILE",
     "PENDING_RECORDS",
     "lock_token",
+    "hold_experiment",
+    "release_experiment",
 ]

@@ -7,17 +7,23 @@ from another's patches, pool and variants.  Re-exported by :mod:`dualsynth.batch
 """
 from __future__ import annotations
 
+import contextlib
+import functools
+import inspect
+import logging
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from .config import BATCH_ENV, ParamError, experiment_dir, experiment_lock, project_root, resolve_outputs
-from .io import DataError
+from .io import DataError, atomic_write_json, read_json
 from .results import write_metrics_csv
 from .runner import check_parameters, notebook_parameters, preset_params, run_notebook
 from .study import plan_study
+from .variants import select
 
 __all__ = ["STUDY_NOTEBOOK", "FORK_ITEMS", "fork_experiment", "run_study"]
 
@@ -26,8 +32,6 @@ STUDY_NOTEBOOK = "06_unet_training"
 
 def _check_variants(spec: Any, what: str) -> None:
     """A variant list that names an unknown variant (``VariantError``) or none at all is refused."""
-    from .variants import select
-
     if not isinstance(spec, (str, list, tuple)):
         raise ParamError(f"{what}={spec!r}: give a comma list of variant names or groups, or all")
     if not select(spec):
@@ -42,13 +46,27 @@ def _check_workers(workers: Any, threads: Any = None) -> None:
         raise ParamError(f"--threads {threads!r}: TensorFlow threads per run, an integer ≥ 1 (or leave it out)")
 
 
+class _NoComputeFailed(logging.Filter):
+    """Drops the Dask worker's own multi-line ``Compute Failed`` block (key, task, exception, traceback) for a run
+    that failed: the study reports each failed run itself, in one line naming its log (:func:`run_study`)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Compute Failed")
+
+
+def _quiet_compute_failed() -> None:
+    """Install :class:`_NoComputeFailed` on ``distributed.worker``'s logger in this (worker) process, once."""
+    logger = logging.getLogger("distributed.worker")
+    if not any(isinstance(f, _NoComputeFailed) for f in logger.filters):
+        logger.addFilter(_NoComputeFailed())
+
+
 def _run_one(notebook: str, output: str, parameters: dict[str, Any], log_path: str, root: str,
              batch: str | None = None) -> dict[str, Any]:
     """Execute one notebook run on a Dask worker; its output (cell by cell) goes to ``log_path``.  ``batch``: the
-    lock holder (``$DUALSYNTH_BATCH`` of the study), which a worker of another scheduler does not inherit."""
-    import contextlib
-    import logging
-
+    lock holder (``$DUALSYNTH_BATCH`` of the study), which a worker of another scheduler does not inherit.  A run
+    that fails raises (:class:`~dualsynth.runner.StageError`) without the worker's ``Compute Failed`` block."""
+    _quiet_compute_failed()  # runs in the worker process, where Dask logs a failed task
     os.environ.setdefault("DUALSYNTH_ROOT", root)
     if batch:
         os.environ[BATCH_ENV] = batch
@@ -89,10 +107,6 @@ def fork_experiment(outputs_dir: str | os.PathLike, source: str, target: str) ->
     Copies :data:`FORK_ITEMS` (the variant files keep pointing at ``source``'s images, which must stay) and writes
     ``forked_from.json``.  Forking again from the same source is a no-op; a target holding anything else is refused.
     """
-    import shutil
-
-    from .io import atomic_write_json, read_json
-
     src = resolve_outputs(outputs_dir) / source
     if source == target:
         raise ParamError(f"--from-experiment {source!r} is the experiment itself; give the study a new --experiment")
@@ -127,9 +141,6 @@ def _guarded_study(fn):
     """Checks :func:`run_study`'s workers, threads and variants (none selected: refused, not a run of 0 runs that
     rewrites metrics.csv empty), then holds the experiment's lock (:func:`dualsynth.config.experiment_lock`)
     while it runs."""
-    import functools
-    import inspect
-
     sig = inspect.signature(fn)
 
     @functools.wraps(fn)
@@ -158,10 +169,8 @@ def run_study(preset: str, experiment: str | None = None, variants: str | Sequen
     ``budget: epochs``) adds each mixed variant's matched control run, ``<base>@<updates>``
     (:func:`dualsynth.study.plan_study`); control runs are runs like the others (resumable, fingerprinted).
     """
-    from dask.distributed import Client, LocalCluster, as_completed
-    from tqdm.auto import tqdm
-
-    from .variants import select
+    from dask.distributed import Client, LocalCluster, as_completed  # lazy: Dask only where a study runs
+    from tqdm.auto import tqdm  # with it: the study's progress bar
 
     experiment = experiment or preset
     exp = experiment_dir(outputs_dir, experiment)

@@ -5,21 +5,31 @@ To add or change a notebook parameter, edit :data:`NOTEBOOK_RULES` below (one en
 
 * ``validate_params`` checks parameters against rules, reporting every problem at once.
 * ``start_stage`` is the one call each notebook makes on its parameters: validate, create the experiment folder,
-  refuse a locked experiment, seed, write the run record.
+  lock the experiment (or, run by the batch, check the batch's lock), seed.  The :class:`Stage` it returns knows the
+  stage's folders, saves its figures when ``save_figures`` is set (``stage.figures(...)``, ``stage.save_figure``)
+  and, from the notebook's last cell, ``stage.finish()`` records the run and frees the experiment.
 * ``set_tf_threads`` limits TensorFlow's threads (06, under the batch).
+
+**Run records and the lock, by hand and by the batch.**  Run by the batch (``$DUALSYNTH_BATCH`` set: a chain or
+study holds ``experiment.lock``), ``start_stage`` checks that lock and writes the run record to ``runs/.pending/``,
+which the batch moves into ``runs/`` only when papermill reports the notebook succeeded.  Run by hand (Jupyter, or
+papermill called directly), ``start_stage`` takes ``experiment.lock`` itself
+(:func:`dualsynth.locking.hold_experiment`; held until ``stage.finish()`` or the kernel exits) and writes nothing to
+``runs/``: ``stage.finish()`` writes ``runs/run_<tag>.json`` once the notebook has reached its end.  Either way a
+failed or interrupted run leaves the last good run's record as it was.
 
 Re-exported by :mod:`dualsynth.config`.
 """
 from __future__ import annotations
 
 import math
-
 import os
-from dataclasses import dataclass
+import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from .locking import BATCH_ENV, check_experiment_lock
+from .locking import BATCH_ENV, check_experiment_lock, hold_experiment, release_experiment
 from .paths import MAX_EXPERIMENT_NAME, ParamError, experiment_dir, experiment_name_ok
 from .records import record_tag, run_record_path, set_seed, write_run_record
 
@@ -203,7 +213,8 @@ NOTEBOOK_RULES: dict[str, dict[str, tuple]] = {
 
 
 def _unet_budget(p: Mapping[str, Any]) -> str | None:
-    from .unet.budget import budget_problems  # TensorFlow-free
+    # lazy: an import cycle (unet.budget -> variants -> config -> this module); TensorFlow-free
+    from .unet.budget import budget_problems
 
     return "\n  ".join(budget_problems(p["budget"], p["steps_per_epoch"], p["epochs"], p["variant"])) or None
 
@@ -224,21 +235,72 @@ NOTEBOOK_CHECKS: dict[str, list[Callable[[Mapping[str, Any]], str | None]]] = {
 
 @dataclass
 class Stage:
-    """What a notebook needs after checking its parameters: the values and its folders."""
+    """What a notebook needs after checking its parameters: the values, its folders, its figure saver, its end.
+
+    ``by_batch``: started by a chain or study (its record waits in ``runs/.pending/``; the batch holds the lock);
+    otherwise run by hand (this process holds the lock until :meth:`finish`)."""
 
     name: str
     params: dict[str, Any]
     experiment_dir: Path
+    by_batch: bool = False
+    figure_dir: Path | None = None
+    figure_pdf: bool = False
+    finished: bool = field(default=False, compare=False)
 
     def folder(self, *parts: str) -> Path:
         return experiment_dir(self.experiment_dir.parent, self.experiment_dir.name, *parts)
 
+    def figures(self, *parts: str | os.PathLike, pdf: bool = False) -> Path:
+        """Where :meth:`save_figure` puts this stage's figures: ``folder(*parts)`` of the experiment (or one path
+        inside it, e.g. 06's run folder), created; ``pdf``: also a PDF of each.  Returns the folder."""
+        if len(parts) == 1 and Path(parts[0]).is_absolute():
+            folder = Path(parts[0])
+            folder.mkdir(parents=True, exist_ok=True)
+        else:
+            folder = self.folder(*(str(p) for p in parts))
+        self.figure_dir, self.figure_pdf = folder, pdf
+        return folder
+
+    def save_figure(self, fig: Any, name: str, pdf: bool | None = None) -> None:
+        """Save ``fig`` as ``<figure folder>/<name>.png`` (and ``.pdf``: ``pdf``, by default as set in
+        :meth:`figures`) when the notebook's ``save_figures`` is True; otherwise nothing.  Returns nothing, so a cell
+        ending with it shows no value."""
+        if not self.params.get("save_figures", True):
+            return
+        if self.figure_dir is None:
+            raise RuntimeError(f"{self.name}: call stage.figures(<folder>) before stage.save_figure")
+        from .plots_base import save_figure  # lazy: matplotlib, which the batch and the Dask workers do not need
+
+        save_figure(fig, self.figure_dir / name, pdf=self.figure_pdf if pdf is None else pdf)
+
+    @property
+    def record_path(self) -> Path:
+        """``runs/run_<tag>.json``: where this run's record goes when it succeeds."""
+        return run_record_path(self.experiment_dir, record_tag(self.name, self.params))
+
+    def finish(self) -> None:
+        """The notebook's last cell: the stage reached its end.  Run by hand, write the run record
+        ``runs/run_<tag>.json`` (parameters, versions, git commit) and free the experiment's lock; run by the batch,
+        nothing (the batch moves the pending record into ``runs/`` when papermill reports success).  A second call
+        does nothing."""
+        if self.by_batch or self.finished:
+            return
+        write_run_record(self.record_path.parent, record_tag(self.name, self.params), self.params)
+        release_experiment(self.experiment_dir)
+        self.finished = True
+        print(f"{self.name} done: run recorded in {self.record_path}; experiment {self.experiment_dir.name} free")
+
 
 def start_stage(name: str, namespace: Mapping[str, Any]) -> Stage:
-    """Validate a notebook's parameters (taken from ``namespace``), create its experiment folder, seed RNGs,
-    and record the run (parameters, versions, git commit) in ``<experiment>/runs/`` (run by the batch: in
-    ``runs/.pending/``, moved into ``runs/`` when the stage succeeds).  Refuses an experiment another process has
-    locked (:func:`experiment_lock`)."""
+    """Validate a notebook's parameters (taken from ``namespace``), create its experiment folder, seed RNGs.
+
+    Run by the batch (``$DUALSYNTH_BATCH``): refuse an experiment another process has locked
+    (:func:`~dualsynth.locking.check_experiment_lock`) and record the run (parameters, versions, git commit) in
+    ``runs/.pending/``, moved into ``runs/`` by the batch when the stage succeeds.  Run by hand: take the
+    experiment's lock for this process (:func:`~dualsynth.locking.hold_experiment`; another holder is refused
+    with :class:`~dualsynth.locking.ExperimentLocked`); the record is written by ``stage.finish()``, the
+    notebook's last cell (:meth:`Stage.finish`)."""
     if name not in NOTEBOOK_RULES:
         raise ParamError(f"unknown stage {name!r}; stages are {sorted(NOTEBOOK_RULES)}")
     rules = NOTEBOOK_RULES[name]
@@ -247,13 +309,17 @@ def start_stage(name: str, namespace: Mapping[str, Any]) -> Stage:
     if problems:
         raise ParamError(f"bad parameters of {name}:\n  " + "\n  ".join(problems))
     exp = experiment_dir(params["outputs_dir"], params["experiment"])
-    check_experiment_lock(exp)  # another chain or study is writing this experiment
+    by_batch = bool(os.environ.get(BATCH_ENV))
+    if by_batch:
+        check_experiment_lock(exp)  # another chain or study is writing this experiment
+    else:
+        hold_experiment(exp, name)  # for the life of the stage: until stage.finish() or the kernel exits
     set_seed(params["seed"])
-    # one record per run: the study runs 06 many times (variant × seed) in parallel.  Run by the batch, the record
-    # waits in runs/.pending/ until the stage succeeds (a failed re-run keeps the last good run's record)
-    pending = bool(os.environ.get(BATCH_ENV))
-    write_run_record(run_record_path(exp, "x", pending).parent, record_tag(name, params), params)
-    return Stage(name, params, exp)
+    if by_batch:
+        # one record per run: the study runs 06 many times (variant × seed) in parallel.  It waits in runs/.pending/
+        # until the stage succeeds (a failed re-run keeps the last good run's record)
+        write_run_record(run_record_path(exp, "x", pending=True).parent, record_tag(name, params), params)
+    return Stage(name, params, exp, by_batch=by_batch)
 
 
 def set_tf_threads(threads: int) -> None:
@@ -263,12 +329,10 @@ def set_tf_threads(threads: int) -> None:
     """
     if threads <= 0:
         return
-    import tensorflow as tf
+    import tensorflow as tf  # lazy: TensorFlow only where a notebook trains (config is imported everywhere)
 
     try:
         tf.config.threading.set_intra_op_parallelism_threads(int(threads))
         tf.config.threading.set_inter_op_parallelism_threads(min(2, int(threads)))
     except RuntimeError as e:  # already initialised: keep going with the default, but say so
-        import warnings
-
         warnings.warn(f"tf_threads={threads} not applied: {e}", stacklevel=2)

@@ -2,8 +2,9 @@
 
 * ``set_seed`` seeds Python, NumPy and TensorFlow (op determinism with ``$DUALSYNTH_DETERMINISTIC=1``).
 * ``run_record`` / ``write_run_record``: versions of the stack, the git commit and a stage's parameters, written
-  to ``<experiment>/runs/run_<tag>.json`` (``record_tag``, ``run_record_path``; a run the batch started waits in
-  ``runs/.pending/`` until it succeeds, see :mod:`dualsynth.locking`).
+  to ``<experiment>/runs/run_<tag>.json`` (``record_tag``, ``run_record_path``) only when the stage succeeded: a run
+  the batch started waits in ``runs/.pending/`` until it succeeds (see :mod:`dualsynth.locking`), a notebook run
+  by hand writes it from ``stage.finish()``, its last cell (:mod:`dualsynth.notebook_params`).
 
 Re-exported by :mod:`dualsynth.config`.
 """
@@ -14,6 +15,7 @@ import platform
 import random
 import subprocess
 import sys
+from importlib import metadata
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -43,7 +45,7 @@ def set_seed(seed: int, deterministic_ops: bool | None = None) -> None:
     random.seed(seed)
     np.random.seed(seed % (2**32))
     if "tensorflow" in sys.modules:
-        import tensorflow as tf
+        import tensorflow as tf  # already loaded (checked above); never loaded here just to seed it
 
         tf.random.set_seed(seed)
         if deterministic_ops:
@@ -64,8 +66,6 @@ def _git_commit(root: Path) -> str | None:
 
 def run_record(extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Versions of the stack and the git commit, for a run's outputs."""
-    from importlib import metadata
-
     versions = {}
     for dist in ("dualsynth", "tensorflow", "tf-keras", "dm-sonnet", "tensorflow-probability",
                  "segmentation-models", "numpy", "scikit-image", "scikit-learn", "albumentations", "papermill"):

@@ -8,7 +8,9 @@ the wrong thing); its records are written only when it succeeds.  The chain and 
 from __future__ import annotations
 
 import ast
+import json
 import os
+import re
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -41,7 +43,7 @@ def notebook_path(name: str) -> Path:
 
 def notebook_parameters(name_or_path: str | os.PathLike) -> dict[str, Any]:
     """The names and default values of a notebook's ``parameters`` cell (via papermill); defaults must be plain literals."""
-    import papermill as pm
+    import papermill as pm  # lazy: papermill (nbclient, jupyter) only where notebooks are read or run
 
     path = Path(name_or_path)
     if not path.suffix:
@@ -100,7 +102,7 @@ def _record_paths(notebook: str, parameters: Mapping[str, Any]) -> tuple[Path, P
 
 
 def _stage_error(notebook: str, error: BaseException, failed: Path | None) -> StageError:
-    from papermill.exceptions import PapermillExecutionError
+    from papermill.exceptions import PapermillExecutionError  # lazy: papermill, as above
 
     if isinstance(error, PapermillExecutionError):  # the notebook's own exception: the project's message
         what = f"{error.ename}: {error.evalue}"
@@ -124,7 +126,7 @@ def run_notebook(notebook: str, output: str | os.PathLike, parameters: Mapping[s
     last good run's notebook and record; its own notebook is kept as ``<name>-failed.ipynb``
     (:func:`failed_notebook_path`), named in the :class:`StageError`, and its pending record is dropped.
     """
-    import papermill as pm
+    import papermill as pm  # lazy: papermill, as above
 
     check_parameters(notebook, parameters)
     output = Path(output)
@@ -170,9 +172,6 @@ def run_notebook(notebook: str, output: str | os.PathLike, parameters: Mapping[s
 
 def notebook_warnings(executed: str | os.PathLike, limit: int = 10) -> list[str]:
     """The project's warnings an executed notebook printed (``UserWarning: …`` on stderr; not the libraries')."""
-    import json
-    import re
-
     try:
         cells = json.loads(Path(executed).read_text(encoding="utf-8")).get("cells", [])
     except (OSError, ValueError):

@@ -15,7 +15,8 @@ from typing import Any, Mapping, Sequence
 from .config import ParamError
 from .io import read_json
 from .unet import budget as unet_budget
-from .variants import VariantError, load_variant, metrics_complete, parse_run, run_dir
+from .unet.record import read_complete
+from .variants import VariantError, inputs_fingerprint, load_variant, parse_run, run_dir
 
 __all__ = ["StudyPlan", "plan_study", "study_runs", "data_variant", "recorded_updates", "predicted_share"]
 
@@ -34,8 +35,6 @@ def _stale_check(experiment_path: Path):
     """``is_stale(run, metrics)``: the complete run's recorded ``inputs_fingerprint`` differs from what the variant
     file it trained on (``variants/<variant>.json``; a control's is its base's) now lists (a run recorded before
     fingerprints existed, or whose variant file is gone, is trusted).  Fingerprints are computed once per variant."""
-    from .variants import inputs_fingerprint
-
     current: dict[str, str | None] = {}
 
     def is_stale(run: str, metrics: Mapping[str, Any]) -> bool:
@@ -60,8 +59,9 @@ def study_runs(experiment_path: Path, variant_names: Sequence[str], seeds: Seque
     for v in variant_names:
         for s in seeds:
             d = run_dir(experiment_path / "unet", v, s)
-            done = metrics_complete(d / "metrics.json")
-            stale = done and is_stale(v, read_json(d / "metrics.json"))
+            metrics = read_complete(d / "metrics.json")  # complete: dualsynth.unet.record.record_complete
+            done = metrics is not None
+            stale = done and is_stale(v, metrics)
             out.append({"variant": v, "seed": int(s), "dir": d, "done": done, "stale": stale})
     return out
 

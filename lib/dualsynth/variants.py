@@ -31,14 +31,18 @@ of every larger one's.  Validation and test sets are always real.
 from __future__ import annotations
 
 import functools
+import json
 import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+import numpy as np
+
 from .config import ParamError, project_root
-from .io import DataError, atomic_write_json, atomic_write_text, read_json
+from .io import DataError, atomic_write_json, atomic_write_text, fingerprint, read_image, read_json, read_mask
+from .unet.record import metrics_complete, read_complete  # noqa: F401  (metrics_complete re-exported: its old home)
 
 __all__ = [
     "BASE_TIERS",
@@ -291,10 +295,6 @@ def load_variant(path: str | Path) -> dict[str, Any]:
 
 def load_split(variant_data: dict[str, Any], split: str, channels: int, palette):
     """Images ``uint8 (N, H, W, C)`` and class-index masks ``uint8 (N, H, W)`` of a materialised variant's split."""
-    import numpy as np
-
-    from .io import read_image, read_mask
-
     if split not in ("train", "val", "test", "pretrain"):
         raise VariantError(f"unknown split {split!r}; use train, val, test or (PT_ variants) pretrain")
     if split not in variant_data:
@@ -312,22 +312,9 @@ def run_dir(unet_root: str | Path, variant: str, seed: int) -> Path:
     return Path(unet_root) / variant / f"seed{int(seed)}"
 
 
-def metrics_complete(path: str | Path) -> bool:
-    """True when a run's ``metrics.json`` exists, parses and says it is complete (the batch's resume test)."""
-    try:
-        data = read_json(path)
-    except (DataError, OSError):
-        return False
-    return bool(data.get("complete")) and "missing_class_iou" in data
-
-
 def inputs_fingerprint(variant_data: dict[str, Any]) -> str:
     """Fingerprint of what a run of this variant trains and is scored on: the variant file's content and the
     bytes of every image and mask it lists (a re-generated synthetic pool changes it even under the same names)."""
-    import json
-
-    from .io import fingerprint
-
     splits = ("train", "val", "test") + (("pretrain",) if "pretrain" in variant_data else ())  # PT_: + pretrain
     files = [Path(e[k]) for split in splits for e in variant_data[split] for k in ("image", "mask")]
     return fingerprint(json.dumps(variant_data, sort_keys=True), *[_file_digest(f) for f in files])
@@ -340,21 +327,16 @@ def _file_digest(path: Path) -> str:
 
 @functools.lru_cache(maxsize=4096)
 def _cached_digest(path: str, mtime_ns: int, size: int) -> str:
-    from .io import fingerprint
-
     return fingerprint(Path(path))
 
 
 def load_run_metrics(experiment_path: str | Path, variant: str, seed: int) -> dict[str, Any] | None:
-    """A run's ``metrics.json`` if it is complete, else ``None``."""
-    f = run_dir(Path(experiment_path) / "unet", variant, seed) / "metrics.json"
-    return read_json(f) if metrics_complete(f) else None
+    """A run's ``metrics.json`` if it is complete (:mod:`dualsynth.unet.record`), else ``None``."""
+    return read_complete(run_dir(Path(experiment_path) / "unet", variant, seed) / "metrics.json")
 
 
 def load_predictions(experiment_path: str | Path, variant: str, seed: int):
     """A finished run's test predictions ``uint8 (N, H, W)`` and its per-image scores, or ``(None, None)``."""
-    import numpy as np
-
     d = run_dir(Path(experiment_path) / "unet", variant, seed)
     metrics = load_run_metrics(experiment_path, variant, seed)
     if metrics is None or not (d / "predictions.npz").is_file():

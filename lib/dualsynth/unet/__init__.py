@@ -1,7 +1,7 @@
 """U-Net segmentation of micrographs (segmentation-models 1.0.1, Keras 2 / ``tf_keras``).
 
-Modules, one concern each (only :mod:`.budget` is free of TensorFlow; importing this package imports none of
-them, so ``dualsynth.unet.budget`` stays cheap for the batch runner):
+Modules, one concern each (only :mod:`.budget` and :mod:`.record` are free of TensorFlow; importing this package
+imports none of them, so both stay cheap for the batch runner and the results table):
 
 * :mod:`.model` - :class:`UNetConfig`, :class:`InputAdapter`, :func:`build_unet`, :func:`unet_core`;
 * :mod:`.weights` - :func:`load_weights_h5` (Keras 2 HDF5 by weight name, Keras 3 files by structure);
@@ -15,6 +15,9 @@ them, so ``dualsynth.unet.budget`` stays cheap for the batch runner):
 * :mod:`.recipe` - warm-up + cosine schedule, input statistics (``normalise: patches``: the input adapter then
   z-scores instead of applying the encoder's ImageNet preprocessing), class weights;
 * :mod:`.pretext` - inpainting pretraining without labels, a local substitute for ImageNet weights.
+* :mod:`.record` - a run's record ``metrics.json``: its fields, :func:`~.record.metrics_record` (06 builds it),
+  :func:`~.record.write_metrics`, and what makes it complete (:func:`~.record.metrics_complete`: the study's resume
+  test, the results table's filter).
 
 ``dualsynth.segmentation`` re-exports the public names (and the old private ones tests use) from here.
 
