@@ -70,7 +70,7 @@ def _pool_task(task: dict) -> dict:
     tf.random.set_seed(0)
     gen = vqvae.VQVAE(in_channels=channels, num_embeddings=10, embedding_dim=64, num_hiddens=64,
                       num_residual_hiddens=32)
-    prior = pixelcnn.make_prior("pixelcnn", 10, hidden_channels=64, num_blocks=6)
+    prior = pixelcnn.make_prior("pixelcnn", 10, hidden_channels=64, num_layers=6)
     kw = dict(code_shape=(task["code"], task["code"]), batch_size=task["batch"], progress=False,
               min_object_px=synthesis.scaled_min_object_px(task["patch"]), image_channels=manifest.channels)
     synthesis.generate_samples(gen, prior, task["batch"], palette, seed=99, **kw)  # warm-up (compilation)

@@ -178,6 +178,28 @@ def test_judge_config_takes_the_u_net_settings_and_refuses_unknown_or_fixed_keys
         pretest.judge_config({"base_filter": 8}, num_classes=3, in_channels=1, encoder="plain", epochs=1, seed=0)
     with pytest.raises(ValueError, match=r"\['epochs'\] are set by 04 itself"):
         pretest.judge_config({"epochs": 3}, num_classes=3, in_channels=1, encoder="plain", epochs=1, seed=0)
+    # the allowed list leaves out what 04 sets itself
+    with pytest.raises(ValueError, match=r"pretest_unet: unknown .*\['bogus', 'ephocs'\]; allowed: \[") as e:
+        pretest.judge_config({"bogus": 1, "ephocs": 3}, num_classes=3, in_channels=1, encoder="plain", epochs=1,
+                             seed=0)
+    allowed = str(e.value).split("allowed: ")[1]
+    assert "'base_filters'" in allowed and not any(f"'{k}'" in allowed for k in pretest.JUDGE_FIXED)
+
+
+def test_unet_config_from_params_strict_names_unknown_keys():
+    """Issue 17: UNetConfig.from_params ignores keys that are no U-Net setting (a notebook's ``experiment``, …)
+    unless ``strict=True``, which names them in a ValueError (what judge_config uses instead of its own list)."""
+    from dualsynth.unet.model import UNetConfig, UnknownSettings
+
+    params = {"base_filters": 8, "experiment": "x", "budget": "epochs"}
+    assert UNetConfig.from_params(params, num_classes=3, encoder="plain").base_filters == 8  # lenient by default
+    with pytest.raises(UnknownSettings, match=r"unknown U-Net setting\(s\) \['budget', 'experiment'\]") as e:
+        UNetConfig.from_params(params, strict=True, num_classes=3, encoder="plain")
+    assert isinstance(e.value, ValueError) and e.value.unknown == ["budget", "experiment"]
+    assert "base_filters" in e.value.allowed and "num_classes" not in e.value.allowed  # fixed keys are not allowed
+    cfg = UNetConfig.from_params({"base_filters": 8, "epochs": 2}, strict=True, num_classes=3, encoder="plain",
+                                 epochs=5)
+    assert (cfg.base_filters, cfg.epochs) == (8, 5)  # fixed wins, as without strict
 
 
 def test_quick_judge_uses_the_quick_study_recipe():

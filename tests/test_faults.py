@@ -42,7 +42,7 @@ def test_prior_checkpoint_from_other_codes_refused(tmp_path):
     """03 re-run after 01/02 changed: the prior checkpoint was trained on other code maps → refused."""
     from dualsynth import pixelcnn as pc
 
-    make = lambda: pc.make_prior("pixelcnn", 4, hidden_channels=8, num_blocks=1, seed=0)  # noqa: E731
+    make = lambda: pc.make_prior("pixelcnn", 4, hidden_channels=8, num_layers=1, seed=0)  # noqa: E731
     pc.fit_prior(make(), _stripes(16, 0), _stripes(4, 1), tmp_path / "ck", steps=10, batch_size=8, eval_every=10,
                  progress=False)
     with pytest.raises(DataError, match=r"ck holds a prior checkpoint made from other data.*delete .*ck or pass a "
@@ -55,10 +55,10 @@ def test_prior_checkpoint_from_other_codes_refused(tmp_path):
 def test_prior_checkpoint_of_other_config_refused(tmp_path):
     from dualsynth import pixelcnn as pc
 
-    pc.fit_prior(pc.make_prior("pixelcnn", 4, hidden_channels=8, num_blocks=1), _stripes(16, 0), _stripes(4, 1),
+    pc.fit_prior(pc.make_prior("pixelcnn", 4, hidden_channels=8, num_layers=1), _stripes(16, 0), _stripes(4, 1),
                  tmp_path / "ck", steps=10, batch_size=8, eval_every=10, progress=False)
     with pytest.raises(ValueError, match=r"holds a prior with config .*delete .*ck or pass a new experiment name"):
-        pc.fit_prior(pc.make_prior("pixelcnn", 4, hidden_channels=16, num_blocks=1), _stripes(16, 0),
+        pc.fit_prior(pc.make_prior("pixelcnn", 4, hidden_channels=16, num_layers=1), _stripes(16, 0),
                      _stripes(4, 1), tmp_path / "ck", steps=20, batch_size=8, eval_every=10, progress=False)
 
 
@@ -70,7 +70,7 @@ def test_prior_nan_loss_stops_and_keeps_checkpoint(tmp_path, monkeypatch):
 
     from dualsynth import pixelcnn as pc
 
-    make = lambda: pc.make_prior("pixelcnn", 4, hidden_channels=8, num_blocks=1)  # noqa: E731
+    make = lambda: pc.make_prior("pixelcnn", 4, hidden_channels=8, num_layers=1)  # noqa: E731
     kw = dict(batch_size=8, eval_every=10, progress=False)
     pc.fit_prior(make(), _stripes(16, 0), _stripes(4, 1), tmp_path / "ck", steps=10, **kw)
     real = pc.train_prior
@@ -152,7 +152,7 @@ def test_corrupt_saved_json_names_the_file(tmp_path):
     from dualsynth import vqvae as vq
     from dualsynth.segmentation import load_unet_config
 
-    pc.save_prior(pc.make_prior("pixelcnn", 4, hidden_channels=8, num_blocks=1), tmp_path / "prior")
+    pc.save_prior(pc.make_prior("pixelcnn", 4, hidden_channels=8, num_layers=1), tmp_path / "prior")
     (tmp_path / "prior" / "prior.json").write_text('{"kind": "pixel')
     with pytest.raises(DataError, match=r"prior[/\\]prior\.json: not valid JSON"):
         pc.load_prior(tmp_path / "prior")
@@ -264,7 +264,7 @@ def test_synthesis_refuses_prior_of_another_generator(tmp_path):
                        x, x, steps=2, batch_size=2, eval_every=2, checkpoint_dir=tmp_path / name, progress=False)
     g1, g2 = vq.load_vqvae(tmp_path / "g1"), vq.load_vqvae(tmp_path / "g2")
     assert g1.checkpoint_id == vq.load_vqvae(tmp_path / "g1").checkpoint_id != g2.checkpoint_id
-    pc.save_prior(pc.make_prior("pixelcnn", 4, hidden_channels=8, num_blocks=1), tmp_path / "pixelcnn" / "prior",
+    pc.save_prior(pc.make_prior("pixelcnn", 4, hidden_channels=8, num_layers=1), tmp_path / "pixelcnn" / "prior",
                   generator_id=g1.checkpoint_id)
     prior = pc.load_prior(tmp_path / "pixelcnn" / "prior")
     assert prior.generator_id == g1.checkpoint_id

@@ -310,3 +310,98 @@ def test_mean_grain_diameter():
     assert 30.0 <= ecd.mean() <= 60.0
     assert ecd.mean() == pytest.approx(p.grain_diameter_px, rel=0.15)
     assert ecd.std() > 3.0  # not all grains the same size
+
+
+# --------------------------------------------------------------------------- #
+# byte-identical outputs (issue 17: degrade_mask and _render split into steps)
+# --------------------------------------------------------------------------- #
+
+
+def _digest(*arrays) -> str:
+    import hashlib
+
+    d = hashlib.sha256()
+    for a in arrays:
+        a = np.ascontiguousarray(a)
+        d.update(str((a.shape, a.dtype.str)).encode())
+        d.update(a.tobytes())
+    return d.hexdigest()[:16]
+
+
+#: sha256 (first 16 hex digits) of image, mask_hq, mask_lq and blur_map, recorded before degrade_mask and _render
+#: were split into their steps (pinned numpy/scipy of the venv; another numpy/scipy may change round-off, then
+#: compare against the version before and re-pin)
+GENERATOR_DIGESTS = {
+    (("seed", 0), ("width", 384), ("height", 320)): "92015cb708256894",
+    (("seed", 7), ("width", 300), ("height", 256), ("grain_diameter_px", 20.0)): "1cc3d75e69c25da8",
+    (("seed", 2), ("width", 256), ("height", 256), ("scratches_per_mpx", 200.0), ("blur_regions_per_mpx", 30.0),
+     ("lq_large_regions_per_mpx", 40.0)): "5916b9cf68b66b43",
+}
+FULL_DIGEST = "036d9b6986fae510"  # generate_ndfeb(seed=0): the embedded default micrograph
+
+
+@pytest.mark.parametrize("case", list(GENERATOR_DIGESTS))
+def test_generator_outputs_are_byte_identical(case):
+    m = generate_ndfeb(**dict(case))
+    assert _digest(m.image, m.mask_hq, m.mask_lq, m.blur_map) == GENERATOR_DIGESTS[case]
+
+
+def test_the_embedded_default_is_byte_identical(full):
+    assert _digest(full.image, full.mask_hq, full.mask_lq, full.blur_map) == FULL_DIGEST
+
+
+def test_degrade_mask_outputs_are_byte_identical():
+    small = np.random.default_rng(11).integers(0, 5, (20, 25))
+    mask = np.kron(small, np.ones((8, 8), np.int64))
+    got = {seed: _digest(degrade_mask(mask, num_classes=5, seed=seed, **kw)) for seed, kw in (
+        (0, {}), (2, dict(background=3)), (3, dict(large_regions_per_mpx=2e4, large_region_min_px=10)),
+        (4, dict(spurious_radius=(2, 5))), (7, dict(dilation_share=0, boundary_share=0)))}
+    assert got == {0: "19ed757c9e261649", 2: "7bcef416ae34c571", 3: "23f8b0b50c3a2e01", 4: "addc5bc0b7fe742d",
+                   7: "eb510ea7d86973d2"}
+    assert _digest(degrade_mask(mask, seed=6, num_classes=300)) == "4934c4be9385f367"  # int32 output
+
+
+def test_degrade_steps_each_do_their_part():
+    from dualsynth.microstructure import degrade
+
+    rng = np.random.default_rng(0)
+    hq = np.zeros((40, 40), np.uint8)
+    hq[10:30, 12:28] = 1
+    # 2. growth into the background: exactly the budget, the object's own class, next to it
+    lq = hq.copy()
+    degrade._grow_into_background(rng, hq, lq, bg=0, budget=30, max_dilation_px=3.0)
+    changed = lq != hq
+    assert changed.sum() == 30 and (lq[changed] == 1).all() and (hq[changed] == 0).all()
+    dist = ndi.distance_transform_edt(hq == 0)
+    assert dist[changed].max() <= 3.0
+    # 3. boundary pixels take a neighbour's label: exactly the budget, each on a class boundary
+    lq = hq.copy()
+    degrade._relabel_boundary_pixels(rng, hq, lq, budget=12)
+    changed = lq != hq
+    assert changed.sum() == 12
+    assert (ndi.maximum_filter(hq, 3) != ndi.minimum_filter(hq, 3))[changed].all()
+    # 4. blobs: discs of each radius; spurious objects only inside the background, up to the target
+    stamps = degrade._blob_stamps((1, 2))
+    assert [s[0] for s in stamps] == [1, 2] and len(stamps[0][1]) == 5
+    lq = hq.copy()
+    degrade._add_spurious_objects(rng, hq, lq, bg=0, wrong_classes=[1], target=60, spurious_radius=(1, 2))
+    changed = lq != hq
+    assert 40 <= changed.sum() <= 60 and (hq[changed] == 0).all()
+    # the other class: one present in the mask when there is one
+    counts = np.array([10, 0, 5])
+    assert {degrade._other_class(rng, 0, counts) for _ in range(20)} == {2}
+    assert {degrade._other_class(rng, 0, np.array([10, 0, 0])) for _ in range(30)} == {1, 2}
+
+
+def test_render_steps_grain_colours_and_sensor_noise():
+    from dualsynth.microstructure import render
+
+    p = NdFeBParams(width=8, height=6, grain_contrast=0.0, grain_tint=0.0, read_noise=0.0, shot_noise=0.0)
+    mask = np.arange(48).reshape(6, 8) % 4
+    grain = np.arange(48).reshape(6, 8) % 3
+    img = render._grain_colours(np.random.default_rng(0), p, mask, grain, n_seeds=3)
+    colours = np.array([p.color_matrix, p.color_eta, p.color_oxide, p.color_nd_rich], np.float32)
+    np.testing.assert_array_equal(img, colours[mask])  # no contrast, no tint: the class colours
+    out = render._sensor_noise(np.random.default_rng(0), p, img.copy())
+    assert out.dtype == np.uint8
+    np.testing.assert_array_equal(out, (np.clip(colours[mask], 0, 1) * 255.0 + 0.5).astype(np.uint8))

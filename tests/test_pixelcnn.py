@@ -15,7 +15,7 @@ import tensorflow as tf  # noqa: E402
 K = 10
 KINDS = ("pixelcnn", "gated")
 SMALL = {
-    "pixelcnn": dict(hidden_channels=16, num_blocks=3, first_kernel_size=5, kernel_size=3),
+    "pixelcnn": dict(hidden_channels=16, num_layers=3, first_kernel_size=5, kernel_size=3),
     "gated": dict(hidden_channels=8, num_layers=4, first_kernel_size=5, kernel_size=3),
 }
 
@@ -89,7 +89,7 @@ def test_causality(models, kind):
 def test_blind_spot_plain_but_not_gated():
     """3x3 kernels everywhere: the plain PixelCNN never sees (i-1, j+2) (blind
     spot), the gated one does once it has >= 2 layers."""
-    plain = pc.make_prior("pixelcnn", K, hidden_channels=16, num_blocks=4,
+    plain = pc.make_prior("pixelcnn", K, hidden_channels=16, num_layers=4,
                           first_kernel_size=3, kernel_size=3)
     gated = pc.make_prior("gated", K, hidden_channels=8, num_layers=3,
                           first_kernel_size=3, kernel_size=3)
@@ -100,7 +100,7 @@ def test_blind_spot_plain_but_not_gated():
     assert _dependence(gated, codes, i, j, [(i - 1, j + 2)]) > 1e-4
     assert _dependence(gated, codes, i, j, [(i - 2, j + 3)]) > 1e-4
     # default plain net (7x7 first layer): blind spot at (i-1, j+4)
-    plain7 = pc.make_prior("pixelcnn", K, hidden_channels=16, num_blocks=4)
+    plain7 = pc.make_prior("pixelcnn", K, hidden_channels=16, num_layers=4)
     codes = _random_codes((8, 12), seed=6)
     assert _dependence(plain7, codes, 5, 4, [(4, 7)]) > 1e-4
     assert _dependence(plain7, codes, 5, 4, [(4, 8)]) < 1e-6
@@ -171,7 +171,7 @@ def test_naive_and_fast_samplers_identical(models, kind, temperature):
 
 def test_xla_failure_falls_back(models, monkeypatch):
     """If XLA cannot compile the sampler, sample_fast warns and runs without it."""
-    m = pc.make_prior("pixelcnn", K, hidden_channels=8, num_blocks=1, first_kernel_size=3)
+    m = pc.make_prior("pixelcnn", K, hidden_channels=8, num_layers=1, first_kernel_size=3)
     real = pc._graph_sampler
 
     def fake(engine, height, width, batch, jit_compile):
@@ -283,7 +283,7 @@ def test_evaluate_nll_matches_manual(models):
 @pytest.mark.parametrize("kind", KINDS)
 def test_training_learns_vertical_stripes(kind):
     k = 6
-    kw = dict(hidden_channels=32, num_blocks=2) if kind == "pixelcnn" else \
+    kw = dict(hidden_channels=32, num_layers=2) if kind == "pixelcnn" else \
         dict(hidden_channels=16, num_layers=3)
     model = pc.make_prior(kind, k, first_kernel_size=5, seed=0, **kw)
     train, val = _stripes(64, 8, 8, k, seed=0), _stripes(16, 8, 8, k, seed=1)
@@ -305,7 +305,7 @@ def test_training_learns_vertical_stripes(kind):
 
 
 def test_train_callback_stops_and_resume(models):
-    m = pc.make_prior("pixelcnn", K, hidden_channels=8, num_blocks=1, first_kernel_size=3)
+    m = pc.make_prior("pixelcnn", K, hidden_channels=8, num_layers=1, first_kernel_size=3)
     codes = _random_codes((6, 4, 4), seed=1)
     hist = pc.train_prior(m, codes, None, steps=10, batch_size=4, log_every=2,
                           callback=lambda rec: True, progress=False)
@@ -381,11 +381,11 @@ def test_fit_prior_resumes_and_keeps_best(tmp_path):
 
     train = _stripes(24, 6, 6, 4, seed=0)
     val = _stripes(8, 6, 6, 4, seed=1)
-    m1 = pc.make_prior("pixelcnn", 4, hidden_channels=8, num_blocks=1, seed=0)
+    m1 = pc.make_prior("pixelcnn", 4, hidden_channels=8, num_layers=1, seed=0)
     first = fit_prior(m1, train, val, tmp_path / "ck", steps=20, batch_size=8, eval_every=10, progress=False)
     assert first["final_step"] == 20 and [r["step"] for r in first["history"]] == [10, 20]
     # resume into a fresh model: continues from step 20 to 40, history without duplicates
-    m2 = pc.make_prior("pixelcnn", 4, hidden_channels=8, num_blocks=1, seed=5)
+    m2 = pc.make_prior("pixelcnn", 4, hidden_channels=8, num_layers=1, seed=5)
     second = fit_prior(m2, train, val, tmp_path / "ck", steps=40, batch_size=8, eval_every=10, progress=False)
     assert second["final_step"] == 40 and [r["step"] for r in second["history"]] == [10, 20, 30, 40]
     best = min(second["history"], key=lambda r: r["val_nll"])
@@ -393,7 +393,7 @@ def test_fit_prior_resumes_and_keeps_best(tmp_path):
     assert pc.evaluate_nll(load_prior(tmp_path / "ck" / "best"), val) == pytest.approx(best["val_nll"], rel=1e-4)
     assert pc.evaluate_nll(m2, val) == pytest.approx(best["val_nll"], rel=1e-4)  # the model ends with the best weights
     # already done: returns at once with the same record
-    again = fit_prior(pc.make_prior("pixelcnn", 4, hidden_channels=8, num_blocks=1), train, val, tmp_path / "ck",
+    again = fit_prior(pc.make_prior("pixelcnn", 4, hidden_channels=8, num_layers=1), train, val, tmp_path / "ck",
                       steps=40, batch_size=8, eval_every=10, progress=False)
     assert again["final_step"] == 40 and len(again["history"]) == 4
 
@@ -404,7 +404,7 @@ def test_fit_prior_early_stopping(tmp_path):
     rng = np.random.default_rng(0)
     train = rng.integers(0, 4, (4, 6, 6))  # pure noise: the validation NLL can only get worse with overfitting
     val = rng.integers(0, 4, (8, 6, 6))
-    m = pc.make_prior("pixelcnn", 4, hidden_channels=32, num_blocks=2, seed=0)
+    m = pc.make_prior("pixelcnn", 4, hidden_channels=32, num_layers=2, seed=0)
     r = fit_prior(m, train, val, tmp_path / "ck", steps=400, batch_size=4, learning_rate=1e-2, eval_every=10,
                   patience=3, progress=False)
     assert r["stopped_early"] and r["final_step"] < 400

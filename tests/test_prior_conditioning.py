@@ -127,12 +127,49 @@ def test_condition_errors(cond_model):
 
 
 def test_depth_has_one_name_for_both_kinds():
+    """Issue 17: ``num_layers`` is the depth of both priors and their config key; ``num_blocks`` (the plain
+    prior's older name) is a deprecated alias that warns, naming the caller's line."""
+    import warnings
+
     plain = pr.make_prior("pixelcnn", K, hidden_channels=8, num_layers=3)
-    assert plain.num_blocks == plain.num_layers == 3 and plain.config["num_blocks"] == 3
-    assert pr.make_prior("pixelcnn", K, hidden_channels=8, num_blocks=3).config == plain.config
-    assert pr.make_prior("gated", K, hidden_channels=8, num_layers=3).num_layers == 3
-    with pytest.raises(ValueError, match="num_blocks=2 and num_layers=3"):
+    assert plain.num_layers == 3 and plain.config["num_layers"] == 3 and "num_blocks" not in plain.config
+    assert pr.make_prior("gated", K, hidden_channels=8, num_layers=3).config["num_layers"] == 3
+    assert pr.PixelCNN(K, 8, 3).config == plain.config  # the third positional argument is the depth, as before
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the documented name does not warn
+        pr.make_prior("pixelcnn", K, hidden_channels=8, num_layers=3)
+    with pytest.warns(DeprecationWarning, match="num_blocks is deprecated.*num_layers") as seen:
+        old = pr.make_prior("pixelcnn", K, hidden_channels=8, num_blocks=3)
+    assert old.config == plain.config
+    assert [w.filename for w in seen] == [__file__]  # this line, not the library's
+    with pytest.warns(DeprecationWarning, match="num_blocks is deprecated"):
+        assert plain.num_blocks == 3
+    with pytest.warns(DeprecationWarning), pytest.raises(ValueError, match="num_blocks=2 and num_layers=3"):
         pr.make_prior("pixelcnn", K, num_blocks=2, num_layers=3)
+
+
+def test_prior_saved_with_the_old_depth_key_loads_and_resumes(tmp_path):
+    """A ``prior.json`` written when the plain prior's config key was ``num_blocks`` loads (no warning: the folder
+    is not the reader's to fix), and fit_prior resumes its checkpoint as the same configuration."""
+    import warnings
+
+    train, val = _codes((8, 5, 5), seed=0, k=4), _codes((4, 5, 5), seed=1, k=4)
+    make = lambda: pr.make_prior("pixelcnn", 4, hidden_channels=8, num_layers=1, first_kernel_size=3)  # noqa: E731
+    kw = dict(batch_size=4, eval_every=2, progress=False)
+    first = pr.fit_prior(make(), train, val, tmp_path / "ck", steps=2, **kw)
+    cfg_file = tmp_path / "ck" / "best" / "prior.json"
+    cfg = json.loads(cfg_file.read_text())
+    cfg["num_blocks"] = cfg.pop("num_layers")  # as written before
+    cfg_file.write_text(json.dumps(cfg))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DeprecationWarning)
+        loaded = pr.load_prior(tmp_path / "ck" / "best")
+        again = pr.fit_prior(make(), train, val, tmp_path / "ck", steps=4, **kw)
+    assert loaded.num_layers == 1 and loaded.config == make().config
+    assert first["final_step"] == 2 and again["final_step"] == 4
+    assert pr.current_config({"kind": "pixelcnn", "num_blocks": 2}) == {"kind": "pixelcnn", "num_layers": 2}
+    with pytest.raises(ValueError, match="two depths"):
+        pr.current_config({"num_blocks": 2, "num_layers": 3})
 
 
 # --------------------------------------------------------------------------- #

@@ -162,7 +162,7 @@ def prior_uninterrupted(tmp_path_factory):
     from dualsynth import pixelcnn as pc
 
     train, val = _stripes(24, 6, 6, 4, seed=0), _stripes(8, 6, 6, 4, seed=1)
-    model = pc.make_prior("pixelcnn", 4, hidden_channels=8, num_blocks=1, seed=0)
+    model = pc.make_prior("pixelcnn", 4, hidden_channels=8, num_layers=1, seed=0)
     return pc.fit_prior(model, train, val, tmp_path_factory.mktemp("prior") / "full", steps=40, batch_size=8,
                         eval_every=10, progress=False)
 
@@ -180,7 +180,7 @@ def test_prior_kill_points(tmp_path, monkeypatch, point, prior_uninterrupted):
     kw = dict(steps=40, batch_size=8, eval_every=10, progress=False)
 
     def make():
-        return pc.make_prior("pixelcnn", 4, hidden_channels=8, num_blocks=1, seed=0)
+        return pc.make_prior("pixelcnn", 4, hidden_channels=8, num_layers=1, seed=0)
 
     full = prior_uninterrupted
     ck = tmp_path / "ck"
@@ -302,7 +302,7 @@ def test_prior_folder_swap_killed_between_renames_is_finished_on_load(tmp_path, 
     from dualsynth import pixelcnn as pc
 
     codes = _stripes(2, 6, 6, 4, seed=0)
-    old, new = (pc.make_prior("pixelcnn", 4, hidden_channels=8, num_blocks=1, seed=s) for s in (0, 1))
+    old, new = (pc.make_prior("pixelcnn", 4, hidden_channels=8, num_layers=1, seed=s) for s in (0, 1))
     pc.save_prior(old, tmp_path / "prior")
 
     def first_rename_only(tmp, target):

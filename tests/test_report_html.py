@@ -132,3 +132,60 @@ def test_cli_prints_the_path(experiment, tmp_path, capsys):
     assert cli.main([str(experiment), "--html", "--out-dir", str(tmp_path / "elsewhere")]) == 0
     assert (tmp_path / "elsewhere" / "tiny" / REPORT_HTML).is_file()
     assert "Verdict: inconclusive" in (tmp_path / "elsewhere" / "tiny" / REPORT_HTML).read_text()
+
+
+def _started_at(nb, when):
+    nb.metadata["papermill"]["start_time"] = when
+    return nb
+
+
+def test_only_the_latest_attempt_of_each_notebook_is_shown(experiment):
+    """Issue 16: a ``-failed`` notebook from an earlier attempt stays beside the later successful run; the report
+    shows the latest attempt only, the superseded one in small print, and a failure after a success as failed."""
+    nbdir = experiment / "notebooks"
+    # A_50: failed at 17:00, succeeded at 18:07 (the fixture's run) -> ok
+    nbformat.write(_started_at(_notebook("06 · U-Net run", failed=True, text="old A_50 crash"),
+                               "2026-12-03T17:00:00+00:00"), nbdir / "06_unet_training-A_50-seed0-failed.ipynb")
+    # 01: succeeded at 18:07 (fixture), failed again at 19:00 -> failed, the successful run named
+    nbformat.write(_started_at(_notebook("01 · Patching of the tiny set", failed=True, text="new 01 crash"),
+                               "2026-12-03T19:00:00+00:00"), nbdir / "01_patching-failed.ipynb")
+    # 05: a failed attempt only, no papermill record (executed by hand) -> failed, nothing superseded
+    nb05 = _notebook("05 · datasets", failed=True, text="05 crash")
+    del nb05.metadata["papermill"]
+    nbformat.write(nb05, nbdir / "05_datasets-failed.ipynb")
+
+    index = write_html_report(experiment).read_text()
+    pages = sorted(p.name for p in (experiment / PAGES_DIR).iterdir())
+    assert pages == ["01_patching-failed.html", "05_datasets-failed.html", "06_unet_training-A_100-seed0.html",
+                     "06_unet_training-A_50-seed0.html"]
+    assert "old A_50 crash" not in index
+    assert "an earlier attempt failed" in index and "06_unet_training-A_50-seed0-failed.ipynb" in index
+    assert "the last successful run" in index and "notebooks/01_patching.ipynb" in index
+    assert "2 runs, 1 failed" in index  # A_100 only; A_50's old failure no longer counts
+    assert "<strong>3 failed</strong>" in index  # 01 (latest), 05, A_100; not the superseded A_50 failure
+    a50 = (experiment / PAGES_DIR / "06_unet_training-A_50-seed0.html").read_text()
+    assert "run A_50" in a50 and "an earlier attempt failed" in a50
+    p01 = (experiment / PAGES_DIR / "01_patching-failed.html").read_text()
+    assert "new 01 crash" in p01 and "the last successful run" in p01
+    # the stage keeps its own row (not a "failed" run of 01_patching)
+    assert "01_patching: " not in index and "05_datasets: " not in index
+
+
+def test_a_later_success_wins_by_file_time_without_papermill_records(experiment):
+    import os
+
+    nbdir = experiment / "notebooks"
+    ok, bad = nbdir / "06_unet_training-A_100-seed0.ipynb", nbdir / "06_unet_training-A_100-seed0-failed.ipynb"
+    nb_ok = _notebook("06 · U-Net run", text="A_100 ok now")
+    del nb_ok.metadata["papermill"]
+    nbformat.write(nb_ok, ok)
+    nb_bad = _notebook("06 · U-Net run", failed=True, text="A_100 crashed")
+    del nb_bad.metadata["papermill"]
+    nbformat.write(nb_bad, bad)
+    os.utime(bad, (1_000_000, 1_000_000))
+    os.utime(ok, (2_000_000, 2_000_000))
+    index = write_html_report(experiment).read_text()
+    assert "2 runs" in index
+    assert "2 runs, 1 failed" not in index and "<strong>1 failed</strong>" not in index
+    assert "an earlier attempt failed" in index
+    assert not (experiment / PAGES_DIR / "06_unet_training-A_100-seed0-failed.html").exists()

@@ -59,7 +59,7 @@ import numpy as np
 from dualsynth import vqvae  # imports TensorFlow (and Sonnet)
 import tensorflow as tf
 print(tf.config.list_physical_devices())  # on a CPU machine: the cuInit error line
-if {train}:  # the VQ-VAE's training graph: grappler's "remapper failed" line
+if {train}:  # the VQ-VAE's training graph (grappler's "remapper failed" line came from it before issue 16's fix)
     x = np.random.default_rng(0).random((8, 16, 16, 5), dtype=np.float32)
     m = vqvae.VQVAE(in_channels=5, num_embeddings=4, embedding_dim=4, num_hiddens=8, num_residual_hiddens=4,
                     num_residual_layers=2)

@@ -27,6 +27,8 @@ import time
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from . import metrics, patching
+from . import variants as V
 from .config import ParamError, project_root
 from .io import DataError, atomic_write_json, read_json
 
@@ -94,9 +96,7 @@ def lookup(experiment: str | Path, recipe: Mapping[str, Any] | None = None,
 def measure(experiment: str | Path, params: Mapping[str, Any], updates: int = 2000, seeds: Sequence[int] = (0,),
             variant: str = "BMQ_0", rows: int = 40, progress: bool = True) -> dict[str, Any]:
     """Train ``params`` (06 parameters) for ``updates`` updates on ``variant`` per seed; score on its test set."""
-    from . import metrics, patching
-    from . import variants as V
-    from .unet.infer import predict
+    from .unet.infer import predict  # (TensorFlow: only the measurement trains a U-Net)
     from .unet.model import UNetConfig
     from .unet.train import train_unet
 
@@ -147,6 +147,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="override a 06 parameter of the recipe")
     args = ap.parse_args(argv)
+    # the batch runner, for the command line only: the report imports this module and must not pull it in
     from .batch import _parse_overrides, notebook_parameters, preset_params
 
     try:

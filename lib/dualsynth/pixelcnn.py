@@ -28,8 +28,8 @@ from .prior.layers import (_check_int, _check_odd_kernel, _Conv, _gate, _GatedLa
                            _ResidualBlock, _Seeds)
 from .prior.model import (DEFAULT_FIRST_KERNEL, DEFAULT_GATED, DEFAULT_GATED_HIDDEN,  # noqa: F401
                           DEFAULT_GATED_LAYERS, DEFAULT_KERNEL, DEFAULT_PLAIN, DEFAULT_PLAIN_BLOCKS,
-                          DEFAULT_PLAIN_HIDDEN, PRIOR_KINDS, GatedPixelCNN, PixelCNN, ReceptiveField, _cached,
-                          _PriorBase, make_prior, receptive_field)
+                          DEFAULT_PLAIN_HIDDEN, DEFAULT_PLAIN_LAYERS, PRIOR_KINDS, GatedPixelCNN, PixelCNN,
+                          ReceptiveField, _cached, _PriorBase, current_config, make_prior, receptive_field)
 from .prior.sampling import (_NOISE_FNS, DEFAULT_SAMPLE_BATCH, FAST_METHODS, _base_seed,  # noqa: F401
                              _check_sampling_args, _choose, _graph_sampler, _gumbel, _noise_table,
                              _python_sampler, sample_fast, sample_naive)

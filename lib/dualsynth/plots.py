@@ -11,6 +11,7 @@ import numpy as np
 from matplotlib.patches import Patch as LegendPatch
 from matplotlib.patches import Rectangle
 
+from .dual import mask_as_grey, split
 from .palette import Palette
 from .plots_base import palette_legend, save_figure, show_image  # noqa: F401  (re-exported)
 
@@ -146,8 +147,6 @@ def plot_reconstructions(inputs: np.ndarray, snapshots: Mapping[int, np.ndarray]
     Each row: input micrograph, input mask (as grey levels), then micrograph / mask at every snapshot step.
     ``image_channels`` and ``palette`` are needed for one-hot encoded masks.
     """
-    from .dual import mask_as_grey, split
-
     def parts(x):
         img, m = split(x, image_channels, encoding)
         return img, (mask_as_grey(m, palette, encoding) if encoding == "onehot" else m)

@@ -8,7 +8,8 @@ from typing import Any, Mapping, Sequence
 import matplotlib.pyplot as plt
 import numpy as np
 
-from .palette import Palette
+from . import metrics
+from .palette import NDFEB_PALETTE, Palette
 from .plots_base import palette_legend, show_image
 
 
@@ -174,9 +175,6 @@ def plot_missing_class_example(palette: Palette | None = None) -> plt.Figure:
     Two predictions of the same ground truth (class 3 absent from it): one that does not predict class 3 either
     and one that does on three pixels.  The table beside each gives IoU per class and both scores.
     """
-    from . import metrics
-    from .palette import NDFEB_PALETTE
-
     palette = palette or NDFEB_PALETTE
     k = palette.num_classes
     ex = missing_class_example()

@@ -22,7 +22,12 @@ import numpy as np
 
 from . import quality
 from .checkpoint import ConfigMismatch
+from .config import resolve_path
 from .io import DataError
+from .metrics import evaluate, iou_per_class
+
+# ``segmentation`` and ``unet.*`` load TensorFlow and segmentation-models (seconds): the functions that run a U-Net
+# import them when called, so importing this module (04's parameter checks, the record) stays light
 
 __all__ = ["Judge", "train_judge", "judge_config", "load_judge", "judge_record", "score_samples"]
 
@@ -43,7 +48,7 @@ class Judge:
     source: str = "trained"  # "trained" (train_judge) or the path of the user's model (load_judge)
 
     def predict(self, images: np.ndarray) -> np.ndarray:
-        from . import segmentation
+        from . import segmentation  # (TensorFlow: see the note at the imports)
 
         return segmentation.predict(self.model, np.asarray(images))
 
@@ -52,8 +57,6 @@ class Judge:
         """The judge's mean per-image score on the real test images, computed like
         :func:`dualsynth.quality.per_image_consistency`'s numerator (mean IoU over the classes in each image's mask
         or prediction), so a synthetic image scoring 1 agrees with its mask as well as an average real one."""
-        from .metrics import iou_per_class
-
         return float(np.mean([np.nanmean(iou_per_class(m, p, self.num_classes))
                               for m, p in zip(self.real_masks, self.real_preds)]))
 
@@ -66,7 +69,7 @@ def train_judge(manifest, folder: str | os.PathLike, *, encoder: str, epochs: in
     ``batch_size``, ``steps_per_epoch``, ``bn_momentum``; 04's ``pretest_unet``), so the judge can be trained with
     the study's own recipe (the ``quick`` preset: the BMQ_0 run of 06).  A judge that cannot segment a class cannot
     say whether the synthetic masks draw it right: its per-class score on the real test images is in the record."""
-    from . import segmentation
+    from . import segmentation  # (TensorFlow: see the note at the imports)
 
     k = manifest.palette.num_classes
     cfg = judge_config(unet or {}, num_classes=k, in_channels=manifest.channels, encoder=encoder, epochs=epochs,
@@ -92,30 +95,28 @@ JUDGE_FIXED = ("num_classes", "in_channels", "encoder", "epochs", "seed", "input
 
 def judge_config(unet: Mapping[str, Any], **fixed: Any):
     """The judge's :class:`~dualsynth.unet.model.UNetConfig`: ``fixed`` plus the settings in ``unet``; an unknown
-    or a fixed key in ``unet`` is refused by name."""
-    from .unet.model import UNetConfig
+    key (:meth:`~dualsynth.unet.model.UNetConfig.from_params` with ``strict=True``) or a fixed one in ``unet`` is
+    refused by name."""
+    from .unet.model import UNetConfig, UnknownSettings  # (TensorFlow: see the note at the imports)
 
-    known = {f.name for f in dataclasses.fields(UNetConfig)}
-    unknown = sorted(set(unet) - known)
-    if unknown:
-        raise ValueError(f"pretest_unet: unknown U-Net setting(s) {unknown}; allowed: "
-                         f"{sorted(known - set(JUDGE_FIXED))}")
     clash = sorted(set(unet) & set(JUDGE_FIXED))
     if clash:
         raise ValueError(f"pretest_unet: {clash} are set by 04 itself (pretest_encoder, pretest_epochs, seed, the "
                          "patches); remove them from pretest_unet")
-    return UNetConfig.from_params(unet, **fixed)
+    try:
+        return UNetConfig.from_params(unet, strict=True, **fixed)
+    except UnknownSettings as e:
+        allowed = sorted(set(e.allowed) - set(JUDGE_FIXED))
+        raise ValueError(f"pretest_unet: unknown U-Net setting(s) {e.unknown}; allowed: {allowed}") from None
 
 
 def _user_model(path: str | os.PathLike, num_classes: int, channels: int, encoder: str):
     """A segmentation model from a dualsynth U-Net training folder (``unet_config.json`` + ``model.h5``), a weight
     file beside such a config, or a bare Keras 2 / Keras 3 ``.h5`` weight file of a U-Net with ``encoder``."""
-    from .unet.files import CONFIG_FILE, WEIGHTS_FILE
+    from .unet.files import CONFIG_FILE, WEIGHTS_FILE  # (TensorFlow: see the note at the imports)
     from .unet.infer import load_unet_config
     from .unet.model import UNetConfig, build_unet
     from .unet.weights import load_weights_h5
-
-    from .config import resolve_path
 
     path = resolve_path(path)  # a relative path is taken from the project root, like the other parameters
     if path.is_dir():
@@ -147,7 +148,7 @@ def load_judge(manifest, model_path: str | os.PathLike, *, encoder: str = "effic
     """The pre-test as the paper ran it: an existing segmentation model (``model_path``: a dualsynth U-Net training
     folder, or a ``.h5`` weight file -- with ``unet_config.json`` beside it, or of a U-Net with ``encoder`` and the
     palette's classes) instead of one trained here.  It segments the real test images as the reference."""
-    from . import segmentation
+    from . import segmentation  # (TensorFlow: see the note at the imports)
 
     k = manifest.palette.num_classes
     model, enc = _user_model(model_path, k, manifest.channels, encoder)
@@ -171,8 +172,6 @@ def judge_record(judge: Judge, syn_masks: np.ndarray, syn_preds: np.ndarray,
     (Missing Class IoU of the judge on the synthetic set and on the real test images).  ``raw_masks``: the
     synthetic masks before clean-up (the labels of the decoded mask channel), which the paper's pre-test compared
     with: adds ``missing_class_iou_synthetic_raw``, ``per_class_synthetic_raw`` and ``per_image_synthetic_raw``."""
-    from .metrics import evaluate
-
     names = judge.class_names
     on_syn = evaluate(syn_masks, syn_preds, judge.num_classes, names)
     on_real = evaluate(judge.real_masks, judge.real_preds, judge.num_classes, names)

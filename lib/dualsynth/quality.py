@@ -53,7 +53,12 @@ import numpy as np
 from scipy.signal import fftconvolve
 from scipy.stats import wasserstein_distance
 
+from . import dual
+from .io import DataError, atomic_write_json, read_image, read_json, read_mask
 from .labels import check_labels
+from .metrics import _iou_from_confusion, confusion_matrix, iou_per_class
+from .patching import Manifest
+from .synthesis import load_pool
 
 __all__ = [
     "per_patch_fractions",
@@ -217,8 +222,6 @@ def boundary_disagreement(classifier, images, masks) -> dict[str, float]:
 def vqvae_features(model, palette, encoding: str = "grey", batch_size: int = 16) -> Callable:
     """A features function ``(images uint8, masks) → (N, num_hiddens)``: the VQ-VAE encoder's output on the dual
     image (micrograph + mask, as the generator saw it), global-average-pooled."""
-    from . import dual
-
     def features(images, masks) -> np.ndarray:
         x = dual.compose_batch(np.asarray(images), np.asarray(masks), palette, encoding).astype(np.float32)
         out = [np.asarray(model.encoder(x[i:i + batch_size])).mean(axis=(1, 2)) for i in range(0, len(x), batch_size)]
@@ -229,8 +232,6 @@ def vqvae_features(model, palette, encoding: str = "grey", batch_size: int = 16)
 
 def _pooled_iou(masks: np.ndarray, preds: np.ndarray, num_classes: int) -> np.ndarray:
     """IoU per class from the confusion matrix summed over all images; NaN where a class is in neither."""
-    from .metrics import _iou_from_confusion, confusion_matrix
-
     return _iou_from_confusion(sum(confusion_matrix(m, p, num_classes) for m, p in zip(masks, preds)))
 
 
@@ -293,8 +294,6 @@ def per_image_consistency(syn_masks, syn_preds, num_classes: int, reference: flo
     ``reference`` is the judge's score on real held-out images (e.g. the mean over the classes of
     :func:`consistency`'s ``iou_real``); used to curate a pool (``min_consistency`` in 04).
     """
-    from .metrics import iou_per_class
-
     if not reference > 0:
         raise ValueError(f"reference score must be > 0, got {reference!r}: the pre-test judge (synthetic/pretest_unet) "
                          f"agrees with no real test mask; train it longer (pretest_epochs)")
@@ -394,8 +393,6 @@ def similarity_table(report: Mapping[str, Any]):
 
 
 def _generator_tier(exp: Path) -> str:
-    from .io import read_json
-
     s = exp / "vqvae" / "summary.json"
     return read_json(s).get("train_tier", "BMQ") if s.is_file() else "BMQ"
 
@@ -405,10 +402,6 @@ def experiment_similarity(experiment_dir: str | os.PathLike, seed: int = 0, gene
     """:func:`similarity_report` for an experiment folder: the training patches of the generator's tier (from
     ``vqvae/summary.json``, BMQ by default) against the synthetic pool; KID on the experiment's VQ-VAE encoder
     (``generator`` if given, else the ``best`` checkpoint) when ``features``."""
-    from .io import DataError, read_image, read_json, read_mask
-    from .patching import Manifest
-    from .synthesis import load_pool
-
     exp = Path(experiment_dir)
     manifest = Manifest.load(exp / "patches")
     tier = _generator_tier(exp)
@@ -423,7 +416,7 @@ def experiment_similarity(experiment_dir: str | os.PathLike, seed: int = 0, gene
     if features:
         encoding = read_json(exp / "vqvae" / "summary.json").get("mask_encoding", "grey")
         if generator is None:
-            from .vqvae import load_vqvae
+            from .vqvae import load_vqvae  # (TensorFlow and Sonnet: only when the encoder is asked for)
 
             generator = load_vqvae(exp / "vqvae" / "checkpoint", which="best")
         features_fn = vqvae_features(generator, manifest.palette, encoding)
@@ -436,8 +429,6 @@ def experiment_similarity(experiment_dir: str | os.PathLike, seed: int = 0, gene
 def write_similarity(experiment_dir: str | os.PathLike, out_path: str | os.PathLike | None = None,
                      **kwargs) -> dict[str, Any]:
     """Compute :func:`experiment_similarity` and write it atomically (default ``results/similarity.json``)."""
-    from .io import atomic_write_json
-
     rep = experiment_similarity(experiment_dir, **kwargs)
     atomic_write_json(Path(out_path) if out_path else Path(experiment_dir) / "results" / "similarity.json", rep)
     return rep
@@ -448,8 +439,6 @@ def load_similarity(experiment_dir: str | os.PathLike, extra_dirs: Sequence[str 
     ``results/similarity.json`` (or ``similarity.json`` in one of ``extra_dirs``); None if none exists.
 
     A file older than the pool (``synthetic/pool.json``; 04 killed after writing a new pool) is ignored."""
-    from .io import read_json
-
     exp = Path(experiment_dir)
     pool = exp / "synthetic" / "pool.json"
     pool_time = pool.stat().st_mtime_ns if pool.is_file() else 0

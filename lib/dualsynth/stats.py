@@ -11,6 +11,9 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 from scipy import stats as sps
 
+from .metrics import evaluate
+from .variants import control_name, load_run_metrics, parse_run
+
 __all__ = ["mean_ci", "summarise", "paired_test", "holm", "seed_gain", "significance_marks", "ranked_table",
            "matched_control_of", "holm_family_size", "majority_baseline", "flag_collapsed", "decide",
            "seeds_needed", "VERDICTS", "COLLAPSE_SHARE"]
@@ -96,8 +99,6 @@ def holm(p_values: Sequence[float]) -> np.ndarray:
 def base_of(variant: str) -> str | None:
     """The real base set a variant is compared with: ``<tier>_0`` (``BLQ_0``/``BMQ_0`` for SyntLQ/SyntMQ); None for
     a base variant and for a matched control run (``SHQ_0@320``: it is compared on its variants' rows)."""
-    from .variants import parse_run
-
     r = parse_run(variant)
     return None if r.control or r.variant.group == "base" else f"{r.variant.tier}_0"
 
@@ -124,8 +125,6 @@ def matched_control_of(variant: str, base: str | None, updates: Mapping[str, int
     none of the base's images, so there is no "base with more updates" to split its difference at, and the study
     plans no control run for it (:func:`dualsynth.study.plan_study`); it is compared with its base as it is.
     """
-    from .variants import control_name, parse_run
-
     u = updates.get(variant)
     if base is None or u is None:
         return None, "unknown"
@@ -140,8 +139,6 @@ def matched_control_of(variant: str, base: str | None, updates: Mapping[str, int
 def majority_baseline(test_masks, majority_class: int, num_classes: int) -> float:
     """Missing Class IoU of a model predicting ``majority_class`` (the most frequent training class) on every pixel
     of the test masks ``(N, H, W)``: per image, that class's pixel share over the number of classes present."""
-    from .metrics import evaluate
-
     masks = np.asarray(test_masks)
     return float(evaluate(masks, np.full_like(masks, int(majority_class)), int(num_classes))["missing_class_iou"])
 
@@ -205,8 +202,6 @@ def decide(gain: float | None, ci_low: float | None, ci_high: float | None, n: i
 
 
 def _per_image(experiment_path, variant: str, seeds) -> dict[int, list[float]]:
-    from .variants import load_run_metrics
-
     out = {}
     for s in seeds:
         m = load_run_metrics(experiment_path, variant, int(s))

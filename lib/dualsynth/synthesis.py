@@ -14,6 +14,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .dual import mask_as_grey, split
+from .io import DataError, atomic_write_json, read_json, write_png
+
+# ``prior``, ``pixelcnn`` and ``vqvae`` load TensorFlow (seconds): imported where a prior or generator is used, so
+# that importing this module (quality and the report read pools through it) stays light
 from .maskclean import (  # noqa: F401  (re-exported: the clean-up used to live here)
     CLEANUP_METHODS,
     CleanupResult,
@@ -87,8 +92,6 @@ def clean_decoded(image: np.ndarray, mask_part: np.ndarray, palette, min_object_
     ``min_object_px``: a scalar or one value per class (palette order).  ``cleanup``,
     ``min_object_len``, ``rim_px``: see :func:`dualsynth.maskclean.clean_labels`.
     """
-    from .dual import mask_as_grey
-
     if encoding == "onehot":
         naive = decoded_labels(mask_part, palette, encoding)
         cleaned, removed = clean_labels(naive, palette.num_classes, cleanup, min_object_px,
@@ -163,8 +166,7 @@ class ConditionSource:
                                  f"{Path(pixelcnn_dir) / 'prior'} is not: re-run 03_pixelcnn with prior: gated and "
                                  f"condition: class_fractions, or set rare_boost=0 and max_fraction_error=-1")
             return cls(None, rare_boost, seed)
-        from . import prior as prior_pkg
-        from .io import DataError
+        from . import prior as prior_pkg  # (TensorFlow: see the note at the imports)
 
         path = Path(pixelcnn_dir) / "conditions.npz"
         train = prior_pkg.load_conditions(path).train
@@ -176,7 +178,7 @@ class ConditionSource:
     def draw(self, n: int, start_index: int = 0) -> np.ndarray | None:
         if not self.active:
             return None
-        from . import prior as prior_pkg
+        from . import prior as prior_pkg  # (TensorFlow: see the note at the imports)
 
         return prior_pkg.draw_conditions(self.train_fractions, n, rare_boost=self.rare_boost,
                                          seed=self.seed * 1_000_003 + start_index)
@@ -197,8 +199,6 @@ def check_generator_pair(generator, prior) -> None:
         )
     made_by, this_one = getattr(prior, "generator_id", None), getattr(generator, "checkpoint_id", None)
     if made_by and this_one and made_by != this_one:
-        from .io import DataError
-
         folder = Path(getattr(prior, "saved_in", "the prior folder")).parent
         raise DataError(f"the prior in {folder} was trained on the code maps of another VQ-VAE than the one in "
                         f"{getattr(generator, 'checkpoint_dir', 'the generator folder')} (02_vqvae was re-run after "
@@ -228,8 +228,7 @@ def generate_samples(generator, prior, num_samples: int, palette, *, code_shape:
     """
     from tqdm.auto import tqdm
 
-    from . import pixelcnn, vqvae
-    from .dual import split
+    from . import pixelcnn, vqvae  # (TensorFlow: see the note at the imports)
 
     if num_samples < 1:
         raise ValueError(f"num_samples must be ≥ 1, got {num_samples}")
@@ -274,10 +273,6 @@ def write_pool(samples: Sequence[SyntheticSample], out_dir, seed: int = 0, extra
     ``pool.json`` is written last and atomically: a pool without it is incomplete and is not used.
     Variants take prefixes of ``items`` (already in shuffled order).
     """
-    from pathlib import Path
-
-    from .io import atomic_write_json, write_png
-
     out_dir = Path(out_dir)
     # an older pool.json must not point at a mix of old and new files while they are rewritten
     (out_dir / "pool.json").unlink(missing_ok=True)
@@ -299,10 +294,6 @@ def write_pool(samples: Sequence[SyntheticSample], out_dir, seed: int = 0, extra
 
 def load_pool(synthetic_dir) -> dict:
     """Read ``synthetic/pool.json``; a clear error if 04_synthesis has not finished."""
-    from pathlib import Path
-
-    from .io import DataError, read_json
-
     p = Path(synthetic_dir) / "pool.json"
     if not p.is_file():
         raise DataError(f"{p}: no synthetic pool; run 04_synthesis first (an interrupted run leaves no pool.json)")

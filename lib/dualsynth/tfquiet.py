@@ -2,8 +2,10 @@
 
 On a CPU machine TensorFlow 2.21 writes, on import and on first use, lines that look like failures but are not:
 ``WARNING: All log messages before absl::InitializeLog() …``, ``oneDNN custom operations are on …``, ``Could not
-find cuda drivers …``, ``E0000 … failed call to cuInit …`` and, when grappler optimises some graphs,
-``E0000 … remapper failed: INVALID_ARGUMENT …`` (grappler then skips that pass for the graph; the results are the same).
+find cuda drivers …`` and ``E0000 … failed call to cuInit …``.  (Grappler's ``E0000 … remapper failed:
+INVALID_ARGUMENT: Mutation::Apply error …`` came from the VQ-VAE's residual stack, a TensorFlow bug that the model
+now steps around — :func:`dualsynth.vqvae.model._unfusable`; a graph of the user's could still trigger it, and the
+level below drops it too.)
 The first three are printed by the C++ libraries before their logging honours ``TF_CPP_MIN_LOG_LEVEL``, so
 :func:`quiet_stderr` points the process's file descriptor 2 at a temporary file while ``tensorflow`` is imported, then
 restores it and writes back every line that is not one of these known ones; the later ones are ERROR-level C++ log

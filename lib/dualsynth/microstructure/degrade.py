@@ -28,18 +28,19 @@ def degrade_mask(
 ) -> np.ndarray:
     """Simulate the labelling errors of a segmentation model on an index mask.
 
-    Error model (applied in this order, on a copy of ``mask_hq``):
+    Error model (applied in this order, on a copy of ``mask_hq``; one function per step, all drawing from one
+    generator in this order):
 
-    1. **Large wrong regions** - a Poisson number (mean
+    1. **Large wrong regions** (:func:`_relabel_large_regions`) - a Poisson number (mean
        ``large_regions_per_mpx`` per megapixel, so "occasionally one" on small
        masks) of whole connected objects of a non-background class get another
        class (e.g. an eta blob labelled matrix, an oxide labelled eta). Each is
        at most ``large_region_max_share`` of the error budget.
-    2. **Over-segmentation at edges** - in smoothly varying random places,
+    2. **Over-segmentation at edges** (:func:`_grow_into_background`) - in smoothly varying random places,
        non-background objects grow into the background by 1..``max_dilation_px``.
-    3. **Wrong boundary labels** - pixels on class boundaries take the label of
+    3. **Wrong boundary labels** (:func:`_relabel_boundary_pixels`) - pixels on class boundaries take the label of
        a neighbour (in small clusters).
-    4. **Spurious objects** - tiny blobs (radius ``spurious_radius``) of a wrong
+    4. **Spurious objects** (:func:`_add_spurious_objects`) - tiny blobs (radius ``spurious_radius``) of a wrong
        class inside the background.
 
     The remaining error budget ``error_rate * size`` (after step 1) is split
@@ -68,85 +69,103 @@ def degrade_mask(
     out_dtype = np.uint8 if num_classes <= 256 else np.int32
     hq = mask_hq.astype(out_dtype)
     lq = hq.copy()
-    H, W = hq.shape
-    N = hq.size
-    if N == 0 or error_rate == 0:
+    if hq.size == 0 or error_rate == 0:
         return lq
+    # one generator for all steps, drawn from in this order: the steps below keep the order of the draws, so a
+    # seed gives the same LQ mask as it always did (the embedded default's masks stay byte-identical)
     rng = np.random.default_rng(seed)
     counts = np.bincount(hq.ravel(), minlength=num_classes)
     bg = int(np.argmax(counts)) if background is None else int(background)
-    present = np.flatnonzero(counts)
-    fg_classes = [c for c in present if c != bg]
-    target = int(round(error_rate * N))
+    fg_classes = [c for c in np.flatnonzero(counts) if c != bg]
+    target = int(round(error_rate * hq.size))
 
-    def n_changed() -> int:
-        return int(np.count_nonzero(lq != hq))
-
-    def other_class(c: int) -> int:
-        choices = [k for k in range(num_classes) if k != c]
-        # prefer classes present in the mask (more realistic confusions)
-        pref = [k for k in choices if counts[k] > 0]
-        pool = pref if pref else choices
-        return int(pool[rng.integers(0, len(pool))])
-
-    # 1. large wrongly labelled regions
-    n_large = rng.poisson(large_regions_per_mpx * N / 1e6)
-    if n_large > 0 and fg_classes:
-        cap = max(large_region_min_px, large_region_max_share * target)
-        cands = []  # (class, labels, label_id)
-        for c in fg_classes:
-            lab, n = ndi.label(hq == c)
-            if n == 0:
-                continue
-            sizes = np.bincount(lab.ravel())[1:]
-            ok = np.flatnonzero((sizes >= large_region_min_px) & (sizes <= cap)) + 1
-            if ok.size:
-                cands.append((c, lab, ok))
-        for _ in range(n_large):
-            if not cands:
-                break
-            c, lab, ok = cands[rng.integers(0, len(cands))]
-            lid = ok[rng.integers(0, ok.size)]
-            lq[lab == lid] = other_class(c)
-        del cands
-
-    used = n_changed()
-    remaining = max(0, target - used)
+    _relabel_large_regions(rng, hq, lq, counts, fg_classes, target, large_regions_per_mpx, large_region_min_px,
+                           large_region_max_share)  # 1.
+    remaining = max(0, target - _n_changed(hq, lq))
     tot_share = dilation_share + boundary_share + spurious_share
     if remaining == 0 or tot_share <= 0:
         return lq
-    b_dil = int(round(remaining * dilation_share / tot_share))
-    b_bnd = int(round(remaining * boundary_share / tot_share))
-
-    # 2. over-segmentation: objects grow into the background in places
-    if b_dil > 0 and fg_classes:
-        fg = hq != bg
-        dist, (iy, ix) = ndi.distance_transform_edt(~fg, return_indices=True)
-        radius = 1.0 + (max_dilation_px - 1.0) * _smoothstep(0.5 + 0.35 * _smooth_noise(rng, (H, W), 10.0))
-        cand = (~fg) & (dist <= radius) & (lq == hq)
-        place = _smooth_noise(rng, (H, W), 18.0)
-        sel = _select_lowest(-place, cand, b_dil)
-        lq[sel] = hq[iy[sel], ix[sel]]
-        del dist, iy, ix, cand, place, sel
-
-    # 3. wrong labels on boundary pixels (take a neighbour's label)
-    if b_bnd > 0:
-        mx = ndi.maximum_filter(lq, size=3)
-        mn = ndi.minimum_filter(lq, size=3)
-        cand = ((mx != lq) | (mn != lq)) & (lq == hq)
-        if cand.any():
-            pick_max = np.where(
-                (mx != lq) & (mn != lq), rng.random((H, W)) < 0.5, mx != lq
-            )
-            repl = np.where(pick_max, mx, mn)
-            prio = _smooth_noise(rng, (H, W), 3.0) + 0.8 * rng.standard_normal((H, W), dtype=np.float32)
-            sel = _select_lowest(-prio, cand, b_bnd)
-            lq[sel] = repl[sel]
-            del repl, prio, sel, pick_max
-        del mx, mn, cand
-
-    # 4. spurious tiny objects of a wrong class inside the background
+    if fg_classes:  # 2.
+        _grow_into_background(rng, hq, lq, bg, int(round(remaining * dilation_share / tot_share)), max_dilation_px)
+    _relabel_boundary_pixels(rng, hq, lq, int(round(remaining * boundary_share / tot_share)))  # 3.
     wrong_classes = fg_classes if fg_classes else [k for k in range(num_classes) if k != bg]
+    _add_spurious_objects(rng, hq, lq, bg, wrong_classes, target, spurious_radius)  # 4.
+    return lq
+
+
+def _n_changed(hq: np.ndarray, lq: np.ndarray) -> int:
+    return int(np.count_nonzero(lq != hq))
+
+
+def _relabel_large_regions(rng, hq, lq, counts, fg_classes, target, per_mpx, min_px, max_share) -> None:
+    """Step 1: a Poisson number (mean ``per_mpx`` per megapixel) of whole connected objects of a non-background
+    class, each of ``min_px`` up to ``max(min_px, max_share * target)`` pixels, take another class (in ``lq``)."""
+    n_large = rng.poisson(per_mpx * hq.size / 1e6)
+    if n_large == 0 or not fg_classes:
+        return
+    cap = max(min_px, max_share * target)
+    cands = []  # (class, labels, label ids small and large enough)
+    for c in fg_classes:
+        lab, n = ndi.label(hq == c)
+        if n == 0:
+            continue
+        sizes = np.bincount(lab.ravel())[1:]
+        ok = np.flatnonzero((sizes >= min_px) & (sizes <= cap)) + 1
+        if ok.size:
+            cands.append((c, lab, ok))
+    for _ in range(n_large):
+        if not cands:
+            break
+        c, lab, ok = cands[rng.integers(0, len(cands))]
+        lid = ok[rng.integers(0, ok.size)]
+        lq[lab == lid] = _other_class(rng, c, counts)
+
+
+def _other_class(rng, c: int, counts: np.ndarray) -> int:
+    """A class other than ``c``, at random among those present in the mask (more realistic confusions), or among
+    all the others when ``c`` is the only one."""
+    choices = [k for k in range(len(counts)) if k != c]
+    pref = [k for k in choices if counts[k] > 0]
+    pool = pref if pref else choices
+    return int(pool[rng.integers(0, len(pool))])
+
+
+def _grow_into_background(rng, hq, lq, bg: int, budget: int, max_dilation_px: float) -> None:
+    """Step 2, over-segmentation: in smoothly varying places, non-background objects grow into the background by
+    1..``max_dilation_px`` pixels; exactly ``budget`` pixels (fewer if there are not as many candidates)."""
+    if budget <= 0:
+        return
+    H, W = hq.shape
+    fg = hq != bg
+    dist, (iy, ix) = ndi.distance_transform_edt(~fg, return_indices=True)
+    radius = 1.0 + (max_dilation_px - 1.0) * _smoothstep(0.5 + 0.35 * _smooth_noise(rng, (H, W), 10.0))
+    cand = (~fg) & (dist <= radius) & (lq == hq)
+    place = _smooth_noise(rng, (H, W), 18.0)
+    sel = _select_lowest(-place, cand, budget)
+    lq[sel] = hq[iy[sel], ix[sel]]
+
+
+def _relabel_boundary_pixels(rng, hq, lq, budget: int) -> None:
+    """Step 3: ``budget`` still-correct pixels on class boundaries (in ``lq``) take a neighbour's label, in small
+    clusters (priority: fine noise plus white noise)."""
+    if budget <= 0:
+        return
+    H, W = hq.shape
+    mx = ndi.maximum_filter(lq, size=3)
+    mn = ndi.minimum_filter(lq, size=3)
+    cand = ((mx != lq) | (mn != lq)) & (lq == hq)
+    if not cand.any():
+        return
+    pick_max = np.where((mx != lq) & (mn != lq), rng.random((H, W)) < 0.5, mx != lq)
+    repl = np.where(pick_max, mx, mn)
+    prio = _smooth_noise(rng, (H, W), 3.0) + 0.8 * rng.standard_normal((H, W), dtype=np.float32)
+    sel = _select_lowest(-prio, cand, budget)
+    lq[sel] = repl[sel]
+
+
+def _blob_stamps(spurious_radius: tuple[int, int]) -> list[tuple[int, np.ndarray, np.ndarray, np.ndarray]]:
+    """Discs of each radius in ``spurious_radius`` (inclusive, at least 1): ``(r, dy, dx, distance)`` of their
+    pixels."""
     r_lo, r_hi = int(spurious_radius[0]), int(spurious_radius[1])
     stamps = []
     for r in range(max(1, r_lo), max(r_lo, r_hi) + 1):
@@ -154,8 +173,16 @@ def degrade_mask(
         rr = np.hypot(oy, ox)
         keep = rr <= r + 0.3
         stamps.append((r, oy[keep], ox[keep], rr[keep]))
+    return stamps
+
+
+def _add_spurious_objects(rng, hq, lq, bg: int, wrong_classes, target: int, spurious_radius) -> None:
+    """Step 4: tiny irregular blobs of a wrong class inside the background until ``lq`` differs from ``hq`` in
+    about ``target`` pixels (up to 4 rounds; blobs painted in random order, cut at the budget)."""
+    H, W = hq.shape
+    stamps = _blob_stamps(spurious_radius)
     for _round in range(4):
-        need = target - n_changed()
+        need = target - _n_changed(hq, lq)
         if need <= max(10, 0.002 * target):
             break
         free = np.flatnonzero(((hq == bg) & (lq == hq)).ravel())
@@ -190,4 +217,3 @@ def degrade_mask(
             painted += yk.size
         if painted == 0:
             break
-    return lq

@@ -29,8 +29,9 @@ from __future__ import annotations
 from .conditioning import (RARE_FRACTION, ConditionSet, check_condition, draw_conditions, load_conditions,
                            rare_classes, save_conditions)
 from .model import (DEFAULT_FIRST_KERNEL, DEFAULT_GATED, DEFAULT_GATED_HIDDEN, DEFAULT_GATED_LAYERS,
-                    DEFAULT_KERNEL, DEFAULT_PLAIN, DEFAULT_PLAIN_BLOCKS, DEFAULT_PLAIN_HIDDEN, PRIOR_KINDS,
-                    GatedPixelCNN, PixelCNN, ReceptiveField, make_prior, receptive_field)
+                    DEFAULT_KERNEL, DEFAULT_PLAIN, DEFAULT_PLAIN_BLOCKS, DEFAULT_PLAIN_HIDDEN, DEFAULT_PLAIN_LAYERS,
+                    PRIOR_KINDS, GatedPixelCNN, PixelCNN, ReceptiveField, current_config, make_prior,
+                    receptive_field)
 from .sampling import DEFAULT_SAMPLE_BATCH, FAST_METHODS, sample_fast, sample_naive
 from .training import TrainHistory, evaluate_nll, fit_prior, load_prior, nats_to_bits, save_prior, train_prior
 
@@ -43,6 +44,7 @@ __all__ = [
     "GatedPixelCNN",
     "make_prior",
     "receptive_field",
+    "current_config",
     "TrainHistory",
     "train_prior",
     "fit_prior",

@@ -27,6 +27,8 @@ from typing import Sequence
 
 import numpy as np
 
+from ..io import DataError, atomic_save_npz
+
 __all__ = [
     "RARE_FRACTION",
     "check_condition",
@@ -96,8 +98,6 @@ class ConditionSet:
 
 def save_conditions(path: str | os.PathLike, train, val, class_names: Sequence[str]) -> ConditionSet:
     """Check and write ``train`` / ``val`` fractions and ``class_names`` to ``path`` (.npz), atomically."""
-    from ..io import atomic_save_npz
-
     names = tuple(str(n) for n in class_names)
     tr = check_condition(train, len(names), name="train fractions")
     va = check_condition(val, len(names), name="val fractions")
@@ -107,8 +107,6 @@ def save_conditions(path: str | os.PathLike, train, val, class_names: Sequence[s
 
 def load_conditions(path: str | os.PathLike) -> ConditionSet:
     """Read a ``conditions.npz`` written by :func:`save_conditions` (a clear error if it is missing)."""
-    from ..io import DataError
-
     if not os.path.isfile(path):
         raise DataError(f"{path}: no class fractions; run 03_pixelcnn with condition='class_fractions'")
     with np.load(path, allow_pickle=False) as z:

@@ -24,7 +24,9 @@ Two variants (choose with :func:`make_prior`):
     rows above) and residual connections in the horizontal stack.  No blind spot.
 
 Depth: both take ``num_layers`` (residual blocks of the plain net, gated layers
-of the gated one); the plain net's older keyword ``num_blocks`` still works.
+of the gated one), and ``config`` records it under that name.  The plain net's older
+keyword ``num_blocks`` is a deprecated alias (a ``DeprecationWarning``); a
+``prior.json`` written with it loads as before (:func:`current_config`).
 
 Global conditioning (gated only, ``num_conditions = C > 0``): the model takes a
 vector ``h`` of shape (B, C) per code map -- here the class fractions of the
@@ -45,7 +47,9 @@ Import ``dualsynth`` before TensorFlow (it sets ``TF_USE_LEGACY_KERAS=1``).
 """
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
+import sys
+import warnings
+from typing import Any, Callable, Mapping, NamedTuple
 
 import numpy as np
 import sonnet as snt
@@ -63,6 +67,7 @@ __all__ = [
     "GatedPixelCNN",
     "make_prior",
     "receptive_field",
+    "current_config",
 ]
 
 # --------------------------------------------------------------------------- #
@@ -74,7 +79,8 @@ __all__ = [
 #: 0.11 M parameters (K=10), ~0.2-0.3 s per training step (batch 8 of 64x64
 #: maps) on 2 shared CPU cores.
 DEFAULT_PLAIN_HIDDEN = 64
-DEFAULT_PLAIN_BLOCKS = 8
+DEFAULT_PLAIN_LAYERS = 8
+DEFAULT_PLAIN_BLOCKS = DEFAULT_PLAIN_LAYERS  # the older name
 DEFAULT_FIRST_KERNEL = 7
 DEFAULT_KERNEL = 3
 #: Gated PixelCNN: 10 gated layers of 32 channels (gates 64), 7x7 (vertical) /
@@ -86,7 +92,7 @@ DEFAULT_GATED_LAYERS = 10
 
 DEFAULT_PLAIN = dict(
     hidden_channels=DEFAULT_PLAIN_HIDDEN,
-    num_blocks=DEFAULT_PLAIN_BLOCKS,
+    num_layers=DEFAULT_PLAIN_LAYERS,
     first_kernel_size=DEFAULT_FIRST_KERNEL,
     kernel_size=DEFAULT_KERNEL,
 )
@@ -109,6 +115,34 @@ class ReceptiveField(NamedTuple):
     up: int
     left: int
     right: int
+
+
+#: the plain prior's depth under its older name (constructor keyword, ``prior.json`` key)
+_OLD_DEPTH_KEY = "num_blocks"
+#: frames of these packages are skipped when a deprecation warning names the caller's line
+_WRAPPER_MODULES = ("dualsynth.prior", "dualsynth.pixelcnn", "sonnet", "tensorflow")
+
+
+def _warn_old_depth_name(what: str) -> None:
+    """A DeprecationWarning for ``num_blocks``, attributed to the first caller outside the prior package, Sonnet
+    and TensorFlow (so a notebook or script calling ``make_prior``/``PixelCNN`` sees it as its own line)."""
+    level, frame = 3, sys._getframe(2)  # 1: this function, 2: its caller (the constructor), 3: whoever called that
+    while frame is not None and frame.f_globals.get("__name__", "").startswith(_WRAPPER_MODULES):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(f"{what} num_blocks is deprecated: the depth of both priors is num_layers", DeprecationWarning,
+                  stacklevel=level)
+
+
+def current_config(config: Mapping[str, Any]) -> dict:
+    """A prior's config (``prior.json``) with today's key names: ``num_blocks`` (the plain prior's depth, as
+    configs written before ``num_layers`` was its one name hold it) becomes ``num_layers``, silently — a saved
+    folder is not the reader's to fix."""
+    out = dict(config)
+    if _OLD_DEPTH_KEY in out:
+        old = out.pop(_OLD_DEPTH_KEY)
+        if out.setdefault("num_layers", old) != old:
+            raise ValueError(f"prior config names two depths: num_blocks={old}, num_layers={out['num_layers']}")
+    return out
 
 
 def _cached(model, key, build: Callable):
@@ -209,38 +243,39 @@ class PixelCNN(_PriorBase):
     Args:
       num_embeddings: number of codes K.
       hidden_channels: channels of the residual stream (the blocks use half).
-      num_blocks: residual blocks, each with one ``kernel_size`` masked conv
-        (default ``DEFAULT_PLAIN_BLOCKS``).
+      num_layers: residual blocks, each with one ``kernel_size`` masked conv
+        (default ``DEFAULT_PLAIN_LAYERS``); the name :class:`GatedPixelCNN` uses.
       first_kernel_size: odd size of the first (type-A) masked conv.
       kernel_size: odd size of the masked convs in the blocks (type B).
       seed: seed of the (stateless) weight initialisation.
-      num_layers: the same as ``num_blocks`` (the name :class:`GatedPixelCNN`
-        uses for its depth); give one of the two.
+      num_blocks: deprecated alias of ``num_layers`` (warns).
       num_conditions: must be 0 -- the plain PixelCNN takes no condition (use
         ``kind="gated"``).
 
     Has the blind spot of masked-conv stacks (see module docstring): the
     input at (i-1, j + first_kernel_size//2 + 1) never influences (i, j).
-    ``config`` records the depth as ``num_blocks``.
     """
 
     kind = "pixelcnn"
 
     def __init__(self, num_embeddings: int, hidden_channels: int = DEFAULT_PLAIN_HIDDEN,
-                 num_blocks: int | None = None,
+                 num_layers: int | None = None,
                  first_kernel_size: int = DEFAULT_FIRST_KERNEL,
                  kernel_size: int = DEFAULT_KERNEL, seed: int = 0, name: str | None = None, *,
-                 num_layers: int | None = None, num_conditions: int = 0):
+                 num_blocks: int | None = None, num_conditions: int = 0):
         super().__init__(num_embeddings, name=name)
         if _check_int("num_conditions", num_conditions, 0) != 0:
             raise ValueError(f"num_conditions={num_conditions}: the plain PixelCNN takes no condition; "
                              "use kind='gated' (GatedPixelCNN) for a conditioned prior")
-        if num_blocks is not None and num_layers is not None and num_blocks != num_layers:
-            raise ValueError(f"num_blocks={num_blocks} and num_layers={num_layers} name the same depth; give one")
-        depth = num_blocks if num_blocks is not None else num_layers
+        if num_blocks is not None:
+            _warn_old_depth_name("PixelCNN(num_blocks=...):")
+            if num_layers is not None and num_blocks != num_layers:
+                raise ValueError(f"num_blocks={num_blocks} and num_layers={num_layers} name the same depth; "
+                                 "give num_layers only")
+        depth = num_layers if num_layers is not None else num_blocks
         self.hidden_channels = _check_int("hidden_channels", hidden_channels, 2)
-        self.num_blocks = _check_int("num_blocks" if num_blocks is not None else "num_layers",
-                                     DEFAULT_PLAIN_BLOCKS if depth is None else depth, 0)
+        self.num_layers = _check_int("num_layers" if num_layers is not None or num_blocks is None else "num_blocks",
+                                     DEFAULT_PLAIN_LAYERS if depth is None else depth, 0)
         self.first_kernel_size = _check_odd_kernel("first_kernel_size", first_kernel_size)
         self.kernel_size = _check_odd_kernel("kernel_size", kernel_size)
         self.seed = int(seed)
@@ -250,24 +285,25 @@ class PixelCNN(_PriorBase):
         self.conv_in = _Conv(K, C, (c0 + 1, k0), (c0, c0, c0),
                              mask=_masked_kernel(k0, "A"), seed=seeds(), name="masked_a")
         self.blocks = [_ResidualBlock(C, self.kernel_size, seeds, name=f"block_{b}")
-                       for b in range(self.num_blocks)]
+                       for b in range(self.num_layers)]
         self.head_hidden = _Conv(C, C, (1, 1), (0, 0, 0), seed=seeds(), name="head_hidden")
         self.head_out = _Conv(C, K, (1, 1), (0, 0, 0), seed=seeds(), name="head_out")
 
     @property
     def receptive_field(self) -> ReceptiveField:
-        r = self.first_kernel_size // 2 + self.num_blocks * (self.kernel_size // 2)
+        r = self.first_kernel_size // 2 + self.num_layers * (self.kernel_size // 2)
         return ReceptiveField(up=r, left=r, right=r)
 
     @property
-    def num_layers(self) -> int:
-        """The depth under the name the gated prior uses (= ``num_blocks``)."""
-        return self.num_blocks
+    def num_blocks(self) -> int:
+        """Deprecated: the depth, :attr:`num_layers` (warns)."""
+        _warn_old_depth_name("PixelCNN.num_blocks:")
+        return self.num_layers
 
     @property
     def config(self) -> dict:
         return dict(kind=self.kind, num_embeddings=self.num_embeddings,
-                    hidden_channels=self.hidden_channels, num_blocks=self.num_blocks,
+                    hidden_channels=self.hidden_channels, num_layers=self.num_layers,
                     first_kernel_size=self.first_kernel_size,
                     kernel_size=self.kernel_size, seed=self.seed)
 

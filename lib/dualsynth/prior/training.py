@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,9 +33,13 @@ import numpy as np
 import sonnet as snt
 import tensorflow as tf
 
+# io through its module (``_io.replace_dir``, …), looked up at each call: the kill-point tests replace those
+# functions in dualsynth.io and must reach save_prior and fit_prior
+from .. import io as _io
+from ..checkpoint import RunFolder, TrainingDiverged
 from .conditioning import check_condition
 from .layers import _check_int
-from .model import _cached, make_prior
+from .model import _cached, current_config, make_prior
 
 __all__ = [
     "TrainHistory",
@@ -231,22 +236,18 @@ def save_prior(model, path: str | os.PathLike, step: int | None = None, generato
     step of these weights) is recorded in ``step.json``, ``generator_id`` (``checkpoint_id`` of the VQ-VAE whose
     code maps trained it) in ``generator.json``.
     """
-    import shutil
-
-    from ..io import atomic_write_json, recover_dir, replace_dir
-
     path = Path(path)
-    recover_dir(path, complete=_complete_prior)  # finish a swap killed between its renames before tmp is reused
+    _io.recover_dir(path, complete=_complete_prior)  # finish a swap killed between its renames before tmp is reused
     tmp = path.with_name(path.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     tf.train.Checkpoint(model=model).write(str(tmp / _WEIGHTS))
     if step is not None:
-        atomic_write_json(tmp / "step.json", {"step": int(step)})
+        _io.atomic_write_json(tmp / "step.json", {"step": int(step)})
     if generator_id is not None:
-        atomic_write_json(tmp / "generator.json", {"generator_id": generator_id})
-    atomic_write_json(tmp / _CONFIG, model.config)  # last: a folder with prior.json is complete
-    replace_dir(tmp, path)
+        _io.atomic_write_json(tmp / "generator.json", {"generator_id": generator_id})
+    _io.atomic_write_json(tmp / _CONFIG, model.config)  # last: a folder with prior.json is complete
+    _io.replace_dir(tmp, path)
     return str(path / _WEIGHTS)
 
 
@@ -255,30 +256,27 @@ def _complete_prior(folder: Path) -> bool:
 
 
 def _saved_step(path: Path) -> int | None:
-    from ..io import read_json
-
     f = Path(path) / "step.json"
-    return int(read_json(f)["step"]) if f.is_file() and _complete_prior(path) else None
+    return int(_io.read_json(f)["step"]) if f.is_file() and _complete_prior(path) else None
 
 
 def load_prior(path: str | os.PathLike):
-    """Rebuild a prior saved by :func:`save_prior` (config + weights)."""
-    from ..io import read_json, recover_dir
-
+    """Rebuild a prior saved by :func:`save_prior` (config + weights; a ``prior.json`` with the older key
+    ``num_blocks`` reads as ``num_layers``: :func:`~dualsynth.prior.model.current_config`)."""
     if not os.path.exists(path):  # only finish a swap killed between its renames; never touch a live folder
-        recover_dir(path, complete=_complete_prior)
+        _io.recover_dir(path, complete=_complete_prior)
     path = os.fspath(path)
     cfg_file = os.path.join(path, _CONFIG)
     if not os.path.exists(cfg_file):
         raise FileNotFoundError(f"no prior saved in {path!r} ({_CONFIG} missing)")
-    cfg = read_json(cfg_file)
+    cfg = current_config(_io.read_json(cfg_file))
     kind = cfg.pop("kind")
     num_embeddings = cfg.pop("num_embeddings")
     model = make_prior(kind, num_embeddings, **cfg)
     tf.train.Checkpoint(model=model).read(os.path.join(path, _WEIGHTS)).assert_consumed()
     model.saved_in = path
     gen = os.path.join(path, "generator.json")
-    model.generator_id = read_json(gen)["generator_id"] if os.path.exists(gen) else None
+    model.generator_id = _io.read_json(gen)["generator_id"] if os.path.exists(gen) else None
     return model
 
 
@@ -306,9 +304,6 @@ def fit_prior(model, codes_train: np.ndarray, codes_val: np.ndarray, checkpoint_
     Returns ``{"history": rows, "best_step", "best_val_nll", "final_step", "stopped_early"}``; ``model`` ends
     with the BEST weights.
     """
-    from ..checkpoint import RunFolder, TrainingDiverged
-    from .. import io as _io
-
     ckpt_dir = Path(checkpoint_dir)
     cond_train = _check_conditions(model, "conditions_train", conditions_train, np.asarray(codes_train))
     cond_val = _check_conditions(model, "conditions_val", conditions_val,
@@ -351,7 +346,7 @@ def fit_prior(model, codes_train: np.ndarray, codes_val: np.ndarray, checkpoint_
              advice=f"delete {ckpt_dir} or pass a new experiment name",
              # the init seed may differ; a gated prior saved before conditioning existed has num_conditions 0
              may_differ=("seed",), defaults={"num_conditions": 0},
-             config=[(saved_config, _io.read_json(saved_config), model.config)] if resuming
+             config=[(saved_config, current_config(_io.read_json(saved_config)), model.config)] if resuming
              and saved_config.is_file() else ())
     vb = max(batch_size, 8)  # as train_prior evaluates
     if resuming:

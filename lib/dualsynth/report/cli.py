@@ -7,7 +7,8 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from ..io import DataError
+from .. import quality
+from ..io import DataError, atomic_write_text
 from .html import write_html_report
 from .markdown import combined_table, verdict_table, write_report
 from .statement import experiment_report
@@ -56,8 +57,6 @@ def main(argv: Sequence[str] | None = None) -> int:
                          "executed notebooks as pages under report/ and the results statement already written "
                          "(results/report.md) — and print its path")
     a = ap.parse_args(argv)
-    from .. import quality
-
     if a.html and a.compare:
         ap.error("--html writes an experiment's report.html; give experiment folders, not --compare")
     if a.margin < 0:
@@ -98,8 +97,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     print("One verdict per dataset (headline in bold: against the matched control where there is one):\n")
     print(verdicts)
     if a.verdict_table:
-        from ..io import atomic_write_text
-
         atomic_write_text(a.verdict_table, verdicts)
     for r in reports:
         print(r["statement"], "\n")

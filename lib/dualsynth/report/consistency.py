@@ -13,6 +13,8 @@ import os
 from pathlib import Path
 from typing import Any, Mapping
 
+from ..io import read_json
+
 __all__ = ["experiment_consistency", "consistency_table", "consistency_lines", "consistency_reason",
            "consistency_cell"]
 
@@ -34,8 +36,6 @@ def experiment_consistency(experiment_dir: str | os.PathLike) -> dict[str, Any]:
     images but that does not fail: words}; ``judge`` (encoder, epochs, its Missing Class IoU on real test images and
     on the synthetic pool).  A ``quality.json`` older than ``pool.json`` (04 stopped after writing a new pool) is
     not the current pool's and counts as not measured."""
-    from ..io import read_json
-
     syn = Path(experiment_dir) / "synthetic"
     q, pool = syn / "quality.json", syn / "pool.json"
     if not q.is_file():

@@ -6,6 +6,12 @@ one self-contained page each (figures embedded), and writes the index ``report.h
 statement of ``results/report.md`` (07 writes it; so does ``python -m dualsynth.report``) followed by a table of
 the notebooks with their status and time, linking to the pages.
 
+**Only the latest attempt of each notebook**: a failed attempt leaves ``<name>-failed.ipynb`` beside the last good
+``<name>.ipynb`` (:func:`dualsynth.runner.failed_notebook_path`), and a later successful run does not remove it.  Of
+the two, the one started last (papermill's ``start_time``, else the file's modification time) is the notebook's
+status and page; the other is named in small print (*an earlier attempt failed*, or *the last successful run* when
+the latest attempt failed) and not rendered (:func:`latest_attempts`).
+
 **One index with a page per notebook, not one file**: the quick preset's study alone saves 47 executed 06 notebooks
 (30 MB with their figures), the paper's grid with seeds several times that; as one file the report would take long to
 open, while the index opens at once and each page holds one notebook.  Keep ``report.html`` and ``report/``
@@ -23,17 +29,19 @@ import os
 import re
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import quote
 
 import nbformat
 
 from ..io import DataError, atomic_write_text, recover_dir, replace_dir
 
-__all__ = ["REPORT_HTML", "PAGES_DIR", "executed_notebooks", "write_html_report"]
+__all__ = ["REPORT_HTML", "PAGES_DIR", "FAILED_SUFFIX", "Attempt", "executed_notebooks", "latest_attempts",
+           "write_html_report"]
 
 REPORT_HTML = "report.html"
 PAGES_DIR = "report"
+FAILED_SUFFIX = "-failed"  # what dualsynth.runner.failed_notebook_path appends to a failed attempt's stem
 
 
 class _NoAltTextNotice(logging.Filter):
@@ -61,7 +69,7 @@ def _executed(nb: nbformat.NotebookNode) -> bool:
 
 
 def _failed(path: Path, nb: nbformat.NotebookNode) -> bool:
-    return (path.stem.endswith("-failed") or bool(nb.metadata.get("papermill", {}).get("exception"))
+    return (path.stem.endswith(FAILED_SUFFIX) or bool(nb.metadata.get("papermill", {}).get("exception"))
             or any(o.get("output_type") == "error" for c in nb.cells if c.cell_type == "code"
                    for o in c.get("outputs", [])))
 
@@ -90,6 +98,56 @@ def executed_notebooks(experiment_dir: str | os.PathLike) -> list[tuple[Path, nb
     return out
 
 
+class Attempt(NamedTuple):
+    """The latest attempt at one notebook: its file, contents, its name without ``-failed``, and the other attempt
+    it won over (``None`` when there was only one)."""
+    path: Path
+    nb: nbformat.NotebookNode
+    name: str
+    superseded: Path | None
+
+
+def _started(path: Path, nb: nbformat.NotebookNode) -> _dt.datetime:
+    """When an attempt started: papermill's ``start_time`` (naive times read as UTC), else the file's mtime."""
+    raw = nb.metadata.get("papermill", {}).get("start_time")
+    if isinstance(raw, str):
+        try:
+            t = _dt.datetime.fromisoformat(raw)
+        except ValueError:
+            t = None
+        if t is not None:
+            return t if t.tzinfo is not None else t.replace(tzinfo=_dt.timezone.utc)
+    return _dt.datetime.fromtimestamp(path.stat().st_mtime, _dt.timezone.utc)
+
+
+def latest_attempts(notebooks: list[tuple[Path, nbformat.NotebookNode]]) -> list[Attempt]:
+    """One entry per notebook, in the order given: of ``<name>.ipynb`` and ``<name>-failed.ipynb`` the one started
+    last (a tie goes to the successful run); the other is kept as ``superseded``."""
+    by_name: dict[str, list[tuple[Path, nbformat.NotebookNode]]] = {}
+    for path, nb in notebooks:
+        name = path.stem[:-len(FAILED_SUFFIX)] if path.stem.endswith(FAILED_SUFFIX) else path.stem
+        by_name.setdefault(name, []).append((path, nb))
+    out, seen = [], set()
+    for path, _ in notebooks:
+        name = path.stem[:-len(FAILED_SUFFIX)] if path.stem.endswith(FAILED_SUFFIX) else path.stem
+        if name in seen:
+            continue
+        seen.add(name)
+        tries = sorted(by_name[name], key=lambda t: (_started(*t), not t[0].stem.endswith(FAILED_SUFFIX)))
+        latest_path, latest_nb = tries[-1]
+        out.append(Attempt(latest_path, latest_nb, name, tries[-2][0] if len(tries) > 1 else None))
+    return out
+
+
+def _earlier(attempt: Attempt) -> str:
+    """Small print about the attempt the latest one superseded ('' when there was none)."""
+    if attempt.superseded is None:
+        return ""
+    what = ("an earlier attempt failed" if attempt.superseded.stem.endswith(FAILED_SUFFIX)
+            else "the last successful run")
+    return f"<small>({what}: <code>notebooks/{_cell(attempt.superseded.name)}</code>)</small>"
+
+
 def _title(nb: nbformat.NotebookNode, fallback: str) -> str:
     for c in nb.cells:
         if c.cell_type == "markdown":
@@ -111,13 +169,19 @@ def _cell(text: Any) -> str:
     return html.escape(str(text)).replace("|", "\\|").replace("\n", " ")
 
 
-def _page(exp_name: str, path: Path, nb: nbformat.NotebookNode, status: str) -> nbformat.NotebookNode:
-    """A copy of the notebook with one line on top: back to the index, where it came from, its status and time."""
+def _page(exp_name: str, attempt: Attempt, status: str) -> nbformat.NotebookNode:
+    """A copy of the notebook with one line on top: back to the index, where it came from, its status and time
+    (and the attempt it superseded, in small print)."""
+    path, nb = attempt.path, attempt.nb
     page = nbformat.from_dict(nb)
     head = (f"[← report of `{exp_name}`](../{REPORT_HTML}) · `notebooks/{path.name}` · **{status}** · "
-            f"{_duration(nb)}")
+            f"{_duration(nb)}" + (f" {_earlier(attempt)}" if attempt.superseded is not None else ""))
     page.cells.insert(0, nbformat.v4.new_markdown_cell(head))
     return page
+
+
+def _status(page: dict[str, Any]) -> str:
+    return page["status"] + (f" {page['earlier']}" if page["earlier"] else "")
 
 
 def _index_markdown(exp: Path, pages: list[dict[str, Any]], statement: str | None, statement_path: Path) -> list[str]:
@@ -142,14 +206,14 @@ def _index_markdown(exp: Path, pages: list[dict[str, Any]], statement: str | Non
         single = len(items) == 1 and items[0]["run"] is None
         if single:
             p = items[0]
-            rows.append(f"| [{_cell(p['name'])}]({p['href']}) | {_cell(p['title'])} | {p['status']} | {p['time']} |")
+            rows.append(f"| [{_cell(p['name'])}]({p['href']}) | {_cell(p['title'])} | {_status(p)} | {p['time']} |")
         else:
             n_failed = sum(p["status"] == "failed" for p in items)
             rows.append(f"| [{_cell(stage)}](#{quote(stage)}) | {_cell(items[0]['title'])} | {len(items)} runs"
                         + (f", {n_failed} failed" if n_failed else "") + " | – |")
             runs.append(f'<a id="{html.escape(stage)}"></a>\n\n## {stage}: {len(items)} runs\n\n'
                         "| run | status | time |\n|---|---|---|\n"
-                        + "\n".join(f"| [{_cell(p['run'] or p['name'])}]({p['href']}) | {p['status']} | {p['time']} |"
+                        + "\n".join(f"| [{_cell(p['run'] or p['name'])}]({p['href']}) | {_status(p)} | {p['time']} |"
                                     for p in items))
     cells.append("\n".join(rows))
     cells += runs
@@ -181,14 +245,16 @@ def write_html_report(experiment_dir: str | os.PathLike, out_dir: str | os.PathL
     exporter = HTMLExporter(log=_QUIET_LOG)
     pages = []
     try:
-        for path, nb in notebooks:
+        for attempt in latest_attempts(notebooks):
+            path, nb = attempt.path, attempt.nb
             status = "failed" if _failed(path, nb) else "ok"
-            stage, _, run = path.stem.partition("-")
-            body, _ = exporter.from_notebook_node(_page(exp.name, path, nb, status),
+            stage, _, run = attempt.name.partition("-")
+            body, _ = exporter.from_notebook_node(_page(exp.name, attempt, status),
                                                   resources={"metadata": {"name": f"{exp.name} · {path.stem}"}})
             (tmp / f"{path.stem}.html").write_text(body, encoding="utf-8")
-            pages.append({"name": path.stem, "stage": stage, "run": run or None, "title": _title(nb, path.stem),
-                          "status": status, "time": _duration(nb), "href": f"{PAGES_DIR}/{quote(path.stem)}.html"})
+            pages.append({"name": attempt.name, "stage": stage, "run": run or None, "title": _title(nb, path.stem),
+                          "status": status, "earlier": _earlier(attempt), "time": _duration(nb),
+                          "href": f"{PAGES_DIR}/{quote(path.stem)}.html"})
         index = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell(c)
                                                 for c in _index_markdown(exp, pages, text, statement_path)])
         body, _ = exporter.from_notebook_node(index, resources={"metadata": {"name": f"Report · {exp.name}"}})

@@ -5,6 +5,7 @@ import os
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from ..io import atomic_write_json, atomic_write_text
 from .consistency import consistency_cell, consistency_lines
 from .tables import METRIC
 
@@ -243,8 +244,6 @@ def verdict_table(reports: Sequence[dict[str, Any]], all_comparisons: bool = Fal
 
 def write_report(rep: dict[str, Any], out_dir: str | os.PathLike) -> tuple[Path, Path]:
     """``report.md`` and ``report.json`` into ``out_dir``, atomically."""
-    from ..io import atomic_write_json, atomic_write_text
-
     out_dir = Path(out_dir)
     return (atomic_write_text(out_dir / "report.md", report_markdown(rep)),
             atomic_write_json(out_dir / "report.json", rep))

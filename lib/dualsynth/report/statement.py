@@ -9,9 +9,14 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from .. import ceiling, quality, stats
+from ..adaptive import load_record  # reads results/adaptive.json (study --until-decided)
+from ..io import DataError, read_json
+from ..patching import Manifest
+from ..stats import decide, seeds_needed
 from .consistency import consistency_reason, experiment_consistency
 from .tables import (MARGIN, METRIC, _clean, _gain_row, _headline, _num, _part, _real_fractions, _split,
-                     study_tables)
+                     majority_baseline, study_tables)
 
 UNDER, OVER, FAR = 0.5, 1.5, 2.0  # synthetic/real fraction ratios, and a distance ratio, worth naming
 
@@ -20,8 +25,6 @@ UNDER, OVER, FAR = 0.5, 1.5, 2.0  # synthetic/real fraction ratios, and a distan
 def _verdict(dataset: str, g: dict | None, n_syn: int, n_worse: int, n_better: int, reasons: list[str],
              alpha: float, margin: float, seed_sd: float | None = None,
              n_tested: int | None = None, family: str = "variants") -> tuple[str | None, str]:
-    from ..stats import decide, seeds_needed
-
     if g is None:
         return None, f"No verdict on {dataset}: no variant with synthetic data has been run beside its base set."
     ci = (f"95 % CI [{g['gain_ci_low']:+.3f}, {g['gain_ci_high']:+.3f}] over {g['gain_n']} seeds"
@@ -105,10 +108,6 @@ def _reasons(similarity: dict | None, class_gain: dict[str, float], rare: Sequen
 
 def reference_lines(experiment_dir: str | os.PathLike, summary=None) -> dict[str, float]:
     """``{"ceiling": …, "majority baseline": …}`` (those that exist) for 07's Missing Class IoU figure."""
-    from .. import ceiling, quality
-    from ..patching import Manifest
-    from .tables import majority_baseline
-
     exp = Path(experiment_dir)
     out: dict[str, float] = {}
     found = ceiling.lookup(exp)
@@ -123,9 +122,6 @@ def reference_lines(experiment_dir: str | os.PathLike, summary=None) -> dict[str
 
 def _ceiling(exp: Path, runs, summary) -> dict[str, Any] | None:
     """The dataset's ceiling (:mod:`dualsynth.ceiling`) and each base variant's mean score as a fraction of it."""
-    from .. import ceiling
-    from ..io import DataError, read_json
-
     recipe = None
     for folder in sorted((exp / "unet").glob("*_0/seed*")):  # the recipe of a base run of this study
         try:
@@ -185,10 +181,6 @@ def experiment_report(experiment_dir: str | os.PathLike, alpha: float = 0.05, ra
     ``similarity_dirs``), and with ``compute_similarity`` they are computed when none are stored.  ``margin``: the
     smallest gain worth having; "does not help" needs the interval to exclude every gain above it.
     """
-    from .. import quality, stats
-    from ..adaptive import load_record  # reads results/adaptive.json (study --until-decided)
-    from ..patching import Manifest
-
     exp = Path(experiment_dir)
     manifest = Manifest.load(exp / "patches")
     classes = list(manifest.class_names)
@@ -258,8 +250,6 @@ def _comparison(runs, r: dict, head: dict, margin: float, alpha: float, adaptive
     """One variant with synthetic data against its matched control (or base): the seeds the gain rests on, the gain
     with its 95 % interval, the verdict (:func:`dualsynth.stats.decide`, Holm-significance from the ranked table)
     and what decided it (``decided_by``), with its adaptive-study entry when there is one."""
-    from ..stats import decide
-
     variant, against = r["variant"], head["against"]
     g = _part(runs, variant, against)
     used = runs[runs.variant.isin([variant, against]) & runs.seed.isin(g["seeds"])]

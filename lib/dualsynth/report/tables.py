@@ -10,6 +10,12 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from .. import quality, results, stats
+from ..io import DataError, read_json, read_mask
+from ..patching import Manifest
+from ..stats import seed_gain
+from ..variants import VariantError, parse_run
+
 METRIC = "missing_class_iou"
 MARGIN = 0.02  # default margin: "does not help" = the 95 % interval excludes every gain above it
 
@@ -46,9 +52,6 @@ def _real_fractions(manifest, tier: str) -> dict[str, float]:
 def majority_baseline(manifest, real_fractions: dict[str, float]) -> dict[str, Any] | None:
     """Missing Class IoU of predicting the most frequent real training class everywhere, on the experiment's test
     masks (:func:`dualsynth.stats.majority_baseline`); None without test images."""
-    from .. import stats
-    from ..io import read_mask
-
     pairs = manifest.files("test", "test")
     if not pairs:
         return None
@@ -64,9 +67,6 @@ def study_tables(experiment_dir: str | os.PathLike, alpha: float = 0.05, warn: b
     ``UserWarning`` naming them if ``warn``), the per-variant summary over seeds, the ranked table with gains,
     matched controls and paired tests (:func:`dualsynth.stats.ranked_table`), and the majority-class baseline.
     ``summary`` and ``ranked`` are None when there is no complete run."""
-    from .. import quality, results, stats
-    from ..patching import Manifest
-
     exp = Path(experiment_dir)
     manifest = Manifest.load(exp / "patches")
     baseline = majority_baseline(manifest, _real_fractions(manifest, quality._generator_tier(exp)))
@@ -105,8 +105,6 @@ def _headline(r) -> dict[str, Any]:
 
 
 def _part(runs, a: str, b: str, metric: str = METRIC) -> dict[str, Any]:
-    from ..stats import seed_gain
-
     g = seed_gain(runs, a, b, metric)
     return {"gain": _num(g["mean"]), "n": int(g["n"]), "ci_low": _num(g["ci_low"]), "ci_high": _num(g["ci_high"]),
             "sd": _num(g["std"]), "half_width": _num(g["half_width"]), "seeds": g["seeds"]}
@@ -159,10 +157,6 @@ def compare_runs(exp_a: str | os.PathLike, variant_a: str, exp_b: str | os.PathL
     """``variant_a`` of experiment ``exp_a`` against ``variant_b`` of ``exp_b`` (e.g. the same variant trained with
     other settings in a forked experiment): the seed-matched gain with its 95 % interval and the paired Wilcoxon
     test over the test images (each averaged over the common seeds).  Both must be scored on the same test set."""
-    from .. import results, stats
-    from ..io import DataError, read_json
-    from ..variants import VariantError, parse_run
-
     def scores(exp, variant):
         runs = results.collect_metrics(exp)
         return runs.loc[runs.variant == variant].groupby("seed")[metric].mean()

@@ -19,11 +19,20 @@ from .plain import PLAIN, plain_unet
 from .recipe import CLASS_WEIGHTINGS, LR_SCHEDULES, NORMALISATIONS
 
 __all__ = [
-    "UNetConfig", "InputAdapter", "resolve_encoder_weights", "encoder_affine", "input_affine", "unet_core",
+    "UNetConfig", "UnknownSettings", "InputAdapter", "resolve_encoder_weights", "encoder_affine", "input_affine", "unet_core",
     "build_unet",
 ]
 
 _NONE_WEIGHTS = {"none", "null", ""}
+
+
+class UnknownSettings(ValueError):
+    """:meth:`UNetConfig.from_params` with ``strict=True`` was given keys that are no U-Net setting; ``unknown``
+    and ``allowed`` hold them (sorted), the message names both."""
+
+    def __init__(self, unknown: Sequence[str], allowed: Sequence[str]):
+        self.unknown, self.allowed = sorted(unknown), sorted(allowed)
+        super().__init__(f"unknown U-Net setting(s) {self.unknown}; allowed: {self.allowed}")
 
 
 @dataclass
@@ -139,10 +148,18 @@ class UNetConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_params(cls, params: Mapping[str, Any], **fixed: Any) -> "UNetConfig":
+    def from_params(cls, params: Mapping[str, Any], *, strict: bool = False, **fixed: Any) -> "UNetConfig":
         """A config from notebook / preset parameters: the keys that are fields are taken, others ignored
-        (``experiment``, ``budget``, ...); ``fixed`` (e.g. ``num_classes``, ``seed``) wins over ``params``."""
+        (``experiment``, ``budget``, ...); ``fixed`` (e.g. ``num_classes``, ``seed``) wins over ``params``.
+
+        ``strict=True``: ``params`` holds U-Net settings only (e.g. 04's ``pretest_unet``), and a key that is no
+        field raises :class:`UnknownSettings` (a ``ValueError``) naming it and the settings allowed (the fields
+        not in ``fixed``)."""
         known = {f.name for f in dataclasses.fields(cls)}
+        if strict:
+            unknown = set(params) - known
+            if unknown:
+                raise UnknownSettings(unknown, known - set(fixed))
         return cls(**{**{k: v for k, v in params.items() if k in known}, **fixed})
 
     @classmethod

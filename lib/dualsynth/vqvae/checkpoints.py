@@ -8,7 +8,7 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 import tensorflow as tf
 
-from ..io import fingerprint, read_json
+from ..io import DataError, fingerprint, read_json, recorded_inputs
 from .codes import _check_images
 from .model import MODEL_DEFAULTS, VQVAE
 
@@ -73,8 +73,6 @@ def check_trained_on(checkpoint_dir: str | Path, train_images: np.ndarray, val_i
     """Raise :class:`~dualsynth.io.DataError` if the VQ-VAE in ``checkpoint_dir`` was trained on other dual images
     than these (e.g. 01_patching was re-run with another seed after 02_vqvae); a checkpoint saved without a
     fingerprint passes."""
-    from ..io import DataError, recorded_inputs
-
     checkpoint_dir = Path(checkpoint_dir)
     in_channels = int(_read_config(checkpoint_dir)["in_channels"])
     digest = fingerprint(_check_images(train_images, in_channels, "train_images"),

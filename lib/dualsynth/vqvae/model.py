@@ -26,8 +26,33 @@ MODEL_DEFAULTS: dict[str, Any] = dict(num_embeddings=10, embedding_dim=64, num_h
                                       encoder_final_relu=False)
 
 
+def _unfusable(h):
+    """``h`` unchanged (same values, same gradient), as a node grappler's remapper cannot fuse through.
+
+    Why: TensorFlow's oneDNN CPU build (on by default on x86) has a remapper fusion Conv2D + BiasAdd + Add + Relu
+    -> ``_FusedConv2D``, matched from the Relu back; it checks that the conv and the BiasAdd have one consumer, but
+    not the Add, and deletes the Add.  In a residual stack every layer's sum ``h`` has two consumers: the next
+    layer's pre-activation ReLU and the next skip connection.  Grappler visits the graph from the end, fuses the last
+    layer's conv + bias + add (+ final ReLU) with ``h`` as the side input, then fuses the previous conv + bias + add
+    (``h``) + the next ReLU and deletes ``h`` — which the first fusion still reads.  Mutation::Apply refuses that
+    (``remapper failed: INVALID_ARGUMENT: Mutation::Apply error: fanout '.../residual_stack/Relu_4' exist for
+    missing node '.../residual_stack/add'``, an ERROR line on stderr) and grappler drops the remapper's whole
+    output for the graph: the results are right, but every fusion of that graph is lost.  With this node between
+    ``h`` and its ReLU the faulty pattern does not match and the remapper's other fusions of the graph go ahead
+    (conv + bias, conv + bias + add, …).  ``tf.identity`` would not do: grappler prunes it before the remapper runs.
+    ``tf.maximum(h, 0)`` (what the prior's residual blocks use) also avoids it, but its gradient at exactly 0 is 1
+    where ReLU's is 0, and the VQ-VAE keeps its training numbers.  ``EnsureShape`` against ``h``'s own static shape
+    checks nothing new and forwards the buffer; it has no variables, so checkpoints are unchanged.
+    """
+    return tf.ensure_shape(h, h.shape)
+
+
 class ResidualStack(snt.Module):
-    """``num_residual_layers`` x (ReLU -> 3x3 conv -> ReLU -> 1x1 conv, + skip), final ReLU."""
+    """``num_residual_layers`` x (ReLU -> 3x3 conv -> ReLU -> 1x1 conv, + skip), final ReLU.
+
+    The pre-activation ReLU of each layer reads its input through :func:`_unfusable` (same values), which keeps
+    grappler's remapper from failing on the stack (TensorFlow's ``remapper failed … Mutation::Apply error`` line).
+    """
 
     def __init__(
         self,
@@ -58,7 +83,7 @@ class ResidualStack(snt.Module):
 
     def __call__(self, h):
         for conv3, conv1 in self._layers:
-            r = conv3(tf.nn.relu(h))
+            r = conv3(tf.nn.relu(_unfusable(h)))
             r = conv1(tf.nn.relu(r))
             h = h + r
         return tf.nn.relu(h)

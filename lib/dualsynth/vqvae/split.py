@@ -15,6 +15,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from ..io import read_image, read_mask
+
 __all__ = ["GeneratorSplit", "generator_split"]
 
 
@@ -45,8 +47,6 @@ class GeneratorSplit:
     def load(self, manifest, split: str) -> tuple[np.ndarray, np.ndarray]:
         """Images ``uint8 (N, P, P, C)`` and class-index masks ``uint8 (N, P, P)`` of ``split`` (train / val), read
         as :meth:`dualsynth.patching.Manifest.load_arrays` reads a tier."""
-        from ..io import read_image, read_mask
-
         if split not in ("train", "val"):
             raise ValueError(f"split must be 'train' or 'val', got {split!r}")
         entries = self.train if split == "train" else self.val
