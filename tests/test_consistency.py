@@ -157,12 +157,36 @@ def test_curation_fills_with_the_best_when_the_threshold_is_unreachable():
         pretest.generate_pool(generate, 4, judge=None, min_consistency=0.5)
 
 
+def test_check_record_asks_a_judge_of_another_seed_about_the_kept_pool():
+    calls = []
+
+    def fake_train(manifest, folder, *, encoder, epochs, seed, unet, progress):
+        calls.append({"folder": folder, "seed": seed, "encoder": encoder, "epochs": epochs, "unet": unet})
+        return make_judge()
+
+    generate, _ = fake_generate(bad_every=2)
+    samples, preds, _ = pretest.generate_pool(generate, 6, judge=make_judge(), min_consistency=0.5)
+    images = np.stack([s.image for s in samples])
+    masks = np.stack([s.cleaned for s in samples])
+    rec = pretest.check_record(None, "check", images, masks, encoder="plain", epochs=3, seed=7,
+                               unet={"base_filters": 8}, progress=False, train=fake_train)
+    assert calls == [{"folder": "check", "seed": 7 + pretest.CHECK_SEED_OFFSET, "encoder": "plain", "epochs": 3,
+                      "unet": {"base_filters": 8}}]
+    assert rec["judge_seed"] == 8 and rec["consistency"]["consistency"] == pytest.approx(1.0)
+    # a pool the second judge disagrees with: dark images, where the fake judge sees matrix only
+    rec = pretest.check_record(None, "check", np.zeros_like(images), masks, encoder="plain", epochs=3, seed=7,
+                               progress=False, train=fake_train)
+    assert rec["consistency"]["consistency"] < 0.5
+    with pytest.raises(ValueError, match="6 images but 5 masks"):
+        pretest.check_record(None, "check", images, masks[:5], encoder="plain", epochs=3, seed=7, train=fake_train)
+
+
 def test_min_consistency_needs_the_pretest():
     ns = {"experiment": "x", "outputs_dir": "outputs", "seed": 0, "pool_size": 4, "temperature": 1.0,
           "sample_batch": 4, "min_object_px": -1, "use_kmeans": True, "cleanup": "thin", "min_object_len": -1.0,
           "rim_px": 1, "min_consistency": 0.8, "max_fraction_error": -1.0, "max_curation_rounds": 3, "rare_boost": 0.0, "pretest": False,
           "pretest_encoder": "efficientnetb0", "pretest_epochs": 1, "pretest_unet": {}, "pretest_model": None, "match_fractions": False, "pool_candidates": 2.0,
-          "save_figures": False}
+          "check_judge": True, "save_figures": False}
     with pytest.raises(config.ParamError, match="min_consistency > 0 needs pretest=True"):
         config.start_stage("04_synthesis", ns)
     with pytest.raises(config.ParamError, match="pretest_unet=.*wrong type"):

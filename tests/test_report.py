@@ -515,6 +515,25 @@ def test_consistency_record_of_quality_consistency_renders(tmp_path, rng):
     assert "- pores: under-produced" in report.report_markdown(rep)
 
 
+def test_curated_pool_is_reported_by_the_judge_that_did_not_pick_it(tmp_path, rng):
+    curating = consistency_record(overall=0.95, failing=())
+    check = {**pretest(consistency_record()), "judge_seed": 1}  # the second judge: 0.71, pores failing
+    exp = write_quality(_one_seed_loss(tmp_path, rng, "curated"),
+                        {"pretest": pretest(curating), "pretest_check": check})
+    rep = report.experiment_report(exp)
+    c = rep["consistency"]
+    assert c["consistency"] == pytest.approx(0.71) and c["failing_classes"] == ["pores"]
+    assert c["judge"]["independent"] and c["judge"]["curating_consistency"] == pytest.approx(0.95)
+    md = report.report_markdown(rep)
+    assert "Image–mask consistency **0.71**" in md and "second judge (seed 1) that did not pick the pool" in md
+    assert "the curating judge's own consistency is 0.95" in md
+    # without the check the curating judge's record is the one reported, with no such sentence
+    exp2 = write_quality(_one_seed_loss(tmp_path, rng, "plain"), {"pretest": pretest(curating)})
+    rep2 = report.experiment_report(exp2)
+    assert rep2["consistency"]["consistency"] == pytest.approx(0.95)
+    assert "did not pick the pool" not in report.report_markdown(rep2)
+
+
 @pytest.mark.parametrize("case, note", [
     ("no quality.json", "no synthetic/quality.json"),
     ("no pretest", "has no pre-test"),

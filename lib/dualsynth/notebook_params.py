@@ -164,6 +164,8 @@ NOTEBOOK_RULES: dict[str, dict[str, tuple]] = {
                          "the defaults)"),
         "pretest_model": ((str, type(None)), None,
                           "None (train the judge) or a U-Net training folder / local .h5 weight file (the paper's pre-test)"),
+        "check_judge": (bool, None, "True (a pool curated with min_consistency is measured by a second judge that did "
+                        "not pick it) or False"),
         "save_figures": (bool, None, "True or False"),
     },
     "05_datasets": {

@@ -29,7 +29,8 @@ from .metrics import evaluate, iou_per_class
 # ``segmentation`` and ``unet.*`` load TensorFlow and segmentation-models (seconds): the functions that run a U-Net
 # import them when called, so importing this module (04's parameter checks, the record) stays light
 
-__all__ = ["Judge", "train_judge", "judge_config", "load_judge", "judge_record", "score_samples"]
+__all__ = ["Judge", "train_judge", "judge_config", "load_judge", "judge_record", "score_samples", "check_record",
+           "CHECK_SEED_OFFSET"]
 
 
 @dataclass
@@ -193,6 +194,31 @@ def judge_record(judge: Judge, syn_masks: np.ndarray, syn_preds: np.ndarray,
         record["missing_class_iou_synthetic_raw"] = on_raw["missing_class_iou"]
         record["per_class_synthetic_raw"] = on_raw["per_class"]
         record["per_image_synthetic_raw"] = [r["missing_class_iou"] for r in on_raw["per_image"]]
+    return record
+
+
+#: the independent judge's seed is the curating judge's plus this (another initialisation and batch order)
+CHECK_SEED_OFFSET = 1
+
+
+def check_record(manifest, folder: str | os.PathLike, images: np.ndarray, masks: np.ndarray, *, encoder: str,
+                 epochs: int, seed: int, unet: Mapping[str, Any] | None = None, progress: bool = True,
+                 train=None) -> dict[str, Any]:
+    """The pool's consistency measured by a judge that did not pick it (``quality.json`` → ``pretest_check``).
+
+    A pool curated with ``min_consistency`` keeps the pairs its judge agrees with, so that judge's consistency of
+    the kept pool is biased upwards (it partly measures the judge's own errors).  A second judge, trained like the
+    first on the same real set but with seed ``seed + CHECK_SEED_OFFSET`` in ``folder``, segments the kept pool
+    afresh: its :func:`judge_record` (plus ``judge_seed``) is the honest number.  ``train``: the judge trainer
+    (default :func:`train_judge`; tests pass a fake)."""
+    train = train_judge if train is None else train
+    check_seed = int(seed) + CHECK_SEED_OFFSET
+    judge = train(manifest, folder, encoder=encoder, epochs=epochs, seed=check_seed, unet=unet, progress=progress)
+    images, masks = np.asarray(images), np.asarray(masks)
+    if len(images) != len(masks):
+        raise ValueError(f"check_record: {len(images)} images but {len(masks)} masks")
+    record = judge_record(judge, masks, judge.predict(images))
+    record["judge_seed"] = check_seed
     return record
 
 

@@ -5,7 +5,9 @@ report and notebook 07, with each failing class said in words.
 their micrographs ÷ its IoU against real masks on real test images, per class and overall, beside the class
 fraction ratio) in ``synthetic/quality.json`` → ``pretest`` → ``consistency``.  Older experiments have no
 ``quality.json``, a ``quality.json`` without ``pretest`` (04 run with ``pretest: false`` or before it existed), or a
-``pretest`` without ``consistency``: the entry then says "not measured" and why.
+``pretest`` without ``consistency``: the entry then says "not measured" and why.  A pool curated with
+``min_consistency`` also has ``pretest_check`` (:func:`dualsynth.pretest.check_record`: a second judge that did not
+pick the pool); its record is the one reported, the curating judge's figure beside it.
 """
 from __future__ import annotations
 
@@ -50,8 +52,14 @@ def experiment_consistency(experiment_dir: str | os.PathLike) -> dict[str, Any]:
     if not isinstance(record, Mapping) or not isinstance(record.get("per_class"), Mapping):
         return _not_measured("the pre-test in synthetic/quality.json predates the image–mask consistency "
                              "(re-run 04_synthesis to measure it)")
-    return _entry(record, {k: pretest.get(k) for k in ("encoder", "epochs", "missing_class_iou_real_test",
-                                                      "missing_class_iou_synthetic")})
+    keys = ("encoder", "epochs", "missing_class_iou_real_test", "missing_class_iou_synthetic")
+    check = read_json(q).get("pretest_check")
+    if isinstance(check, Mapping) and isinstance((check.get("consistency") or {}).get("per_class"), Mapping):
+        # a pool curated by its judge: the number of a second judge that did not pick it (pretest.check_record)
+        return _entry(check["consistency"], {**{k: check.get(k) for k in keys}, "independent": True,
+                                             "judge_seed": check.get("judge_seed"),
+                                             "curating_consistency": record.get("consistency")})
+    return _entry(record, {k: pretest.get(k) for k in keys})
 
 
 def _entry(record: Mapping, judge: Mapping | None = None) -> dict[str, Any]:
@@ -204,6 +212,11 @@ def consistency_lines(entry: Mapping | None) -> list[str]:
         first += (f" Judge: the pre-test U-Net ({j['encoder']}{epochs}) trained on the real base set; Missing Class "
                   f"IoU {_r(j.get('missing_class_iou_real_test'), '{:.3f}')} on the real test images, "
                   f"{_r(j.get('missing_class_iou_synthetic'), '{:.3f}')} on the synthetic pool.")
+    if j.get("independent"):
+        first += (f" The pool was curated by another judge (`min_consistency`), which keeps the pairs it agrees "
+                  f"with, so these numbers come from a second judge (seed {j.get('judge_seed')}) that did not pick "
+                  f"the pool; the curating judge's own consistency is {_r(j.get('curating_consistency'))}, biased "
+                  "upwards.")
     lines = head + [first, "", "| class | judge IoU synthetic / real | IoU ratio | fraction synthetic | "
                     "fraction real | fraction ratio | fails |", "|---|---|---|---|---|---|---|"]
     for r in _rows(entry):
