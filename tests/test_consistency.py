@@ -179,6 +179,7 @@ def test_check_record_asks_a_judge_of_another_seed_about_the_kept_pool():
     assert rec["consistency"]["consistency"] < 0.5
     with pytest.raises(ValueError, match="6 images but 5 masks"):
         pretest.check_record(None, "check", images, masks[:5], encoder="plain", epochs=3, seed=7, train=fake_train)
+    assert len(calls) == 2  # refused before a judge is trained
 
 
 def test_min_consistency_needs_the_pretest():

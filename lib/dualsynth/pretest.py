@@ -211,12 +211,12 @@ def check_record(manifest, folder: str | os.PathLike, images: np.ndarray, masks:
     first on the same real set but with seed ``seed + CHECK_SEED_OFFSET`` in ``folder``, segments the kept pool
     afresh: its :func:`judge_record` (plus ``judge_seed``) is the honest number.  ``train``: the judge trainer
     (default :func:`train_judge`; tests pass a fake)."""
+    images, masks = np.asarray(images), np.asarray(masks)
+    if len(images) != len(masks):  # before the judge's training, not after
+        raise ValueError(f"check_record: {len(images)} images but {len(masks)} masks")
     train = train_judge if train is None else train
     check_seed = int(seed) + CHECK_SEED_OFFSET
     judge = train(manifest, folder, encoder=encoder, epochs=epochs, seed=check_seed, unet=unet, progress=progress)
-    images, masks = np.asarray(images), np.asarray(masks)
-    if len(images) != len(masks):
-        raise ValueError(f"check_record: {len(images)} images but {len(masks)} masks")
     record = judge_record(judge, masks, judge.predict(images))
     record["judge_seed"] = check_seed
     return record
