@@ -29,7 +29,7 @@ import yaml
 
 from dualsynth import patching, pretest, quality, synthesis, vqvae
 from dualsynth.dual import compose_batch, split
-from dualsynth.io import atomic_write_json, read_image, read_json, read_mask
+from dualsynth.io import atomic_write_json, read_json
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -54,9 +54,7 @@ def measure(exp: Path, settings: dict) -> dict:
     rec = vqvae.decode_codes(generator, vqvae.encode_dataset(generator, compose_batch(img, msk, pal, encoding)))
     rec_img, rec_part = split(rec, manifest.channels, encoding)
     rec_msk = synthesis.decoded_labels(rec_part, pal, encoding)
-    pool = synthesis.load_pool(syn)
-    p_img = np.stack([read_image(syn / it["image"], channels=manifest.channels) for it in pool["items"]])
-    p_msk = np.stack([read_mask(syn / it["mask"], pal, "index") for it in pool["items"]])
+    p_img, p_msk = synthesis.load_pool_arrays(syn, manifest)
     second = pretest.check_record(manifest, syn / "pretest_unet_check", p_img, p_msk, **kw)
     return {"real_val": _score(judge, img, msk), "recon_val": _score(judge, rec_img, rec_msk),
             "recon_val_mask_agreement": float((rec_msk == msk).mean()), "pool": _score(judge, p_img, p_msk),

@@ -54,11 +54,11 @@ from scipy.signal import fftconvolve
 from scipy.stats import wasserstein_distance
 
 from . import dual
-from .io import DataError, atomic_write_json, read_image, read_json, read_mask
+from .io import atomic_write_json, read_json
 from .labels import check_labels
 from .metrics import _iou_from_confusion, confusion_matrix, iou_per_class
 from .patching import Manifest
-from .synthesis import load_pool
+from .synthesis import load_pool_arrays
 
 __all__ = [
     "per_patch_fractions",
@@ -406,12 +406,7 @@ def experiment_similarity(experiment_dir: str | os.PathLike, seed: int = 0, gene
     manifest = Manifest.load(exp / "patches")
     tier = _generator_tier(exp)
     real_images, real_masks = manifest.load_arrays(tier, "train")
-    syn_dir = exp / "synthetic"
-    pool = load_pool(syn_dir)
-    if not pool["items"]:
-        raise DataError(f"{syn_dir / 'pool.json'}: the synthetic pool is empty (04_synthesis kept no pair)")
-    syn_images = np.stack([read_image(syn_dir / it["image"], channels=manifest.channels) for it in pool["items"]])
-    syn_masks = np.stack([read_mask(syn_dir / it["mask"], manifest.palette, "index") for it in pool["items"]])
+    syn_images, syn_masks = load_pool_arrays(exp / "synthetic", manifest)
     features_fn = None
     if features:
         encoding = read_json(exp / "vqvae" / "summary.json").get("mask_encoding", "grey")

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .dual import mask_as_grey, split
-from .io import DataError, atomic_write_json, read_json, write_png
+from .io import DataError, atomic_write_json, read_image, read_json, read_mask, write_png
 
 # ``prior``, ``pixelcnn`` and ``vqvae`` load TensorFlow (seconds): imported where a prior or generator is used, so
 # that importing this module (quality and the report read pools through it) stays light
@@ -301,3 +301,15 @@ def load_pool(synthetic_dir) -> dict:
     if "items" not in pool:
         raise DataError(f"{p}: not a pool file (no 'items'); re-run 04_synthesis")
     return pool
+
+
+def load_pool_arrays(synthetic_dir, manifest) -> tuple[np.ndarray, np.ndarray]:
+    """The pool's micrographs and cleaned label masks as arrays ``(N, H, W, C)``, ``(N, H, W)``; a clear error if
+    the pool is missing or empty."""
+    syn_dir = Path(synthetic_dir)
+    pool = load_pool(syn_dir)
+    if not pool["items"]:
+        raise DataError(f"{syn_dir / 'pool.json'}: the synthetic pool is empty (04_synthesis kept no pair)")
+    images = np.stack([read_image(syn_dir / it["image"], channels=manifest.channels) for it in pool["items"]])
+    masks = np.stack([read_mask(syn_dir / it["mask"], manifest.palette, "index") for it in pool["items"]])
+    return images, masks
