@@ -1,17 +1,16 @@
 """``bench/gpu_check.py`` (issue 18, item 4): the paper study's counts and projection, the time budget, and the
 ``--cpu-smoke`` path end to end (one fresh process per configuration, as on a GPU machine; two runs of the script
-side by side, each measuring part of the models)."""
+side by side, each measuring part of the models, started when the session starts: ``start_early``)."""
 from __future__ import annotations
 
 import importlib.util
 import json
 import math
-import subprocess
 import sys
 
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, BackgroundProcess
 
 SCRIPT = ROOT / "bench" / "gpu_check.py"
 KEYS = {"benchmark", "mode", "gpu", "warning", "summary", "machine", "setup", "configurations", "projection",
@@ -26,35 +25,29 @@ def _module():
     return mod
 
 
-def _run(tmp_path, *args: str, timeout: float) -> dict:
-    return _run_side_by_side(tmp_path, [list(args)], timeout=timeout)[0]
+def _script(folder, name: str, args: list[str]) -> BackgroundProcess:
+    """The script with ``args`` (a run started early, beside the other tests: ``start_early``), its JSON
+    ``<folder>/<name>.json`` and its console ``<folder>/<name>.log``."""
+    return BackgroundProcess(f"gpu_check.py {' '.join(args)}",
+                             [sys.executable, str(SCRIPT), "--out", str(folder / f"{name}.json"), *args],
+                             folder / f"{name}.log")
 
 
-def _run_side_by_side(tmp_path, arg_lists: list[list[str]], timeout: float) -> list[dict]:
-    """Run the script once per argument list, all at the same time; each run's JSON, checked."""
-    procs = []
-    for k, args in enumerate(arg_lists):
-        out, log = tmp_path / f"gpu{k}.json", tmp_path / f"gpu{k}.log"
-        with open(log, "w") as fh:  # a file, not a pipe: a full pipe would stall the run
-            procs.append((subprocess.Popen([sys.executable, str(SCRIPT), "--out", str(out), *args], stdout=fh,
-                                           stderr=subprocess.STDOUT, text=True, cwd=ROOT), out, log))
-    payloads = []
-    try:
-        for proc, out, log in procs:
-            rc = proc.wait(timeout=timeout)
-            console = log.read_text()
-            assert rc == 0, console[-3000:]
-            payload = json.loads(out.read_text())
-            assert KEYS <= set(payload)
-            if not payload["gpu"]:  # said plainly, on the console and in the JSON
-                assert "NO GPU" in console and payload["warning"].startswith("NO GPU")
-            payloads.append(payload)
-    finally:
-        for proc, _, _ in procs:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-    return payloads
+def _checked(proc: BackgroundProcess, timeout: float) -> dict:
+    """A run's JSON, once it has succeeded; a run without a GPU says so, on the console and in the JSON."""
+    rc = proc.returncode(timeout)
+    console = proc.log.read_text()
+    assert rc == 0, console[-3000:]
+    payload = json.loads(proc.log.with_suffix(".json").read_text())
+    assert KEYS <= set(payload)
+    if not payload["gpu"]:  # said plainly, on the console and in the JSON
+        assert "NO GPU" in console and payload["warning"].startswith("NO GPU")
+    return payload
+
+
+def _start_budget_run(jobs) -> BackgroundProcess:
+    """``--cpu-smoke`` with a budget of 1 s, used up before the first configuration (once per session)."""
+    return jobs.start_job("gpu_check_budget", lambda folder: _script(folder, "gpu", ["--cpu-smoke", "--budget", "1"]))
 
 
 def test_study_counts_follow_the_paper_design():
@@ -95,8 +88,8 @@ def test_projection_is_linear_in_the_step_times():
     assert missing["hours"]["03_prior"] is None and missing["hours"]["02_vqvae"] == p["hours"]["02_vqvae"]
 
 
-def test_budget_used_up_skips_with_a_note(tmp_path):
-    d = _run(tmp_path, "--cpu-smoke", "--budget", "1", timeout=120)
+def test_budget_used_up_skips_with_a_note(chain_processes):
+    d = _checked(_start_budget_run(chain_processes), timeout=120)
     cfg = d["configurations"]
     assert {r["status"] for r in cfg.values()} == {"skipped", "unsupported"}
     assert cfg["unet"]["status"] == "skipped" and "budget" in cfg["unet"]["note"]
@@ -108,19 +101,34 @@ def test_budget_used_up_skips_with_a_note(tmp_path):
 #: ``--cpu-smoke`` in two runs side by side (``--only``; every configuration still in its own fresh process): the
 #: U-Net's four configurations, and the other models' six (plus their six ``unsupported`` mixed-precision entries)
 PARTS = (("unet",), ("vqvae", "prior", "sampler"))
+#: A child may take 450 s (default 120 s), the whole run 900 s (default 450 s): the U-Net's XLA compilation, ~30 s on
+#: an idle CPU, overran 120 s with the two runs side by side on a busy machine, and they now run beside the other
+#: tests at a lower priority (``start_early``).  The budget's rule itself: ``test_budget_used_up_skips_with_a_note``.
+SMOKE_ARGS = [["--cpu-smoke", "--only", ",".join(p), "--child-timeout", "450", "--budget", "900"] for p in PARTS]
 #: the step times each model gives the projection (``gpu_check._seconds_of``)
 STEP_KEYS = {"vqvae": {"vqvae_step"}, "prior": {"prior_step"}, "sampler": {"sampler_batch"},
              "unet": {"unet_step", "unet_val_step", "unet_startup"}}
 
 
+def _start_cpu_smoke(jobs) -> list[BackgroundProcess]:
+    """The two ``--cpu-smoke`` runs of ``SMOKE_ARGS`` (once per session: ``jobs`` is ``chain_processes``)."""
+    return [jobs.start_job(f"gpu_check{k}", lambda folder, args=args: _script(folder, "gpu", args))
+            for k, args in enumerate(SMOKE_ARGS)]
+
+
+def start_early(jobs, tmp_path_factory, selected: set[str]) -> None:
+    """Called by conftest when the session starts: the script's runs (~2-3 min) go on beside the other tests."""
+    if "test_budget_used_up_skips_with_a_note" in selected:
+        _start_budget_run(jobs)
+    if "test_cpu_smoke_writes_measurements_and_projection" in selected:
+        _start_cpu_smoke(jobs)
+
+
 @pytest.mark.slow
-def test_cpu_smoke_writes_measurements_and_projection(tmp_path):
+def test_cpu_smoke_writes_measurements_and_projection(chain_processes):
     g = _module()
     preset = g.load_preset()
-    # a child may take 300 s (default 120 s): the U-Net's XLA compilation, ~30 s on an idle CPU, overran 120 s with
-    # the two runs side by side on a busy machine
-    parts = _run_side_by_side(tmp_path, [["--cpu-smoke", "--only", ",".join(p), "--child-timeout", "300"]
-                                         for p in PARTS], timeout=600)
+    parts = [_checked(proc, timeout=1200) for proc in _start_cpu_smoke(chain_processes)]
     cfg = {}
     for models, d in zip(PARTS, parts):
         assert d["mode"] == "cpu-smoke" and d["total_seconds"] <= d["setup"]["budget_seconds"] + 30

@@ -7,7 +7,8 @@ U-Net in float32: only what costs time is overridden -- step and epoch counts, t
 ImageNet weights (no download on the build machines) and the pre-test's judge: as in the paper, an existing model
 (``pretest_model``: an EfficientNetB3 U-Net weight file made here, untrained) instead of a third B3 training.  So a change that breaks the paper path (a shape that
 only 256 px reaches, a preset key a notebook lost, the B3 encoder, the grey mask channel, the training-error
-checkpoint rule, the pooled generator split) fails here, not on the first GPU.  About 3 minutes on 2 CPU cores.
+checkpoint rule, the pooled generator split) fails here, not on the first GPU.  About 3 minutes on 2 CPU cores, in a
+subprocess started when the session starts (``start_early``), beside the other tests.
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ import yaml
 
 from dualsynth import batch
 
-from conftest import ROOT
+from conftest import ROOT, RunChainProcess
 
 #: what is overridden: counts only (every other value comes from params/presets/paper/)
 OVERRIDES = {
@@ -30,25 +31,40 @@ OVERRIDES = {
 }
 
 
-@pytest.fixture(scope="module")
-def paper_chain(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("paper")
+#: the paper's pre-test judges with an existing model: a bare .h5 of an EfficientNetB3 U-Net with 4 classes, made
+#: (untrained) in the chain's process before the chain
+JUDGE = """
+from dualsynth import segmentation
+segmentation.build_unet(segmentation.UNetConfig(num_classes=4, in_channels=3, encoder="efficientnetb3"),
+                        seed=0).save_weights({path!r})
+"""
+
+
+def _paper_chain_process(tmp) -> RunChainProcess:
     data = yaml.safe_load((ROOT / "params" / "data" / "ndfeb_default.yaml").read_text())
     # 5 × 4 patches of 256 px from the main image (the paper's: 10 × 8), tiers shrunk in proportion
     data["source"].update(width=1280, height=1024)
     data["tiers"] = {"small": [4, 2], "big": [8, 4], "test_main": 2, "test_extra": 2}
     data_yaml = tmp / "ndfeb_small.yaml"
     data_yaml.write_text(yaml.safe_dump(data))
-    # the paper's pre-test judges with an existing model: a bare .h5 of an EfficientNetB3 U-Net with 4 classes
-    from dualsynth import segmentation
-
     judge = tmp / "expert_b3.h5"
-    segmentation.build_unet(segmentation.UNetConfig(num_classes=4, in_channels=3, encoder="efficientnetb3"),
-                            seed=0).save_weights(str(judge))
-    timings = batch.run_chain("paper", experiment="p", data=str(data_yaml), stages="all", outputs_dir=str(tmp),
-                              overrides={**OVERRIDES, "pretest_model": str(judge)}, variants="BMQ_0,BMQ_50",
-                              workers=2)  # the two B3 runs side by side: tracing their graphs is single-threaded
-    return tmp / "p", timings
+    return RunChainProcess("p", tmp, dict(preset="paper", experiment="p", data=str(data_yaml), stages="all",
+                                          overrides={**OVERRIDES, "pretest_model": str(judge)},
+                                          variants="BMQ_0,BMQ_50", workers=2),  # the two B3 runs side by side:
+                           prelude=JUDGE.format(path=str(judge)))  # tracing their graphs is single-threaded
+
+
+def start_early(jobs, tmp_path_factory, selected: set[str]) -> None:
+    """Called by conftest when the session starts: the chain (~3 min) runs beside the other tests."""
+    if "test_paper_chain_runs_at_paper_sizes" in selected:
+        jobs.start_job("paper", _paper_chain_process)
+
+
+@pytest.fixture(scope="module")
+def paper_chain(chain_processes):
+    job = chain_processes.start_job("paper", _paper_chain_process)  # started early unless selected otherwise
+    timings = job.wait()
+    return job.out / "p", timings
 
 
 @pytest.mark.slow

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, BackgroundProcess
 
 #: Reproducibility tolerance of U-Net metrics across two runs with the same seed (README, "Fault table"): on CPU with
 #: op determinism the runs are bit-identical; the tolerance only absorbs float printing/summing differences.
@@ -22,17 +22,27 @@ METRIC_TOL = 1e-6
 
 
 # --------------------------------------------------------------------------- reproducibility
-def _chain(outputs: Path, experiment: str) -> subprocess.Popen:
+def _chain_cmd(outputs: Path, experiment: str) -> list[str]:
     """The smoke chain 01 → 06 (one variant, small pool, no pre-test or figures, one epoch of the plain U-Net: the
-    notebook's and the quick preset's encoder, built and traced in a fraction of ResNet18's time) in a subprocess
-    with TF op determinism (``DUALSYNTH_DETERMINISTIC=1`` reaches every notebook kernel and Dask worker)."""
-    cmd = [sys.executable, "-m", "dualsynth.batch", "chain", "--preset", "smoke", "--experiment", experiment,
-           "--outputs-dir", str(outputs), "--stages", "01-06", "--variants", "SHQ_0", "--workers", "1",
-           "--set", "pool_size=16", "--set", "pretest=false", "--set", "variants=SHQ_0,SHQ_50", "--set", "epochs=1",
-           "--set", "augment_dihedral=false", "--set", "save_figures=false", "--set", "encoder=plain"]
-    env = {**os.environ, "DUALSYNTH_DETERMINISTIC": "1"}
-    with open(outputs / f"{experiment}.log", "w") as log:  # a file, not a pipe: a full pipe would stall the run
-        return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    notebook's and the quick preset's encoder, built and traced in a fraction of ResNet18's time); run with TF op
+    determinism (``DUALSYNTH_DETERMINISTIC=1`` reaches every notebook kernel and Dask worker)."""
+    return [sys.executable, "-m", "dualsynth.batch", "chain", "--preset", "smoke", "--experiment", experiment,
+            "--outputs-dir", str(outputs), "--stages", "01-06", "--variants", "SHQ_0", "--workers", "1",
+            "--set", "pool_size=16", "--set", "pretest=false", "--set", "variants=SHQ_0,SHQ_50", "--set", "epochs=1",
+            "--set", "augment_dihedral=false", "--set", "save_figures=false", "--set", "encoder=plain"]
+
+
+def _repro_chains(jobs) -> dict[str, BackgroundProcess]:
+    """Chains a and b, side by side, each in its own folder (once per session: ``jobs`` is ``chain_processes``)."""
+    return {name: jobs.start_job(f"repro_{name}", lambda out, name=name: BackgroundProcess(
+                f"chain {name}", _chain_cmd(out, name), out / f"{name}.log", env={"DUALSYNTH_DETERMINISTIC": "1"}))
+            for name in ("a", "b")}
+
+
+def start_early(jobs, tmp_path_factory, selected: set[str]) -> None:
+    """Called by conftest when the session starts: the two chains run beside the other tests."""
+    if "test_same_seed_same_outputs" in selected:
+        _repro_chains(jobs)
 
 
 def _files(folder: Path) -> dict[str, bytes]:
@@ -40,13 +50,13 @@ def _files(folder: Path) -> dict[str, bytes]:
 
 
 @pytest.mark.slow
-def test_same_seed_same_outputs(tmp_path):
+def test_same_seed_same_outputs(chain_processes):
     """Two smoke chains with the same seed (run side by side) give identical patches, tiers, splits, code maps,
     synthetic pool and variant lists, and U-Net metrics equal within METRIC_TOL; each run records its versions."""
-    procs = {name: _chain(tmp_path, name) for name in ("a", "b")}
-    for name, proc in procs.items():
-        assert proc.wait(timeout=900) == 0, f"chain {name} failed:\n{(tmp_path / f'{name}.log').read_text()[-3000:]}"
-    a, b = tmp_path / "a", tmp_path / "b"
+    procs = _repro_chains(chain_processes)
+    for proc in procs.values():
+        proc.check(timeout=900)
+    a, b = (procs[name].log.parent / name for name in ("a", "b"))
     # patches: images and masks byte for byte; tiers and splits
     assert _files(a / "patches" / "images") == _files(b / "patches" / "images")
     assert _files(a / "patches" / "masks") == _files(b / "patches" / "masks")
