@@ -16,7 +16,7 @@ from typing import Any, Mapping
 
 from .config import (BATCH_ENV, ParamError, experiment_name_ok, load_yaml, lock_token, project_root, record_tag,
                      resolve_outputs, run_record_path)
-from .tfquiet import verbose
+from .tfquiet import kernel_arguments
 
 __all__ = ["NOTEBOOKS", "notebook_path", "notebook_parameters", "preset_file", "preset_params", "check_parameters",
            "StageError", "failed_notebook_path", "run_notebook", "notebook_warnings"]
@@ -147,9 +147,9 @@ def run_notebook(notebook: str, output: str | os.PathLike, parameters: Mapping[s
             log_output=log_output,
             progress_bar=progress_bar,
             kernel_name="python3",
-            # the kernel's own start-up log ("Kernel is running over TCP without encryption" on every run) only
-            # with DUALSYNTH_VERBOSE; its errors still show
-            extra_arguments=[] if verbose() else ["--IPKernelApp.log_level=ERROR"],
+            # the kernel's start-up log and its harmless shutdown-interrupt line only with DUALSYNTH_VERBOSE; its
+            # errors still show
+            extra_arguments=kernel_arguments(),
         )
     except BaseException as e:
         failed = None

@@ -18,6 +18,12 @@ the environment and installs an import hook, so that whichever module imports Te
 Sonnet, tf_keras, segmentation-models or the user — does it quietly.  ``DUALSYNTH_VERBOSE=1`` (``--verbose`` on
 ``python -m dualsynth.batch``) brings every line back: no hook, ``TF_CPP_MIN_LOG_LEVEL=0``.  A
 ``TF_CPP_MIN_LOG_LEVEL`` set by the user is kept.
+
+The kernels that papermill starts for the batch (:func:`kernel_arguments`) log at ERROR only, and load this module
+as an IPython extension (:func:`load_ipython_extension`) that drops ipykernel's ``KeyboardInterrupt caught in
+kernel.``: jupyter_client interrupts every kernel (SIGINT) before it asks it to shut down, and when that lands while
+the kernel still finishes its last reply it logs this line at ERROR — after the notebook has ended and succeeded.
+Every other kernel error still reaches the batch logs.
 """
 from __future__ import annotations
 
@@ -30,7 +36,8 @@ import tempfile
 import warnings
 from typing import Iterator
 
-__all__ = ["VERBOSE_ENV", "verbose", "set_verbose", "configure", "quiet_stderr"]
+__all__ = ["VERBOSE_ENV", "verbose", "set_verbose", "configure", "quiet_stderr", "kernel_arguments",
+           "load_ipython_extension"]
 
 #: Set to 1 (or true/yes) to see TensorFlow's C++ log lines.
 VERBOSE_ENV = "DUALSYNTH_VERBOSE"
@@ -44,6 +51,8 @@ _NOISE = re.compile(r"absl::InitializeLog|oneDNN custom operations|cuda drivers|
                     r"Unable to register cu(DNN|FFT|BLAS) factory|computation placer already registered|"
                     r"TensorFlow binary is optimized|rebuild TensorFlow with the appropriate compiler flags|"
                     r"CPU instructions in performance-critical operations|TF-TRT Warning|port\.cc:")
+#: ipykernel's line for jupyter_client's shutdown interrupt landing in the kernel's last message handler (harmless)
+SHUTDOWN_INTERRUPT_LINE = "KeyboardInterrupt caught in kernel."
 #: The level this module set (not the user's), so set_verbose may change it.
 _SET_BY_US: list[str] = []
 
@@ -162,3 +171,29 @@ def configure() -> None:
     _set_level(_QUIET_LEVEL)
     if "tensorflow" not in sys.modules and not any(isinstance(f, _QuietTensorFlowFinder) for f in sys.meta_path):
         sys.meta_path.insert(0, _QuietTensorFlowFinder())
+
+
+def kernel_arguments() -> list[str]:
+    """The command-line arguments of the Jupyter kernels the batch starts: their start-up log ("Kernel is running
+    over TCP without encryption" on every run) and the shutdown interrupt's line off, unless ``$DUALSYNTH_VERBOSE``
+    (then none: the kernel's whole log)."""
+    if verbose():
+        return []
+    return ["--IPKernelApp.log_level=ERROR", f"--IPKernelApp.extensions={__name__}"]
+
+
+def _not_shutdown_interrupt(record) -> bool:
+    return record.getMessage() != SHUTDOWN_INTERRUPT_LINE
+
+
+def load_ipython_extension(ipython) -> None:
+    """IPython extension (``--IPKernelApp.extensions=dualsynth.tfquiet``): the kernel's log drops
+    :data:`SHUTDOWN_INTERRUPT_LINE` and nothing else (idempotent; nothing in the user's namespace)."""
+    import logging
+
+    kernel = getattr(ipython, "kernel", None)
+    log = getattr(kernel, "log", None)
+    if not isinstance(log, logging.Logger):
+        log = logging.getLogger("IPKernelApp")
+    if _not_shutdown_interrupt not in log.filters:
+        log.addFilter(_not_shutdown_interrupt)
