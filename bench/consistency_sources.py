@@ -38,8 +38,14 @@ def _score(judge, images, masks) -> dict:
     images = images if images.dtype == np.uint8 else np.clip(images, 0.0, 1.0)
     rec = quality.consistency(masks, judge.predict(images), judge.real_masks, judge.real_preds, judge.num_classes,
                               judge.class_names, real_train_masks=judge.real_train_masks)
-    return {"consistency": rec["consistency"],
-            "iou_ratio": {c: v["ratio"] for c, v in rec["per_class"].items()}}
+    return _summary(rec)
+
+
+def _summary(rec: dict) -> dict:
+    """A record of quality.consistency, shortened: both overall measures, the IoU and fraction ratio per class."""
+    return {"consistency": rec["consistency"], "consistency_balanced": quality.balanced_consistency(rec["per_class"]),
+            "iou_ratio": {c: v["ratio"] for c, v in rec["per_class"].items()},
+            "fraction_ratio": {c: v["fraction_ratio"] for c, v in rec["per_class"].items()}}
 
 
 def measure(exp: Path, settings: dict) -> dict:
@@ -58,9 +64,7 @@ def measure(exp: Path, settings: dict) -> dict:
     second = pretest.check_record(manifest, syn / "pretest_unet_check", p_img, p_msk, **kw)
     return {"real_val": _score(judge, img, msk), "recon_val": _score(judge, rec_img, rec_msk),
             "recon_val_mask_agreement": float((rec_msk == msk).mean()), "pool": _score(judge, p_img, p_msk),
-            "pool_second_judge": {"consistency": second["consistency"]["consistency"],
-                                  "iou_ratio": {c: v["ratio"] for c, v in second["consistency"]["per_class"].items()},
-                                  "judge_seed": second["judge_seed"]},
+            "pool_second_judge": {**_summary(second["consistency"]), "judge_seed": second["judge_seed"]},
             "num_val": int(len(img)), "num_pool": int(len(p_img))}
 
 
@@ -79,7 +83,8 @@ def main(argv=None) -> int:
         entry = measure(exp, settings)
         entry["seconds"] = round(time.perf_counter() - t0, 1)
         results[exp.name] = entry
-        row = {k: round(v["consistency"], 3) for k, v in entry.items() if isinstance(v, dict) and "consistency" in v}
+        row = {k: tuple(None if v[m] is None else round(v[m], 3) for m in ("consistency", "consistency_balanced"))
+               for k, v in entry.items() if isinstance(v, dict) and "consistency" in v}
         print(exp.name, row, flush=True)
         atomic_write_json(args.out, results)
     return 0

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from dualsynth import config, metrics, pretest
-from dualsynth.quality import consistency, per_image_consistency
+from dualsynth.quality import balanced_consistency, consistency, per_image_consistency
 
 K = 3
 
@@ -62,6 +62,55 @@ def test_dropping_a_class_lowers_consistency_where_missing_class_iou_would_rise(
     old_good = metrics.evaluate(syn, judge_syn, K)["missing_class_iou"]
     old_bad = metrics.evaluate(dropped, judge_syn, K)["missing_class_iou"]
     assert old_bad > old_good  # the flaw the new definition removes
+
+
+def test_balanced_consistency_lets_no_class_hide_another():
+    """metaldam's case: synthetic masks easier than real for the matrix and the blobs (the judge agrees with them
+    perfectly) and half the films missing.  The plain ratio rises above 1 — the easy classes make up for the
+    films — while the balanced one caps each class at its real IoU, charges the films' missing half twice (IoU and
+    fraction) and stays below 1."""
+    real = masks_with_films(20, 0)
+    judge_real = blur_prediction(real, 3)
+    syn = masks_with_films(30, 1)
+    judge_syn = syn.copy()  # the judge sees every film in the synthetic micrographs ...
+    shrunk = syn.copy()
+    shrunk[::2][shrunk[::2] == 2] = 0  # ... but every other synthetic mask labels them matrix
+    rec = consistency(shrunk, judge_syn, real, judge_real, K, ["m", "blob", "film"])
+    assert rec["consistency"] > 1.0
+    film = rec["per_class"]["film"]
+    assert film["fraction_ratio"] == pytest.approx(0.5, abs=0.1)
+    assert rec["consistency_balanced"] < 0.9
+    assert rec["consistency_balanced"] == pytest.approx(balanced_consistency(rec["per_class"]))
+    # with the films kept, both are at their ceiling: the balanced measure does not punish a good pool
+    full = consistency(syn, judge_syn, real, judge_real, K, ["m", "blob", "film"])
+    assert full["consistency_balanced"] > 0.9 and full["consistency_balanced"] > rec["consistency_balanced"] + 0.1
+    same = consistency(real, judge_real, real, judge_real, K)
+    assert same["consistency"] == pytest.approx(1.0) and same["consistency_balanced"] == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_shrinking_a_class_never_raises_its_balanced_term(seed):
+    """Relabelling ever more of an under-produced class as matrix (whether the judge saw those pixels or not) never
+    raises that class's term min(IoU syn, IoU real) × fraction agreement; dropping it sets the term to 0."""
+    rng = np.random.default_rng(seed)
+    real = masks_with_films(20, seed)
+    judge_real = blur_prediction(real, seed + 1)
+    syn = masks_with_films(30, seed + 2)
+    syn[rng.random(syn.shape) < 0.05] = 2  # scattered film pixels the judge mostly misses
+    judge_syn = blur_prediction(syn, seed + 3)
+    film = np.flatnonzero(syn == 2)
+    order = rng.permutation(film)
+    terms = []
+    for keep in np.linspace(1.0, 0.0, 8):
+        s = syn.copy().ravel()
+        s[order[int(round(keep * len(order))):]] = 0
+        pc = consistency(s.reshape(syn.shape), judge_syn, real, judge_real, K)["per_class"]["2"]
+        if pc["fraction_ratio"] > 1:  # only below the real fraction is shrinking a loss
+            continue
+        terms.append(balanced_consistency({"2": pc}) * 1.0)
+    assert len(terms) >= 3
+    assert all(b <= a + 1e-9 for a, b in zip(terms, terms[1:])), terms
+    assert terms[-1] == 0.0
 
 
 def test_a_class_the_judge_cannot_segment_weighs_nothing():

@@ -475,7 +475,10 @@ def test_consistency_section_says_how_a_class_fails_and_is_a_reason(tmp_path, rn
     # the cross-experiment table has the column
     table = report.combined_table([rep])
     assert table.splitlines()[0].endswith("| image–mask consistency |")
-    assert table.splitlines()[2].endswith("| 0.71 (fails: pores) |")
+    assert table.splitlines()[2].endswith("| 0.71, balanced 0.70 (fails: pores) |")
+    # the balanced consistency, computed from the per-class entries of a record that predates it
+    assert c["consistency_balanced"] == pytest.approx((0.90 * 0.923 / 0.969 + 0.40 * 0.031 / 0.0775) / 1.45)
+    assert "Balanced consistency **0.70**" in md
 
 
 def test_consistency_words_for_a_class_the_judge_cannot_segment_and_disagreeing_masks():
@@ -576,6 +579,10 @@ def test_consistency_reason_does_not_call_a_high_overall_score_low():
     reason = consistency_reason(entry)
     assert "less well" not in reason
     assert reason.startswith("the image–mask consistency is 1.04 overall but the synthetic masks fail for defect")
+    # an easy class hiding a hard one: the balanced consistency below the threshold is named
+    reason = consistency_reason({**entry, "consistency_balanced": 0.62})
+    assert reason.startswith("the image–mask consistency is 1.04 overall (balanced 0.62: no class making up for "
+                             "another) but the synthetic masks fail for defect")
 
 
 # --------------------------------------------------------------------------- one verdict per dataset, adaptive record

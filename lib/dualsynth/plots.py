@@ -264,6 +264,8 @@ def plot_consistency(record: Mapping, title: str = "") -> plt.Figure:
     ax.set_ylabel("ratio")
     overall = record.get("consistency")
     head = f"consistency {overall:.2f}" if overall is not None else "consistency n/a"
+    if record.get("consistency_balanced") is not None:
+        head += f", balanced {record['consistency_balanced']:.2f}"
     ax.set_title(f"{title} — {head}" if title else head, fontsize=10)
     ax.legend(fontsize=8, loc="upper right")
     fig.tight_layout()

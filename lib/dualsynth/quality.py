@@ -30,6 +30,17 @@ Measures (pure functions on arrays; images ``(N, H, W[, C])``, masks ``(N, H, W)
   ratios are always reported beside it.  A class the judge cannot segment on real data (IoU ≈ 0) adds nothing to
   the denominator, and on the synthetic side only what the judge finds of it.  Per class:
   IoU ratio synthetic / real, and the fraction ratio (synthetic / real training masks), always reported together.
+* **balanced consistency** (:func:`balanced_consistency`, ``consistency_balanced`` in the record): the same sum
+  with each class's term capped at its real IoU and scaled by its fraction agreement,
+  Σ_c min(IoU_c(syn), IoU_c(real)) · min(f_c(syn) / f_c(real), f_c(real) / f_c(syn)) / Σ_c IoU_c(real), so ≤ 1.
+  The plain ratio lets a class that the synthetic masks make *easier* than real (a matrix without the hard phase
+  inside it: IoU above its real one) hide a class that is shrunk or missing; here no class can make up for
+  another, and a class's term never rises when the class is shrunk below its real fraction (removing pixels of it
+  that the judge does not see raises its IoU by less than its fraction falls; removing pixels the judge does see
+  lowers both) — dropping it sets the term to 0.  Weighting by the real IoU keeps the plain ratio's weights: a
+  class counts as much as the judge can tell about it (a class it cannot segment on real data counts nothing
+  here, and its fraction ratio stands beside it).  With every class at or below its real IoU and its real
+  fraction exactly matched, the two measures agree.
 * **boundary disagreement** (:func:`boundary_disagreement`): a pixel classifier (random forest on the pixel's
   value and ``skimage.feature.multiscale_basic_features``: intensity, edges, texture at 4 scales) is fitted on real
   patches and re-segments a micrograph; the measure is the share of mask-boundary pixels
@@ -62,6 +73,7 @@ from .synthesis import load_pool_arrays
 
 __all__ = [
     "per_patch_fractions",
+    "balanced_consistency",
     "fraction_distance",
     "two_point_correlation",
     "s2_distance",
@@ -239,6 +251,28 @@ def _ratio(a: float, b: float) -> float | None:
     return float(a / b) if b > 0 and np.isfinite(a) and np.isfinite(b) else None
 
 
+def _agreement(f_syn: float, f_real: float) -> float | None:
+    """min(f_syn / f_real, f_real / f_syn): 1 at equal fractions, 0 for a class the synthetic masks lack."""
+    if not (f_real > 0 and np.isfinite(f_real) and np.isfinite(f_syn)):
+        return None
+    return float(min(f_syn / f_real, f_real / f_syn)) if f_syn > 0 else 0.0
+
+
+def balanced_consistency(per_class: Mapping[str, Mapping[str, Any]]) -> float | None:
+    """Σ_c min(IoU_syn, IoU_real) · fraction agreement / Σ_c IoU_real over the classes of ``per_class`` (the
+    ``per_class`` entry of :func:`consistency`; see the module docstring).  None when the judge scores 0 on every
+    class of the real images."""
+    num = den = 0.0
+    for pc in per_class.values():
+        real = float(pc.get("iou_real") or 0.0)
+        agree = _agreement(float(pc.get("fraction_synthetic") or 0.0), float(pc.get("fraction_real") or 0.0))
+        if real <= 0 or agree is None:
+            continue
+        num += min(float(pc.get("iou_synthetic") or 0.0), real) * agree
+        den += real
+    return float(num / den) if den > 0 else None
+
+
 def consistency(syn_masks, syn_preds, real_masks, real_preds, num_classes: int,
                 class_names: Sequence[str] | None = None, real_train_masks=None,
                 fail_below: float = 0.8) -> dict[str, Any]:
@@ -277,6 +311,7 @@ def consistency(syn_masks, syn_preds, real_masks, real_preds, num_classes: int,
     num, den = float(iou_syn[present].sum()), float(iou_real[present].sum())
     return {
         "consistency": _ratio(num, den),
+        "consistency_balanced": balanced_consistency(per_class),
         "iou_sum_synthetic": num,
         "iou_sum_real": den,
         "classes": [names[c] for c in range(num_classes) if present[c]],

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from ..io import read_json
+from ..quality import balanced_consistency
 
 __all__ = ["experiment_consistency", "consistency_table", "consistency_lines", "consistency_reason",
            "consistency_cell"]
@@ -67,7 +68,10 @@ def _entry(record: Mapping, judge: Mapping | None = None) -> dict[str, Any]:
     lo = record.get("fail_below") or FAIL_BELOW
     per = record.get("per_class") or {}
     failing = list(record.get("failing_classes") or [])
-    return {**record, "measured": True, "note": None, "fail_below": lo, "failing_classes": failing,
+    balanced = record.get("consistency_balanced")
+    if balanced is None and per:  # a record written before the balanced measure: its per-class entries suffice
+        balanced = balanced_consistency(per)
+    return {**record, "consistency_balanced": balanced, "measured": True, "note": None, "fail_below": lo, "failing_classes": failing,
             "classes": list(record.get("classes") or per),
             "failures": {c: _how(per[c], lo) for c in failing if c in per},
             "unjudged": {c: _how(p, lo) for c, p in per.items() if c not in failing and p.get("ratio") is None},
@@ -137,6 +141,9 @@ def consistency_reason(entry: Mapping | None) -> str | None:
                 f"{overall:.2f}, below {lo:.2f})")
     else:
         head = f"the image–mask consistency is {overall:.2f} overall"
+    b = entry.get("consistency_balanced")
+    if overall is not None and not low and b is not None and b < lo:
+        head += f" (balanced {b:.2f}: no class making up for another)"
     if failing:
         head += (" and " if low or overall is None else " but ") + "the synthetic masks fail for " + ", ".join(
             _short(c, per[c], lo) for c in failing)
@@ -147,9 +154,10 @@ def consistency_cell(entry: Mapping | None) -> str:
     """The cross-experiment table's cell: ``0.83``, ``0.71 (fails: nd_rich, eta)`` or ``not measured``."""
     if not entry or not entry.get("measured"):
         return "not measured"
-    c = entry.get("consistency")
+    c, b = entry.get("consistency"), entry.get("consistency_balanced")
     fails = entry.get("failing_classes") or []
-    return ("n/a" if c is None else f"{c:.2f}") + (f" (fails: {', '.join(fails)})" if fails else "")
+    return (("n/a" if c is None else f"{c:.2f}") + ("" if b is None else f", balanced {b:.2f}")
+            + (f" (fails: {', '.join(fails)})" if fails else ""))
 
 
 # --------------------------------------------------------------------------- the per-class table
@@ -171,7 +179,7 @@ def consistency_table(source) -> "pd.DataFrame":
     synthetic and on real, their ratio, the class fraction of synthetic and real masks in %, their ratio, whether
     the class fails and how).  ``source``: an experiment folder, a report dict or its ``consistency`` entry.  When
     not measured the table is empty and ``df.attrs["note"]`` says why; ``df.attrs["consistency"]`` is the overall
-    ratio."""
+    ratio, ``df.attrs["consistency_balanced"]`` the balanced one."""
     import pandas as pd
 
     if isinstance(source, Mapping):
@@ -181,7 +189,8 @@ def consistency_table(source) -> "pd.DataFrame":
     else:
         entry = experiment_consistency(source)
     df = pd.DataFrame(_rows(entry) if entry.get("measured") else [], columns=COLUMNS)
-    df.attrs.update(note=entry.get("note"), consistency=entry.get("consistency"))
+    df.attrs.update(note=entry.get("note"), consistency=entry.get("consistency"),
+                    consistency_balanced=entry.get("consistency_balanced"))
     return df
 
 
@@ -206,6 +215,11 @@ def consistency_lines(entry: Mapping | None) -> list[str]:
         first = (f"Image–mask consistency **{overall:.2f}**: the judge's IoU against the masks of {syn} on their "
                  f"micrographs ÷ its IoU against the real masks on {real}, summed over the {n_cls} classes of the "
                  "real masks (1 = the synthetic masks fit their micrographs as well as real masks fit theirs).")
+        b = entry.get("consistency_balanced")
+        if b is not None:
+            first += (f" Balanced consistency **{b:.2f}**: each class's IoU capped at its real one and scaled by how "
+                      "well its fraction matches the real one, so no class makes up for another and a shrunk or "
+                      "missing class always costs (at most 1).")
     j = entry.get("judge") or {}
     if j.get("encoder"):
         epochs = f", {j['epochs']} epoch(s)" if j.get("epochs") is not None else ""
