@@ -149,9 +149,10 @@ class FakeStudy:
     def __init__(self, kill_after=None):
         self.kill_after, self.trained, self.calls = kill_after, [], []
 
-    def __call__(self, preset, experiment, variants, seeds, outputs_dir, matched_controls, **kw):
+    def __call__(self, preset, experiment, variants, seeds, outputs_dir, matched_controls, notes=True, **kw):
         exp = Path(outputs_dir) / experiment
         self.calls.append((list(variants), list(seeds)))
+        self.notes = getattr(self, "notes", []) + [notes]
         plan = study.plan_study(exp, list(variants), seeds, {**EPOCHS, "batch_size": 2}, matched_controls)
         for r in plan.runs:
             if r["done"]:
@@ -184,6 +185,7 @@ def test_loop_adds_seeds_only_where_undecided_and_counts_runs(tmp_path):
     # SHQ_100 decided at 3 seeds; rounds 2, 3: seeds 3, 4 for SHQ_300 and its control only
     assert fake.calls == [(["SHQ_0", "SHQ_100", "SHQ_300"], [0, 1]), (["SHQ_100", "SHQ_300"], [2]),
                           (["SHQ_300"], [3]), (["SHQ_300"], [4])]
+    assert fake.notes == [True, False, False, False]  # a round's subset prints no notes (they would be wrong)
     assert len(fake.trained) == len(set(fake.trained)) == 18 and out["rounds"] == 3
     rec = json.loads((tmp_path / "e" / "results" / "adaptive.json").read_text())
     assert rec == out["record"] and rec["complete"] and rec["pending"] == []

@@ -120,3 +120,30 @@ def test_reference_lines_and_the_figure(tmp_path, monkeypatch):
     fig = plots.plot_metric_vs_percent(summary, "missing_class_iou", references=refs)
     texts = [t.get_text() for t in fig.axes[0].texts]
     assert "ceiling 0.80" in texts and any(t.startswith("majority baseline") for t in texts)
+
+
+def test_cli_keeps_tensorflow_warning_lines_out_while_it_measures(tmp_path, monkeypatch, capsys):
+    """Each seed's new model traces Keras's predict code again; on real data, from the third seed on, TensorFlow's
+    Python logger printed "… triggered tf.function retracing" to the terminal (seen with q17-ndfeb_default, 4 seeds).
+    The command line measures with that logger at ERROR, and writes the ceiling into the project's params/ceilings/
+    (here a temporary project root)."""
+    import logging
+
+    exp = _experiment(tmp_path)
+    seen = {}
+
+    def fake_measure(experiment, params, updates, seeds):
+        seen["warnings_on"] = logging.getLogger("tensorflow").isEnabledFor(logging.WARNING)
+        seen["errors_on"] = logging.getLogger("tensorflow").isEnabledFor(logging.ERROR)
+        return {"dataset": "tiny", "missing_class_iou": 0.5, "updates": updates, "seeds": list(seeds)}
+
+    monkeypatch.setattr(ceiling, "measure", fake_measure)
+    monkeypatch.setattr(ceiling, "project_root", lambda: tmp_path)
+    before = logging.getLogger("tensorflow").level
+    try:
+        assert ceiling.main([str(exp), "--updates", "40", "--seeds", "0,1,2"]) == 0
+    finally:
+        logging.getLogger("tensorflow").setLevel(before)
+    assert seen == {"warnings_on": False, "errors_on": True}
+    assert "tiny: ceiling Missing Class IoU 0.500 (40 updates, seeds [0, 1, 2])" in capsys.readouterr().out
+    assert json.loads(ceiling.ceiling_file("tiny").read_text())["seeds"] == [0, 1, 2]

@@ -283,7 +283,9 @@ def run_until_decided(preset: str, experiment: str | None = None, variants: str 
             print(f"adaptive round {rounds}: {len(rp.next_runs)} run(s) for {sum(bool(s.needs) for s in rp.states)} "
                   f"undecided comparison(s): " + ", ".join(f"{r} seed {s}" for r, s in rp.next_runs), flush=True)
             for names, round_seeds in rp.study_calls():
-                summary = run_study(preset, experiment, names, round_seeds, **kw)
+                # notes=False: the start printed the study's notes; a round's subset would print wrong ones
+                # ("SHQ_0 is not among the variants" when only SHQ_0's comparisons are undecided)
+                summary = run_study(preset, experiment, names, round_seeds, notes=False, **kw)
                 failed += list(summary.get("failed", []))
             if not failed and len(collect(exp)) <= len(runs):  # nothing new finished: stop rather than loop
                 failed.append({"run": "adaptive round", "error": "the round finished no run",

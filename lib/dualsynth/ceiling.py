@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import logging
 import sys
 import time
 from pathlib import Path
@@ -158,6 +159,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         # the recipe as a study run gets it: the notebook's defaults, then the preset, then --set
         params = {**notebook_parameters("06_unet_training"), **preset_params(args.preset, "06_unet_training"),
                   **_parse_overrides(args.overrides)}
+        # each seed's new model traces the same Keras predict code again, which TensorFlow's Python logger reports
+        # as "N out of the last M calls … triggered tf.function retracing" from the third seed on: not a problem
+        # here, so its WARNING lines stay out of the terminal (its errors, and Python warnings, still show)
+        logging.getLogger("tensorflow").setLevel(logging.ERROR)
         record = measure(exp, params, args.updates, seeds)
     except (ParamError, DataError, ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -160,7 +160,7 @@ def _guarded_study(fn):
 def run_study(preset: str, experiment: str | None = None, variants: str | Sequence[str] | None = "all",
               seeds: Sequence[int] = (0,), workers: int = 1, threads_per_worker: int | None = None,
               scheduler: str | None = None, outputs_dir: str = "outputs", overrides: Mapping[str, Any] | None = None,
-              progress: bool = True, matched_controls: bool = False) -> dict[str, Any]:
+              progress: bool = True, matched_controls: bool = False, notes: bool = True) -> dict[str, Any]:
     """Run ``06_unet_training`` for every (variant, seed) with papermill on Dask; resumable.
 
     A run whose ``metrics.json`` is complete is skipped; an interrupted one is redone (its U-Net training resumes
@@ -168,6 +168,7 @@ def run_study(preset: str, experiment: str | None = None, variants: str | Sequen
     ``results/metrics.csv`` is rebuilt from the per-run files at the end.  ``matched_controls`` (under 06's
     ``budget: epochs``) adds each mixed variant's matched control run, ``<base>@<updates>``
     (:func:`dualsynth.study.plan_study`); control runs are runs like the others (resumable, fingerprinted).
+    ``notes``: print the plan's notes (``study --until-decided``'s rounds, which run a subset, do not).
     """
     from dask.distributed import Client, LocalCluster, as_completed  # lazy: Dask only where a study runs
     from tqdm.auto import tqdm  # with it: the study's progress bar
@@ -200,7 +201,7 @@ def run_study(preset: str, experiment: str | None = None, variants: str | Sequen
     base.update({"experiment": experiment, "outputs_dir": str(resolve_outputs(outputs_dir)), "tf_threads": tf_threads})
     summary = {"total": len(runs), "skipped": len(runs) - len(todo), "done": 0, "failed": [], "seconds": {}}
     controls = (f" + {len(plan.control_runs)} matched control(s) × {len(seeds)} seeds" if plan.control_runs else "")
-    for note in plan.notes:
+    for note in plan.notes if notes else ():
         print(f"note: {note}", flush=True)
     print(f"study {experiment}: {len(runs)} runs ({len(chosen)} variants × {len(seeds)} seeds{controls}), "
           f"{summary['skipped']} already complete, {len(todo)} to run", flush=True)
