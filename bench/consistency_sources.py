@@ -42,8 +42,10 @@ def _score(judge, images, masks) -> dict:
 
 
 def _summary(rec: dict) -> dict:
-    """A record of quality.consistency, shortened: both overall measures, the IoU and fraction ratio per class."""
+    """A record of quality.consistency, shortened: the plain, balanced and capped overall measures, the IoU and
+    fraction ratio per class."""
     return {"consistency": rec["consistency"], "consistency_balanced": quality.balanced_consistency(rec["per_class"]),
+            "consistency_capped": quality.balanced_consistency(rec["per_class"], fractions=False),
             "iou_ratio": {c: v["ratio"] for c, v in rec["per_class"].items()},
             "fraction_ratio": {c: v["fraction_ratio"] for c, v in rec["per_class"].items()}}
 
@@ -83,7 +85,8 @@ def main(argv=None) -> int:
         entry = measure(exp, settings)
         entry["seconds"] = round(time.perf_counter() - t0, 1)
         results[exp.name] = entry
-        row = {k: tuple(None if v[m] is None else round(v[m], 3) for m in ("consistency", "consistency_balanced"))
+        row = {k: tuple(None if v[m] is None else round(v[m], 3)
+                        for m in ("consistency", "consistency_balanced", "consistency_capped"))
                for k, v in entry.items() if isinstance(v, dict) and "consistency" in v}
         print(exp.name, row, flush=True)
         atomic_write_json(args.out, results)

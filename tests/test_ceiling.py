@@ -145,5 +145,11 @@ def test_cli_keeps_tensorflow_warning_lines_out_while_it_measures(tmp_path, monk
     finally:
         logging.getLogger("tensorflow").setLevel(before)
     assert seen == {"warnings_on": False, "errors_on": True}
+    monkeypatch.setenv("DUALSYNTH_VERBOSE", "1")  # everything, when asked for
+    try:
+        assert ceiling.main([str(exp), "--updates", "40", "--seeds", "0,1,2"]) == 0
+    finally:
+        logging.getLogger("tensorflow").setLevel(before)
+    assert seen["warnings_on"]
     assert "tiny: ceiling Missing Class IoU 0.500 (40 updates, seeds [0, 1, 2])" in capsys.readouterr().out
     assert json.loads(ceiling.ceiling_file("tiny").read_text())["seeds"] == [0, 1, 2]

@@ -90,27 +90,54 @@ def test_balanced_consistency_lets_no_class_hide_another():
 
 @pytest.mark.parametrize("seed", range(5))
 def test_shrinking_a_class_never_raises_its_balanced_term(seed):
-    """Relabelling ever more of an under-produced class as matrix (whether the judge saw those pixels or not) never
-    raises that class's term min(IoU syn, IoU real) × fraction agreement; dropping it sets the term to 0."""
+    """Relabelling ever more of an under-produced class as matrix never raises that class's term
+    min(IoU syn, IoU real) × fraction agreement — first the film pixels the judge misses (which *raises* the film's
+    IoU: without the fraction factor, or uncapped, the term would rise), then the ones it sees; dropping the class
+    sets the term to 0."""
     rng = np.random.default_rng(seed)
     real = masks_with_films(20, seed)
     judge_real = blur_prediction(real, seed + 1)
-    syn = masks_with_films(30, seed + 2)
-    syn[rng.random(syn.shape) < 0.05] = 2  # scattered film pixels the judge mostly misses
-    judge_syn = blur_prediction(syn, seed + 3)
+    base = masks_with_films(30, seed + 2)
+    base[::2][base[::2] == 2] = 0  # every other synthetic image without its film: under-produced from the start
+    judge_syn = blur_prediction(base, seed + 3)
+    syn = base.copy()
+    syn[(rng.random(syn.shape) < 0.012) & (syn == 0)] = 2  # scattered film pixels the judge mostly misses
     film = np.flatnonzero(syn == 2)
-    order = rng.permutation(film)
-    terms = []
-    for keep in np.linspace(1.0, 0.0, 8):
+    missed = film[judge_syn.ravel()[film] != 2]
+    seen = film[judge_syn.ravel()[film] == 2]
+    order = np.concatenate([rng.permutation(seen), rng.permutation(missed)])  # removed from the end: missed first
+    terms, ious = [], []
+    for keep in np.linspace(1.0, 0.0, 12):
         s = syn.copy().ravel()
         s[order[int(round(keep * len(order))):]] = 0
         pc = consistency(s.reshape(syn.shape), judge_syn, real, judge_real, K)["per_class"]["2"]
         if pc["fraction_ratio"] > 1:  # only below the real fraction is shrinking a loss
             continue
-        terms.append(balanced_consistency({"2": pc}) * 1.0)
-    assert len(terms) >= 3
+        terms.append(balanced_consistency({"2": pc}))
+        ious.append(pc["iou_synthetic"])
+    assert len(terms) >= 4
+    assert max(ious) > ious[0] + 0.05  # the shrinking did raise the film's IoU: the test has something to catch
     assert all(b <= a + 1e-9 for a, b in zip(terms, terms[1:])), terms
     assert terms[-1] == 0.0
+
+
+def test_balanced_consistency_edge_cases():
+    ok = {"iou_synthetic": 0.5, "iou_real": 0.5, "fraction_synthetic": 0.1, "fraction_real": 0.1}
+    assert balanced_consistency({"a": ok}) == pytest.approx(1.0)
+    # a class the judge segments on real images but the real training masks lack: counted, agreement 0 or 1
+    invented = {"iou_synthetic": 0.5, "iou_real": 0.5, "fraction_synthetic": 0.05, "fraction_real": 0.0}
+    assert balanced_consistency({"a": ok, "b": invented}) == pytest.approx(0.5)
+    assert balanced_consistency({"a": ok, "b": {**invented, "fraction_synthetic": 0.0}}) == pytest.approx(1.0)
+    # without the fraction factor: the capped consistency
+    half = {**ok, "fraction_synthetic": 0.05}
+    assert balanced_consistency({"a": half}) == pytest.approx(0.5)
+    assert balanced_consistency({"a": half}, fractions=False) == pytest.approx(1.0)
+    # cannot be computed: None, never a number made up from a partial record
+    assert balanced_consistency({}) is None
+    assert balanced_consistency({"a": {**ok, "iou_real": 0.0}}) is None
+    for bad in ({k: v for k, v in ok.items() if k != "fraction_synthetic"}, {**ok, "iou_synthetic": None},
+                {**ok, "iou_synthetic": float("nan")}, {**ok, "fraction_real": -0.1}):
+        assert balanced_consistency({"a": ok, "b": bad}) is None
 
 
 def test_a_class_the_judge_cannot_segment_weighs_nothing():

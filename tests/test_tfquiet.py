@@ -119,7 +119,7 @@ def test_batch_verbose_switch_and_the_kernels_log_level(monkeypatch, tmp_path, c
     assert "unknown preset" in capsys.readouterr().err
     assert os.environ["DUALSYNTH_VERBOSE"] == "1" and tfquiet.verbose()
     runner.run_notebook("05_datasets", tmp_path / "b.ipynb", params)
-    assert seen == [["--IPKernelApp.log_level=ERROR", "--IPKernelApp.extensions=dualsynth.tfquiet"], []]
+    assert seen == [["--IPKernelApp.log_level=ERROR", "--IPKernelApp.extra_extensions=dualsynth.tfquiet"], []]
 
 
 def _kernel_log(tmp_path, extra_arguments: list[str]) -> str:

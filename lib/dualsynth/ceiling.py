@@ -32,6 +32,7 @@ from . import metrics, patching
 from . import variants as V
 from .config import ParamError, project_root
 from .io import DataError, atomic_write_json, read_json
+from .tfquiet import verbose
 
 __all__ = ["ceiling_file", "split_key", "lookup", "measure", "main", "RECIPE_KEYS"]
 
@@ -161,8 +162,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                   **_parse_overrides(args.overrides)}
         # each seed's new model traces the same Keras predict code again, which TensorFlow's Python logger reports
         # as "N out of the last M calls … triggered tf.function retracing" from the third seed on: not a problem
-        # here, so its WARNING lines stay out of the terminal (its errors, and Python warnings, still show)
-        logging.getLogger("tensorflow").setLevel(logging.ERROR)
+        # here, so its WARNING lines stay out of the terminal (its errors, and Python warnings, still show; all of
+        # it with DUALSYNTH_VERBOSE=1)
+        if not verbose():
+            logging.getLogger("tensorflow").setLevel(logging.ERROR)
         record = measure(exp, params, args.updates, seeds)
     except (ParamError, DataError, ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -32,15 +32,18 @@ Measures (pure functions on arrays; images ``(N, H, W[, C])``, masks ``(N, H, W)
   IoU ratio synthetic / real, and the fraction ratio (synthetic / real training masks), always reported together.
 * **balanced consistency** (:func:`balanced_consistency`, ``consistency_balanced`` in the record): the same sum
   with each class's term capped at its real IoU and scaled by its fraction agreement,
-  Σ_c min(IoU_c(syn), IoU_c(real)) · min(f_c(syn) / f_c(real), f_c(real) / f_c(syn)) / Σ_c IoU_c(real), so ≤ 1.
+  Σ_c min(IoU_c(syn), IoU_c(real)) · min(f_c(syn) / f_c(real), f_c(real) / f_c(syn)) / Σ_c IoU_c(real), so ≤ 1
+  (a class absent from the real training masks has agreement 1 if the synthetic masks lack it too, else 0).
   The plain ratio lets a class that the synthetic masks make *easier* than real (a matrix without the hard phase
   inside it: IoU above its real one) hide a class that is shrunk or missing; here no class can make up for
-  another, and a class's term never rises when the class is shrunk below its real fraction (removing pixels of it
-  that the judge does not see raises its IoU by less than its fraction falls; removing pixels the judge does see
-  lowers both) — dropping it sets the term to 0.  Weighting by the real IoU keeps the plain ratio's weights: a
-  class counts as much as the judge can tell about it (a class it cannot segment on real data counts nothing
-  here, and its fraction ratio stands beside it).  With every class at or below its real IoU and its real
-  fraction exactly matched, the two measures agree.
+  another, and a class's own term never rises when the class is shrunk below its real fraction (removing pixels of
+  it that the judge does not see raises its IoU by less than its fraction falls; removing pixels the judge does see
+  lowers both) — dropping it sets that term to 0.  The overall value can still rise when the removed pixels go to
+  a class below its cap.  Weighting by the real IoU keeps the plain ratio's weights: a class counts as much as the
+  judge can tell about it — a class it cannot segment on real data counts nothing here, so dropping it costs
+  nothing (its fraction ratio stands beside it).  With every class at or below its real IoU and its real fraction
+  exactly matched, the two measures agree.  ``balanced_consistency(per_class, fractions=False)`` is the *capped*
+  consistency (no fraction factor), for small real reference sets whose fractions are noisy.
 * **boundary disagreement** (:func:`boundary_disagreement`): a pixel classifier (random forest on the pixel's
   value and ``skimage.feature.multiscale_basic_features``: intensity, edges, texture at 4 scales) is fitted on real
   patches and re-segments a micrograph; the measure is the share of mask-boundary pixels
@@ -251,24 +254,33 @@ def _ratio(a: float, b: float) -> float | None:
     return float(a / b) if b > 0 and np.isfinite(a) and np.isfinite(b) else None
 
 
-def _agreement(f_syn: float, f_real: float) -> float | None:
-    """min(f_syn / f_real, f_real / f_syn): 1 at equal fractions, 0 for a class the synthetic masks lack."""
-    if not (f_real > 0 and np.isfinite(f_real) and np.isfinite(f_syn)):
-        return None
-    return float(min(f_syn / f_real, f_real / f_syn)) if f_syn > 0 else 0.0
+def _agreement(f_syn: float, f_real: float) -> float:
+    """min(f_syn / f_real, f_real / f_syn): 1 at equal fractions (absent from both included), 0 for a class only one
+    side has."""
+    if f_real <= 0 or f_syn <= 0:
+        return 1.0 if f_real <= 0 and f_syn <= 0 else 0.0
+    return float(min(f_syn / f_real, f_real / f_syn))
 
 
-def balanced_consistency(per_class: Mapping[str, Mapping[str, Any]]) -> float | None:
+_BALANCED_KEYS = ("iou_synthetic", "iou_real", "fraction_synthetic", "fraction_real")
+
+
+def balanced_consistency(per_class: Mapping[str, Mapping[str, Any]], fractions: bool = True) -> float | None:
     """Σ_c min(IoU_syn, IoU_real) · fraction agreement / Σ_c IoU_real over the classes of ``per_class`` (the
-    ``per_class`` entry of :func:`consistency`; see the module docstring).  None when the judge scores 0 on every
-    class of the real images."""
+    ``per_class`` entry of :func:`consistency`; see the module docstring).  ``fractions=False``: without the fraction
+    factor (the *capped* consistency: each class's IoU capped at its real one, nothing else).
+
+    None when it cannot be computed: no class, the judge scores 0 on every class of the real images, or a class
+    entry lacks one of its four numbers or has one that is not a finite number ≥ 0."""
     num = den = 0.0
     for pc in per_class.values():
-        real = float(pc.get("iou_real") or 0.0)
-        agree = _agreement(float(pc.get("fraction_synthetic") or 0.0), float(pc.get("fraction_real") or 0.0))
-        if real <= 0 or agree is None:
-            continue
-        num += min(float(pc.get("iou_synthetic") or 0.0), real) * agree
+        try:
+            syn, real, f_syn, f_real = (float(pc[k]) for k in _BALANCED_KEYS)
+        except (KeyError, TypeError, ValueError):
+            return None
+        if not all(np.isfinite(v) and v >= 0 for v in (syn, real, f_syn, f_real)):
+            return None
+        num += min(syn, real) * (_agreement(f_syn, f_real) if fractions else 1.0)
         den += real
     return float(num / den) if den > 0 else None
 

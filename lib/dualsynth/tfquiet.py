@@ -20,7 +20,7 @@ Sonnet, tf_keras, segmentation-models or the user — does it quietly.  ``DUALSY
 ``TF_CPP_MIN_LOG_LEVEL`` set by the user is kept.
 
 The kernels that papermill starts for the batch (:func:`kernel_arguments`) log at ERROR only, and load this module
-as an IPython extension (:func:`load_ipython_extension`) that drops ipykernel's ``KeyboardInterrupt caught in
+as an IPython extension (:func:`load_ipython_extension`, added to the user's own) that drops ipykernel's ``KeyboardInterrupt caught in
 kernel.``: jupyter_client interrupts every kernel (SIGINT) before it asks it to shut down, and when that lands while
 the kernel still finishes its last reply it logs this line at ERROR — after the notebook has ended and succeeded.
 Every other kernel error still reaches the batch logs.
@@ -179,7 +179,8 @@ def kernel_arguments() -> list[str]:
     (then none: the kernel's whole log)."""
     if verbose():
         return []
-    return ["--IPKernelApp.log_level=ERROR", f"--IPKernelApp.extensions={__name__}"]
+    # extra_extensions: added to any extensions the user's ipython_kernel_config.py sets, not replacing them
+    return ["--IPKernelApp.log_level=ERROR", f"--IPKernelApp.extra_extensions={__name__}"]
 
 
 def _not_shutdown_interrupt(record) -> bool:
@@ -187,7 +188,7 @@ def _not_shutdown_interrupt(record) -> bool:
 
 
 def load_ipython_extension(ipython) -> None:
-    """IPython extension (``--IPKernelApp.extensions=dualsynth.tfquiet``): the kernel's log drops
+    """IPython extension (``--IPKernelApp.extra_extensions=dualsynth.tfquiet``): the kernel's log drops
     :data:`SHUTDOWN_INTERRUPT_LINE` and nothing else (idempotent; nothing in the user's namespace)."""
     import logging
 

@@ -219,7 +219,7 @@ def consistency_lines(entry: Mapping | None) -> list[str]:
         if b is not None:
             first += (f" Balanced consistency **{b:.2f}**: each class's IoU capped at its real one and scaled by how "
                       "well its fraction matches the real one, so no class makes up for another and a shrunk or "
-                      "missing class always costs (at most 1).")
+                      "missing class costs its own share, if the judge can segment it on real images (at most 1).")
     j = entry.get("judge") or {}
     if j.get("encoder"):
         epochs = f", {j['epochs']} epoch(s)" if j.get("epochs") is not None else ""
