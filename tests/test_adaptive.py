@@ -78,6 +78,43 @@ def test_stops_at_max_seeds_undecided():
     assert plan_round(table(with_gains(gains[:2])), FIXED[:1], [0, 1], 3).next_runs == [("SHQ_100", 2), ("SHQ_0", 2)]
 
 
+def test_projected_half_width_is_the_interval_at_more_seeds():
+    from scipy.stats import t
+
+    gains = [0.05, -0.04, 0.03]
+    (st,) = plan_round(table(with_gains(gains)), FIXED[:1], [0, 1, 2], 5).states
+    sd = float(np.std(gains, ddof=1))
+    assert (st.ci_high - st.ci_low) / 2 == pytest.approx(t.ppf(0.975, 2) * sd / np.sqrt(3))
+    assert adaptive.projected_half_width(st.ci_low, st.ci_high, 3, 5) == pytest.approx(t.ppf(0.975, 4) * sd / np.sqrt(5))
+    with pytest.raises(ValueError, match="at least 2 seeds"):
+        adaptive.projected_half_width(0.0, 0.1, 1, 5)
+
+
+def test_futility_stops_what_max_seeds_could_not_decide_and_never_decides():
+    # gain +0.013 with sd 0.047 at 3 seeds: at 5 seeds ±2.776·0.047/√5 = ±0.059 > 0.013 -> futile (only with futility on)
+    noisy = table(with_gains([0.05, -0.04, 0.03]))
+    (st,) = plan_round(noisy, FIXED[:1], [0, 1, 2], 5).states
+    assert not st.stopped and not st.futile
+    rp = plan_round(noisy, FIXED[:1], [0, 1, 2], 5, futility=True)
+    (st,) = rp.states
+    assert st.stopped and st.futile and not st.decided and rp.done and rp.next_runs == []
+    assert st.why.startswith("not decided: stopped for futility at 3 seeds") and "even 5 seeds would give ±0.059" in st.why
+    # a gain that more seeds could decide goes on: +0.06 with sd 0.047 at 3 seeds: ±0.117 now, ±0.059 at 5
+    promising = table(with_gains([0.10, 0.01, 0.07]))
+    (st,) = plan_round(promising, FIXED[:1], [0, 1, 2], 5, futility=True).states
+    assert not st.stopped and not st.futile and st.ci_low < 0
+    assert abs(st.gain) >= adaptive.projected_half_width(st.ci_low, st.ci_high, 3, 5)
+    # decided comes first and is never turned into futile; at max_seeds the plain stop applies
+    (st,) = plan_round(table(with_gains([0.05, 0.07, 0.06])), FIXED[:1], [0, 1, 2], 5, futility=True).states
+    assert st.decided and not st.futile
+    (st,) = plan_round(table(with_gains([0.05, -0.04, 0.03, 0.0, 0.01])), FIXED[:1], [0, 1], 5,
+                       futility=True).states
+    assert st.stopped and not st.futile and "--max-seeds 5" in st.why
+    # the record says which rule ran
+    rec = adaptive.adaptive_record(rp, noisy, ["SHQ_0", "SHQ_100"], [0, 1, 2], 5, futility=True)
+    assert rec["futility"] and "futility" in rec["rule"] and rec["comparisons"][0]["futile"]
+
+
 def test_never_drops_or_reruns_a_finished_run():
     # seeds 0-4 finished by an earlier fixed grid: all five count, even past --max-seeds 3 and the sequence
     runs = table(with_gains([0.05, -0.04, 0.03, -0.02, 0.01]))
@@ -235,3 +272,14 @@ def test_refusals_and_the_cli(tmp_path, monkeypatch, capsys):
     with pytest.raises(SystemExit):
         batch.main(args + ["--max-seeds", "3"])
     assert "--max-seeds goes with --until-decided" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        batch.main(args + ["--futility"])
+    assert "--futility goes with --until-decided" in capsys.readouterr().err
+    # --futility through the command line: the record says so, and a noisy comparison stops early
+    exp2 = fake_variants(tmp_path / "f")
+    args2 = [a if a != "e" else "f" for a in args]
+    assert batch.main(args2 + ["--until-decided", "--max-seeds", "5", "--futility"]) == 0
+    out = capsys.readouterr().out
+    rec2 = json.loads((exp2 / "results" / "adaptive.json").read_text())
+    assert rec2["futility"] and "stopped for futility" in out
+    assert any(c["futile"] for c in rec2["comparisons"])

@@ -16,6 +16,12 @@ the stopping rule is tested on synthetic metric tables; :func:`run_until_decided
 where it stopped, and a finished run is never re-trained or left out: every seed both runs of a comparison have
 counts, also seeds finished before (by a fixed grid, say).
 
+With ``futility`` (``study --until-decided --futility``) a comparison also **stops for futility**, undecided, when
+at the spread its seeds show so far even ``max_seeds`` seeds would not decide the gain seen so far: |gain| < the
+projected 95 % half-width t(0.975, N − 1) · sd / √N at N = ``max_seeds`` (sd from its n ≥ 2 seeds).  It can only
+stop a comparison early as *inconclusive*, never call one decided, so it does not make a false "helps" likelier; it
+may stop one that more seeds would have decided (the sd of a few seeds is itself noisy).
+
 The interval is not corrected for looking after every round: stopping at the first interval that excludes 0 makes
 a false "decided" more likely than 5 % (at most one look per added seed).  The report's verdict ``helps`` also needs
 the Holm-adjusted paired test over the test images, which the stopping rule does not look at.
@@ -31,6 +37,7 @@ from .config import ParamError
 from .variants import parse_run
 
 __all__ = ["Comparison", "ComparisonState", "RoundPlan", "comparisons", "seed_sequence", "plan_round",
+           "projected_half_width",
            "adaptive_record", "load_record", "run_until_decided", "study_runner", "RECORD", "METRIC"]
 
 METRIC = "missing_class_iou"
@@ -51,7 +58,8 @@ class Comparison:
 class ComparisonState:
     """Where one comparison stands: the seeds its gain rests on (both runs finished), the gain and its 95 %
     interval over them, ``decided`` (the interval excludes 0), ``stopped`` (decided, or ``max_seeds`` reached),
-    ``why`` in words, and ``needs``: its runs ``(run, seed)`` to add next (empty once stopped)."""
+    ``why`` in words, ``needs``: its runs ``(run, seed)`` to add next (empty once stopped), and ``futile``: stopped
+    early because ``max_seeds`` seeds could not decide it (``futility``)."""
 
     comparison: Comparison
     seeds: list[int]
@@ -62,6 +70,7 @@ class ComparisonState:
     stopped: bool
     why: str
     needs: list[tuple[str, int]] = field(default_factory=list)
+    futile: bool = False
 
 
 @dataclass
@@ -130,15 +139,27 @@ def _interval(lo, hi) -> str:
     return "no interval" if lo is None else f"[{lo:+.3f}, {hi:+.3f}]"
 
 
+def projected_half_width(ci_low: float, ci_high: float, n: int, n_target: int) -> float:
+    """The 95 % half-width a gain's interval would have at ``n_target`` seeds if the spread stayed as it is at ``n``
+    seeds (the interval [``ci_low``, ``ci_high``] of :func:`dualsynth.stats.seed_gain`: t(0.975, n − 1) · sd / √n)."""
+    from scipy.stats import t
+
+    if n < 2 or n_target < 2:
+        raise ValueError(f"a half-width needs at least 2 seeds (n={n}, n_target={n_target})")
+    sd = (ci_high - ci_low) / 2 * math.sqrt(n) / float(t.ppf(0.975, n - 1))
+    return float(t.ppf(0.975, n_target - 1)) * sd / math.sqrt(n_target)
+
+
 def plan_round(runs, comps: Sequence[Comparison], start: Sequence[int], max_seeds: int,
-               metric: str = METRIC) -> RoundPlan:
+               metric: str = METRIC, futility: bool = False) -> RoundPlan:
     """The state of every comparison after the finished runs in ``runs`` (columns ``variant``, ``seed``,
     ``metric``: :func:`dualsynth.results.collect_metrics`) and the runs of the next round.
 
     A comparison whose starting seeds are not all finished needs them first.  Otherwise, over every seed both its
     runs have: decided when the 95 % interval of the per-seed gains excludes 0; stopped undecided when it has
     ``max_seeds`` seeds; else it needs its two runs of the next seed of :func:`seed_sequence` it lacks (only those
-    not finished).  Pure: nothing is read or written.
+    not finished).  ``futility``: also stopped undecided when ``max_seeds`` seeds could not decide it at the spread
+    seen so far (|gain| < :func:`projected_half_width` at ``max_seeds``).  Pure: nothing is read or written.
     """
     from .stats import seed_gain
 
@@ -154,7 +175,7 @@ def plan_round(runs, comps: Sequence[Comparison], start: Sequence[int], max_seed
         gain, lo, hi = _finite(g["mean"]), _finite(g["ci_low"]), _finite(g["ci_high"])
         n = len(seeds)
         waiting = [s for s in sequence[:len(dict.fromkeys(start))] if s not in seeds]
-        decided = stopped = False
+        decided = stopped = futile = False
         target: list[int] = []
         if waiting:
             target, why = waiting, f"waiting for the starting seed(s) {waiting}"
@@ -166,18 +187,24 @@ def plan_round(runs, comps: Sequence[Comparison], start: Sequence[int], max_seed
             stopped = True
             why = (f"not decided: stopped at {n} seeds (--max-seeds {max_seeds}); the 95 % interval "
                    f"{_interval(lo, hi)} includes 0")
+        elif futility and n >= 2 and gain is not None and lo is not None \
+                and abs(gain) < (hw := projected_half_width(lo, hi, n, max_seeds)):
+            stopped = futile = True
+            why = (f"not decided: stopped for futility at {n} seeds — the 95 % interval {_interval(lo, hi)} "
+                   f"includes 0, and at this spread even {max_seeds} seeds would give ±{hw:.3f}, more than the "
+                   f"gain {gain:+.3f}")
         else:
             nxt = next(s for s in sequence if s not in seeds)
             target = [nxt]
             why = f"undecided at {n} seed(s) ({_interval(lo, hi)} includes 0): seed {nxt} next"
         needs = [(run, s) for s in target for run in (c.variant, c.against) if (run, s) not in have]
-        states.append(ComparisonState(c, seeds, gain, lo, hi, decided, stopped, why, needs))
+        states.append(ComparisonState(c, seeds, gain, lo, hi, decided, stopped, why, needs, futile))
         next_runs += [r for r in needs if r not in next_runs]
     return RoundPlan(states, next_runs)
 
 
 def adaptive_record(plan: RoundPlan, runs, study_runs: Sequence[str], start: Sequence[int], max_seeds: int,
-                    metric: str = METRIC) -> dict[str, Any]:
+                    metric: str = METRIC, futility: bool = False) -> dict[str, Any]:
     """The JSON record of an adaptive study (``results/adaptive.json``): per comparison the seeds used, decided
     yes/no and why; how many runs the study holds against a fixed grid of ``study_runs × max_seeds``."""
     names = set(study_runs)
@@ -187,13 +214,15 @@ def adaptive_record(plan: RoundPlan, runs, study_runs: Sequence[str], start: Seq
     grid = len(names) * int(max_seeds)
     return {
         "rule": "add one seed per round to each comparison whose 95 % interval over seeds includes 0; stop it when "
-                "the interval excludes 0 (decided) or at max_seeds",
-        "metric": metric, "start_seeds": [int(s) for s in dict.fromkeys(start)], "max_seeds": int(max_seeds),
+                "the interval excludes 0 (decided) or at max_seeds"
+                + ("; or, undecided, when at its spread so far max_seeds seeds could not decide its gain (futility)"
+                   if futility else ""),
+        "futility": bool(futility), "metric": metric, "start_seeds": [int(s) for s in dict.fromkeys(start)], "max_seeds": int(max_seeds),
         "seed_sequence": seed_sequence(start, max_seeds), "study_runs": list(study_runs),
         "comparisons": [{"variant": s.comparison.variant, "against": s.comparison.against,
                          "kind": s.comparison.kind, "seeds": s.seeds, "n": len(s.seeds), "gain": s.gain,
                          "ci_low": s.ci_low, "ci_high": s.ci_high, "decided": s.decided, "stopped": s.stopped,
-                         "why": s.why} for s in plan.states],
+                         "futile": s.futile, "why": s.why} for s in plan.states],
         "runs": held, "fixed_grid_runs": grid, "share_of_grid": round(held / grid, 4) if grid else None,
         "pending": [[r, s] for r, s in plan.next_runs], "complete": plan.done,
     }
@@ -213,9 +242,10 @@ def load_record(experiment_path: str | Path) -> dict[str, Any] | None:
     return rec if isinstance(rec, dict) and isinstance(rec.get("comparisons"), list) else None
 
 
-def study_runner(max_seeds: int | None) -> Callable[..., dict[str, Any]]:
+def study_runner(max_seeds: int | None, futility: bool = False) -> Callable[..., dict[str, Any]]:
     """What the ``study`` / ``chain`` commands call: :func:`dualsynth.batch.run_study` (``max_seeds`` None), or
-    :func:`run_until_decided` with ``max_seeds`` (``--until-decided``), taking ``run_study``'s arguments; its
+    :func:`run_until_decided` with ``max_seeds`` and ``futility`` (``--until-decided [--futility]``), taking
+    ``run_study``'s arguments; its
     ``matched_controls`` is then implied (the adaptive study always plans them)."""
     from . import batch
 
@@ -225,7 +255,7 @@ def study_runner(max_seeds: int | None) -> Callable[..., dict[str, Any]]:
     def adaptive_study(preset, experiment=None, variants="all", seeds=(0,), workers=1, threads_per_worker=None,
                        scheduler=None, outputs_dir="outputs", overrides=None, progress=True, matched_controls=True):
         return run_until_decided(preset, experiment, variants, seeds, max_seeds, workers, threads_per_worker,
-                                 scheduler, outputs_dir, overrides, progress)
+                                 scheduler, outputs_dir, overrides, progress, futility=futility)
 
     return adaptive_study
 
@@ -235,7 +265,7 @@ def run_until_decided(preset: str, experiment: str | None = None, variants: str 
                       threads_per_worker: int | None = None, scheduler: str | None = None,
                       outputs_dir: str = "outputs", overrides: Mapping[str, Any] | None = None, progress: bool = True,
                       run_study: Callable[..., dict[str, Any]] | None = None,
-                      collect: Callable[[Path], Any] | None = None) -> dict[str, Any]:
+                      collect: Callable[[Path], Any] | None = None, futility: bool = False) -> dict[str, Any]:
     """``study --until-decided``: the study of ``variants`` on ``seeds``, then rounds of one more seed for the
     undecided comparisons (:func:`plan_round`) until all stop or a run fails; resumable.
 
@@ -274,8 +304,8 @@ def run_until_decided(preset: str, experiment: str | None = None, variants: str 
         rounds = 0
         while True:
             runs = collect(exp)
-            rp = plan_round(runs, comps, start, max_seeds)
-            record = adaptive_record(rp, runs, study_names, start, max_seeds)
+            rp = plan_round(runs, comps, start, max_seeds, futility=futility)
+            record = adaptive_record(rp, runs, study_names, start, max_seeds, futility=futility)
             atomic_write_json(exp / RECORD, record)
             if rp.done or failed:
                 break
@@ -291,8 +321,11 @@ def run_until_decided(preset: str, experiment: str | None = None, variants: str 
                 failed.append({"run": "adaptive round", "error": "the round finished no run",
                                "log": str(exp / "logs")})
     decided = sum(s.decided for s in rp.states)
+    futile = sum(s.futile for s in rp.states)
     print(f"until decided: {decided} of {len(rp.states)} comparison(s) decided, "
-          f"{sum(s.stopped and not s.decided for s in rp.states)} stopped at --max-seeds {max_seeds}; "
+          + (f"{futile} stopped for futility, " if futility else "")
+          + f"{sum(s.stopped and not s.decided and not s.futile for s in rp.states)} stopped at --max-seeds "
+          f"{max_seeds}; "
           f"{record['runs']} runs against {record['fixed_grid_runs']} for a fixed grid of {max_seeds} seeds; "
           f"record: {exp / RECORD}", flush=True)
     return {**summary, "failed": failed, "rounds": rounds, "record": record}

@@ -56,11 +56,13 @@ def _select(stages: str) -> list[str]:
 def run_chain(preset: str, experiment: str | None = None, data: str | None = None, stages: str = "all",
               outputs_dir: str = "outputs", overrides: Mapping[str, Any] | None = None,
               variants: str = "all", seeds: Sequence[int] = (0,), workers: int = 1,
-              matched_controls: bool = False, max_seeds: int | None = None) -> list[dict[str, Any]]:
+              matched_controls: bool = False, max_seeds: int | None = None,
+              futility: bool = False) -> list[dict[str, Any]]:
     """Run the selected notebooks in order; stop at the first failure (later stages need its files).
 
     Stage 06 is the study: ``06_unet_training`` for every variant in ``variants`` and every seed, on Dask
-    (:func:`run_study`; with ``max_seeds``, seeds added until decided, :mod:`dualsynth.adaptive`); a failed run
+    (:func:`run_study`; with ``max_seeds``, seeds added until decided, with ``futility`` also stopped when they
+    could not decide, :mod:`dualsynth.adaptive`); a failed run
     there is reported and stops the chain before 07.
     """
     experiment = experiment or preset
@@ -75,7 +77,7 @@ def run_chain(preset: str, experiment: str | None = None, data: str | None = Non
     exp = experiment_dir(outputs_dir, experiment)
     with experiment_lock(exp):
         return _run_chain_locked(preset, experiment, data, selected, exp, outputs_dir, overrides, variants, seeds,
-                                 workers, matched_controls, max_seeds)
+                                 workers, matched_controls, max_seeds, futility)
 
 
 def _stage_params(preset: str, nb: str, data: str | None, overrides: Mapping[str, Any]) -> dict[str, Any]:
@@ -107,14 +109,15 @@ def _check_chain(preset: str, selected: Sequence[str], data: str | None, overrid
 
 
 def _run_chain_locked(preset, experiment, data, selected, exp, outputs_dir, overrides, variants, seeds, workers,
-                      matched_controls, max_seeds) -> list[dict[str, Any]]:
+                      matched_controls, max_seeds, futility=False) -> list[dict[str, Any]]:
     timings = []
     for nb in selected:
         if nb == STUDY_NOTEBOOK:
             print(f"[{time.strftime('%H:%M:%S')}] {nb}: study of {variants!r}, seeds {list(seeds)}, {workers} worker(s)",
                   flush=True)
             t0 = time.perf_counter()
-            summary = study_runner(max_seeds)(preset, experiment, variants, seeds, workers, outputs_dir=outputs_dir,
+            summary = study_runner(max_seeds, futility)(preset, experiment, variants, seeds, workers,
+                                                        outputs_dir=outputs_dir,
                                 overrides={k: v for k, v in (overrides or {}).items()
                                            if k in notebook_parameters(nb)}, matched_controls=matched_controls)
             timings.append({"notebook": nb, "seconds": round(time.perf_counter() - t0, 1),
@@ -251,6 +254,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                             "--matched-controls; record: results/adaptive.json")
         p.add_argument("--max-seeds", type=int, default=None, metavar="N",
                        help="with --until-decided: stop a comparison undecided at N seeds (default 5)")
+        p.add_argument("--futility", action="store_true",
+                       help="with --until-decided: also stop a comparison, undecided, when at the spread of its seeds "
+                            "so far even --max-seeds seeds could not decide its gain (fewer runs; never a verdict)")
         p.add_argument("--verbose", action="store_true",
                        help="show TensorFlow's C++ log lines and the kernels' start-up messages (hidden by default; "
                             "the same as DUALSYNTH_VERBOSE=1)")
@@ -259,6 +265,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         set_verbose()  # before any kernel or Dask worker starts: they inherit the environment
     if args.max_seeds is not None and not args.until_decided:
         ap.error("--max-seeds goes with --until-decided")
+    if args.futility and not args.until_decided:
+        ap.error("--futility goes with --until-decided")
     max_seeds = (args.max_seeds or 5) if args.until_decided else None
     try:
         overrides = _parse_overrides(args.overrides)
@@ -269,9 +277,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             if args.from_experiment:
                 fork_experiment(args.outputs_dir, args.from_experiment, args.experiment or args.preset)
-            summary = study_runner(max_seeds)(args.preset, args.experiment, args.variants, _parse_seeds(args.seeds),
-                                              args.workers, args.threads, args.scheduler, args.outputs_dir,
-                                              overrides=overrides, matched_controls=args.matched_controls)
+            summary = study_runner(max_seeds, args.futility)(
+                args.preset, args.experiment, args.variants, _parse_seeds(args.seeds), args.workers, args.threads,
+                args.scheduler, args.outputs_dir, overrides=overrides, matched_controls=args.matched_controls)
         except (ParamError, DataError) as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
@@ -283,7 +291,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             timings = run_chain(args.preset, args.experiment, args.data, args.stages, args.outputs_dir,
                                 variants=args.variants, seeds=_parse_seeds(args.seeds), workers=args.workers,
-                                overrides=overrides, matched_controls=args.matched_controls, max_seeds=max_seeds)
+                                overrides=overrides, matched_controls=args.matched_controls, max_seeds=max_seeds,
+                                futility=args.futility)
         except (ParamError, DataError) as e:
             print(f"error: {e}", file=sys.stderr)
             return 2

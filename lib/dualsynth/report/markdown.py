@@ -70,12 +70,15 @@ def _md_adaptive(rep: dict[str, Any]) -> list[str]:
     share = f" ({a['share_of_grid']:.0%})" if a.get("share_of_grid") is not None else ""
     lines = ["### Seeds added until decided (`study --until-decided`)", "",
              f"Started from seeds {a['start_seeds']}, at most {a['max_seeds']} per comparison; a comparison is decided "
-             "when the 95 % interval of its per-seed gains excludes 0. "
-             f"**{a['runs']} runs** against {a['fixed_grid_runs']} for a fixed grid of {a['max_seeds']} seeds{share}"
+             "when the 95 % interval of its per-seed gains excludes 0"
+             + ("; with `--futility` one also stops, undecided, when at its spread so far the maximum number of "
+                "seeds could not decide it. " if a.get("futility") else ". ")
+             + f"**{a['runs']} runs** against {a['fixed_grid_runs']} for a fixed grid of {a['max_seeds']} seeds{share}"
              + ("." if a.get("complete") else f"; not finished: {len(a.get('pending') or [])} run(s) still to add."),
              "", "| comparison | seeds | gain [95 % CI] | decided | why |", "|---|---|---|---|---|"]
     for c in a["comparisons"]:
-        decided = "yes" if c["decided"] else ("no (stopped)" if c["stopped"] else "not yet")
+        decided = "yes" if c["decided"] else ("no (futile)" if c.get("futile") else
+                                               "no (stopped)" if c["stopped"] else "not yet")
         lines.append(f"| {c['variant']} vs {c['against']} | {_seeds(c['seeds'])} | {_gain_ci(c)} | {decided} | "
                      f"{c['why']} |")
     return lines + [""]

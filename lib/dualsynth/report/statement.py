@@ -258,7 +258,8 @@ def _comparison(runs, r: dict, head: dict, margin: float, alpha: float, adaptive
     c = {"variant": variant, "against": against, "kind": head["kind"], "seeds": g["seeds"], "n": g["n"],
          "gain": g["gain"], "ci_low": g["ci_low"], "ci_high": g["ci_high"], "half_width": g["half_width"],
          "p_holm": head["p_holm"], "significant": head["significant"], "collapsed": collapsed, "verdict": verdict,
-         "adaptive": ({k: adaptive.get(k) for k in ("seeds", "decided", "stopped", "why")} if adaptive else None)}
+         "adaptive": ({k: adaptive.get(k) for k in ("seeds", "decided", "stopped", "futile", "why")}
+                      if adaptive else None)}
     c["decided_by"] = _decided_by(c, margin, alpha)
     return c
 
@@ -285,6 +286,7 @@ def _decided_by(c: dict, margin: float, alpha: float) -> str:
     if ad:
         n = len(ad.get("seeds") or [])
         out += (f"; adaptive: decided at {n} seeds" if ad.get("decided") else
+                f"; adaptive: stopped for futility at {n} seeds" if ad.get("futile") else
                 f"; adaptive: stopped undecided at {n} seeds" if ad.get("stopped") else
                 f"; adaptive: still adding seeds ({n} so far)")
     return out
