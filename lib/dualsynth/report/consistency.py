@@ -71,7 +71,8 @@ def _entry(record: Mapping, judge: Mapping | None = None) -> dict[str, Any]:
     balanced = record.get("consistency_balanced")
     if balanced is None and per:  # a record written before the balanced measure: its per-class entries suffice
         balanced = balanced_consistency(per)
-    return {**record, "consistency_balanced": balanced, "measured": True, "note": None, "fail_below": lo, "failing_classes": failing,
+    return {**record, "consistency_balanced": balanced, "measured": True, "note": None, "fail_below": lo,
+            "failing_classes": failing,
             "classes": list(record.get("classes") or per),
             "failures": {c: _how(per[c], lo) for c in failing if c in per},
             "unjudged": {c: _how(p, lo) for c, p in per.items() if c not in failing and p.get("ratio") is None},
