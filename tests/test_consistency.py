@@ -233,6 +233,30 @@ def test_curation_fills_with_the_best_when_the_threshold_is_unreachable():
         pretest.generate_pool(generate, 4, judge=None, min_consistency=0.5)
 
 
+def test_judge_record_scores_real_validation_patches_like_a_pool():
+    """quality.json → pretest → real_reference: the judge's consistency on real patches it did not train on, with
+    their own masks — what a pool as good as real data would score (plain, balanced, capped)."""
+    import dataclasses
+
+    template = FakeJudge.template
+    bright = np.ones((3, 32, 32, 1))
+    syn_masks = np.stack([template] * 4)
+    judge = make_judge()
+    rec = pretest.judge_record(judge, syn_masks, judge.predict(np.ones((4, 32, 32, 1))))
+    assert "real_reference" not in rec  # a judge without validation patches: nothing to show
+    judge = dataclasses.replace(judge, val_images=bright, val_masks=np.stack([template] * 3))
+    rec = pretest.judge_record(judge, syn_masks, judge.predict(np.ones((4, 32, 32, 1))))
+    ref = rec["real_reference"]
+    want = consistency(np.stack([template] * 3), np.stack([template] * 3), judge.real_masks, judge.real_preds, K,
+                       judge.class_names, real_train_masks=judge.real_train_masks)
+    assert ref["num_patches"] == 3
+    for k in ("consistency", "consistency_balanced", "consistency_capped"):
+        assert ref[k] == pytest.approx(want[k]) and rec["consistency"][k] is not None
+    # validation patches the judge segments as matrix only: the reference falls with them
+    dark = dataclasses.replace(judge, val_images=np.zeros_like(bright))
+    assert pretest.judge_record(dark, syn_masks, syn_masks)["real_reference"]["consistency"] < ref["consistency"]
+
+
 def test_check_record_asks_a_judge_of_another_seed_about_the_kept_pool():
     calls = []
 

@@ -150,6 +150,10 @@ def test_smoke_04_synthesis(smoke_chain):
         assert cons["consistency"] == pytest.approx(cons["iou_sum_synthetic"] / cons["iou_sum_real"])
     else:
         assert cons["consistency"] is None
+    # the balanced and capped forms, and real validation patches scored the same way for scale
+    assert set(cons) >= {"consistency_balanced", "consistency_capped"}
+    ref = q["pretest"]["real_reference"]
+    assert ref["num_patches"] > 0 and set(ref) >= {"consistency", "consistency_balanced", "consistency_capped"}
     assert (exp / "synthetic" / "figures" / "consistency.png").is_file()
     # the defaults are the measured best method: one-hot masks, a class-fraction-conditioned prior, no clean-up
     assert pool["mask_encoding"] == "onehot" and pool["cleanup"] == "none" and pool["conditioned"] is True

@@ -479,6 +479,13 @@ def test_consistency_section_says_how_a_class_fails_and_is_a_reason(tmp_path, rn
     # the balanced consistency, computed from the per-class entries of a record that predates it
     assert c["consistency_balanced"] == pytest.approx((0.90 * 0.923 / 0.969 + 0.40 * 0.031 / 0.0775) / 1.45)
     assert "Balanced consistency **0.70**" in md
+    assert "For scale, real patches" not in md  # a record without a real reference says nothing of it
+    ref = {"consistency": 0.93, "consistency_balanced": 0.9, "consistency_capped": 0.914, "num_patches": 12}
+    exp_ref = write_quality(_one_seed_loss(tmp_path, rng, "cons_ref"),
+                            {"pretest": {**pretest(consistency_record()), "real_reference": ref}})
+    md_ref = report.report_markdown(report.experiment_report(exp_ref))
+    assert ("For scale, real patches scored the same way (12 validation patches with their own masks): 0.93, "
+            "balanced 0.90, capped 0.91") in md_ref
 
 
 def test_consistency_words_for_a_class_the_judge_cannot_segment_and_disagreeing_masks():

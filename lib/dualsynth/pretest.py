@@ -29,7 +29,8 @@ from .metrics import evaluate, iou_per_class
 # ``segmentation`` and ``unet.*`` load TensorFlow and segmentation-models (seconds): the functions that run a U-Net
 # import them when called, so importing this module (04's parameter checks, the record) stays light
 
-__all__ = ["Judge", "train_judge", "judge_config", "load_judge", "judge_record", "score_samples", "check_record",
+__all__ = ["Judge", "train_judge", "judge_config", "load_judge", "judge_record", "real_reference",
+           "score_samples", "check_record",
            "CHECK_SEED_OFFSET"]
 
 
@@ -47,6 +48,10 @@ class Judge:
     num_classes: int
     class_names: list[str]
     source: str = "trained"  # "trained" (train_judge) or the path of the user's model (load_judge)
+    #: real patches the judge was not trained on besides the test set (the tier's validation patches): scored like
+    #: a pool, they show what consistency real masks reach with this judge (None: not available)
+    val_images: np.ndarray | None = None
+    val_masks: np.ndarray | None = None
 
     def predict(self, images: np.ndarray) -> np.ndarray:
         from . import segmentation  # (TensorFlow: see the note at the imports)
@@ -87,7 +92,7 @@ def train_judge(manifest, folder: str | os.PathLike, *, encoder: str, epochs: in
     preds = segmentation.predict(result.model, test_img)
     return Judge(model=result.model, encoder=encoder, epochs=result.epochs_run, real_images=test_img,
                  real_masks=test_mask, real_preds=preds, real_train_masks=train[1], num_classes=k,
-                 class_names=list(manifest.palette.names))
+                 class_names=list(manifest.palette.names), val_images=val[0], val_masks=val[1])
 
 
 #: UNetConfig fields 04 sets itself (from the manifest, ``pretest_encoder``, ``pretest_epochs``, ``seed``)
@@ -154,10 +159,12 @@ def load_judge(manifest, model_path: str | os.PathLike, *, encoder: str = "effic
     k = manifest.palette.num_classes
     model, enc = _user_model(model_path, k, manifest.channels, encoder)
     test_img, test_mask = manifest.load_arrays("test", "test")
+    val_img, val_mask = manifest.load_arrays(tier, "val")
     return Judge(model=model, encoder=enc, epochs=0, real_images=test_img, real_masks=test_mask,
                  real_preds=segmentation.predict(model, test_img),
                  real_train_masks=manifest.load_arrays(tier, "train")[1], num_classes=k,
-                 class_names=list(manifest.palette.names), source=str(model_path))
+                 class_names=list(manifest.palette.names), source=str(model_path), val_images=val_img,
+                 val_masks=val_mask)
 
 
 def score_samples(judge: Judge, images: np.ndarray, masks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -189,12 +196,26 @@ def judge_record(judge: Judge, syn_masks: np.ndarray, syn_preds: np.ndarray,
         "per_image_synthetic": [r["missing_class_iou"] for r in on_syn["per_image"]],
         "consistency": cons,
     }
+    if judge.val_images is not None and judge.val_masks is not None and len(judge.val_images):
+        record["real_reference"] = real_reference(judge)
     if raw_masks is not None:
         on_raw = evaluate(np.asarray(raw_masks), syn_preds, judge.num_classes, names)
         record["missing_class_iou_synthetic_raw"] = on_raw["missing_class_iou"]
         record["per_class_synthetic_raw"] = on_raw["per_class"]
         record["per_image_synthetic_raw"] = [r["missing_class_iou"] for r in on_raw["per_image"]]
     return record
+
+
+def real_reference(judge: Judge) -> dict[str, Any]:
+    """Real patches scored exactly as a pool: the judge's consistency on the validation patches of its tier with
+    their own masks (``quality.json`` → ``pretest`` → ``real_reference``).  "Consistency 1" is a point, not a line
+    real data clears: real masks of other patches score around it, and the balanced and capped forms stay below 1
+    on real data too (for a small set, its class fractions differ from the training masks by chance).  The judge
+    never trained on these patches, though its training chose its best epoch on them."""
+    rec = quality.consistency(judge.val_masks, judge.predict(judge.val_images), judge.real_masks, judge.real_preds,
+                              judge.num_classes, judge.class_names, real_train_masks=judge.real_train_masks)
+    return {k: rec[k] for k in ("consistency", "consistency_balanced", "consistency_capped")} | {
+        "num_patches": int(len(judge.val_images)), "what": "the judge's tier's validation patches, with their masks"}
 
 
 #: the independent judge's seed is the curating judge's plus this (another initialisation and batch order)

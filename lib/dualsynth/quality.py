@@ -324,6 +324,7 @@ def consistency(syn_masks, syn_preds, real_masks, real_preds, num_classes: int,
     return {
         "consistency": _ratio(num, den),
         "consistency_balanced": balanced_consistency(per_class),
+        "consistency_capped": balanced_consistency(per_class, fractions=False),
         "iou_sum_synthetic": num,
         "iou_sum_real": den,
         "classes": [names[c] for c in range(num_classes) if present[c]],

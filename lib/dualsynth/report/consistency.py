@@ -53,7 +53,7 @@ def experiment_consistency(experiment_dir: str | os.PathLike) -> dict[str, Any]:
     if not isinstance(record, Mapping) or not isinstance(record.get("per_class"), Mapping):
         return _not_measured("the pre-test in synthetic/quality.json predates the image–mask consistency "
                              "(re-run 04_synthesis to measure it)")
-    keys = ("encoder", "epochs", "missing_class_iou_real_test", "missing_class_iou_synthetic")
+    keys = ("encoder", "epochs", "missing_class_iou_real_test", "missing_class_iou_synthetic", "real_reference")
     check = read_json(q).get("pretest_check")
     if isinstance(check, Mapping) and isinstance((check.get("consistency") or {}).get("per_class"), Mapping):
         # a pool curated by its judge: the number of a second judge that did not pick it (pretest.check_record)
@@ -227,6 +227,11 @@ def consistency_lines(entry: Mapping | None) -> list[str]:
         first += (f" Judge: the pre-test U-Net ({j['encoder']}{epochs}) trained on the real base set; Missing Class "
                   f"IoU {_r(j.get('missing_class_iou_real_test'), '{:.3f}')} on the real test images, "
                   f"{_r(j.get('missing_class_iou_synthetic'), '{:.3f}')} on the synthetic pool.")
+    ref = j.get("real_reference")
+    if isinstance(ref, Mapping) and ref.get("consistency") is not None:
+        first += (f" For scale, real patches scored the same way ({ref.get('num_patches')} validation patches with "
+                  f"their own masks): {_r(ref.get('consistency'))}, balanced {_r(ref.get('consistency_balanced'))}, "
+                  f"capped {_r(ref.get('consistency_capped'))} — a pool as good as real data scores about that.")
     if j.get("independent"):
         first += (f" The pool was curated by another judge (`min_consistency`), which keeps the pairs it agrees "
                   f"with, so these numbers come from a second judge (seed {j.get('judge_seed')}) that did not pick "
