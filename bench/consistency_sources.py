@@ -44,10 +44,9 @@ def _score(judge, images, masks) -> dict:
 def _summary(rec: dict) -> dict:
     """A record of quality.consistency, shortened: the plain, balanced and capped overall measures, the IoU and
     fraction ratio per class."""
-    return {"consistency": rec["consistency"], "consistency_balanced": quality.balanced_consistency(rec["per_class"]),
-            "consistency_capped": quality.balanced_consistency(rec["per_class"], fractions=False),
-            "iou_ratio": {c: v["ratio"] for c, v in rec["per_class"].items()},
-            "fraction_ratio": {c: v["fraction_ratio"] for c, v in rec["per_class"].items()}}
+    return {k: rec[k] for k in ("consistency", "consistency_balanced", "consistency_capped")} | {
+        "iou_ratio": {c: v["ratio"] for c, v in rec["per_class"].items()},
+        "fraction_ratio": {c: v["fraction_ratio"] for c, v in rec["per_class"].items()}}
 
 
 def measure(exp: Path, settings: dict) -> dict:

@@ -217,7 +217,8 @@ def adaptive_record(plan: RoundPlan, runs, study_runs: Sequence[str], start: Seq
                 "the interval excludes 0 (decided) or at max_seeds"
                 + ("; or, undecided, when at its spread so far max_seeds seeds could not decide its gain (futility)"
                    if futility else ""),
-        "futility": bool(futility), "metric": metric, "start_seeds": [int(s) for s in dict.fromkeys(start)], "max_seeds": int(max_seeds),
+        "futility": bool(futility), "metric": metric, "start_seeds": [int(s) for s in dict.fromkeys(start)],
+        "max_seeds": int(max_seeds),
         "seed_sequence": seed_sequence(start, max_seeds), "study_runs": list(study_runs),
         "comparisons": [{"variant": s.comparison.variant, "against": s.comparison.against,
                          "kind": s.comparison.kind, "seeds": s.seeds, "n": len(s.seeds), "gain": s.gain,

@@ -20,8 +20,8 @@ Sonnet, tf_keras, segmentation-models or the user — does it quietly.  ``DUALSY
 ``TF_CPP_MIN_LOG_LEVEL`` set by the user is kept.
 
 The kernels that papermill starts for the batch (:func:`kernel_arguments`) log at ERROR only, and load this module
-as an IPython extension (:func:`load_ipython_extension`, added to the user's own) that drops ipykernel's ``KeyboardInterrupt caught in
-kernel.``: jupyter_client interrupts every kernel (SIGINT) before it asks it to shut down, and when that lands while
+as an IPython extension (:func:`load_ipython_extension`, added to the user's own) that drops ipykernel's
+``KeyboardInterrupt caught in kernel.``: jupyter_client interrupts every kernel (SIGINT) before it asks it to shut down, and when that lands while
 the kernel still finishes its last reply it logs this line at ERROR — after the notebook has ended and succeeded.
 Every other kernel error still reaches the batch logs.
 """
