@@ -1,6 +1,6 @@
 """Shared helpers of the benchmark scripts in ``bench/`` (not a test, not part of the library).
 
-* ``machine()``: CPU model, cores, RAM, load average, Python/TensorFlow versions.
+* ``machine()``: CPU model and its widest vector extension, cores, RAM, load average, Python/TensorFlow versions.
 * ``peak_rss_mb()``: ``resource.getrusage(RUSAGE_SELF).ru_maxrss`` of this process in MiB (the
   high-water mark of the resident set since the process started, TensorFlow runtime included).
 * ``run_child(script, task)``: run one measurement in a fresh Python process (needed for thread
@@ -35,6 +35,20 @@ def _cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
+def _vector_isa() -> str | None:
+    """The widest x86 vector extension the CPU reports (``avx512``, ``avx2``, ``avx``), else None: the same 2-core
+    EPYC name covers machines with and without AVX-512, which differ 3-6x in TensorFlow's speed here."""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            flags = next((line.split(":", 1)[1].split() for line in fh if line.startswith("flags")), [])
+    except OSError:
+        return None
+    for isa, flag in (("avx512", "avx512f"), ("avx2", "avx2"), ("avx", "avx")):
+        if flag in flags:
+            return isa
+    return None
+
+
 def _ram_gib() -> float | None:
     try:
         with open("/proc/meminfo") as fh:
@@ -48,7 +62,8 @@ def _ram_gib() -> float | None:
 
 def machine() -> dict[str, Any]:
     info: dict[str, Any] = dict(
-        cpu_model=_cpu_model(), cores=os.cpu_count(), ram_gib=_ram_gib(), machine=platform.machine(),
+        cpu_model=_cpu_model(), vector_isa=_vector_isa(), cores=os.cpu_count(), ram_gib=_ram_gib(),
+        machine=platform.machine(),
         python=platform.python_version(), load_average=[round(v, 2) for v in os.getloadavg()],
         created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     )

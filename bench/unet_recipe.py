@@ -9,9 +9,16 @@ here looks at it to choose.  Results are merged into the output file after every
 
     .venv/bin/python bench/unet_recipe.py outputs/q-ohc-nasa_super ... [--recipes a,b] [--seeds 0,1]
         [--variant BMQ_0] [--out bench/results/unet_recipe.json]
+    .venv/bin/python bench/unet_recipe.py --summary bench/results/unet_recipe_2026-12-04.json   # the table, no runs
 
 Recipes are :class:`dualsynth.unet.UNetConfig` overrides (``RECIPES``); every recipe uses the same number of
 updates unless it says otherwise (``updates``), and ``bn_momentum`` 0.9 as the quick preset.
+
+Compare recipes only within one results file: the same recipe and seed score differently on another CPU (float
+round-off) and run at another speed.  ``bench/results/unet_recipe.json``: the first search (2026-12-03, a 2-core
+EPYC with AVX-512); ``bench/results/unet_recipe_2026-12-04.json``: schedules and step sizes against the reference
+``plain16_b8`` re-run beside them (a 2-core EPYC with AVX2 only).  The quick preset holds the best recipe of the
+latest file by the validation mean (``tests/test_unet_recipe.py`` checks that it still does).
 """
 from __future__ import annotations
 
@@ -59,6 +66,10 @@ RECIPES = {
     "plain16_b8": (dict(encoder="plain", base_filters=16), 160, 8),
     "plain16_norm_w_b8": (dict(encoder="plain", base_filters=16, normalise="patches",
                                class_weighting="sqrt_inverse"), 160, 8),
+    # 2026-12-04: can a schedule or a larger step reach further in the same 160 updates (metaldam's BMQ_0 stood
+    # at 80 % of its ceiling with plain16_b8)?
+    "plain16_b8_lr2e3": (dict(encoder="plain", base_filters=16, learning_rate=2e-3), 160, 8),
+    "plain16_cos_b8_lr3e3": (dict(encoder="plain", base_filters=16, learning_rate=3e-3, **COSINE), 160, 8),
     # the winner's settings from a local inpainting pretext (dualsynth.unet.pretext) instead of random weights
     "plain16_cos_norm_w_b8_pre": (dict(encoder="plain", base_filters=16, normalise="patches",
                                        class_weighting="sqrt_inverse", encoder_weights="{pretext}", **COSINE),
@@ -104,12 +115,13 @@ def run_one(exp: Path, variant: str, recipe: str, seed: int) -> dict:
     return out
 
 
-def summary_table(paths: list[Path]) -> str:
-    """Markdown: per recipe the validation Missing Class IoU per dataset (mean over seeds, seeds in brackets),
-    their mean, and the seconds per run; sorted by the mean.  Test scores are left out: they are not for choosing."""
+def validation_means(paths: list[Path]) -> list[dict]:
+    """Per recipe: the validation Missing Class IoU per experiment (mean over its seeds), the number of seeds, their
+    mean over experiments (NaN unless the recipe ran on every experiment of the files) and the seconds per run;
+    sorted best first.  The test scores are not read: they are not for choosing."""
     runs = [r for p in paths if p.is_file() for r in read_json(p)["runs"]]
     exps = sorted({r["experiment"] for r in runs})
-    table = {}
+    table: dict[str, dict[str, list[dict]]] = {}
     for r in runs:
         table.setdefault(r["recipe"], {}).setdefault(r["experiment"], []).append(r)
     rows = []
@@ -117,12 +129,21 @@ def summary_table(paths: list[Path]) -> str:
         vals = {e: sum(x["val"]["missing_class_iou"] for x in per[e]) / len(per[e]) for e in per}
         mean = sum(vals.values()) / len(vals) if len(vals) == len(exps) else float("nan")
         secs = sum(x["train_seconds"] for e in per for x in per[e]) / sum(len(per[e]) for e in per)
-        rows.append((mean, recipe, vals, {e: len(per[e]) for e in per}, secs))
-    rows.sort(key=lambda t: -t[0] if t[0] == t[0] else 1)
+        rows.append({"recipe": recipe, "mean": mean, "val": vals, "seeds": {e: len(per[e]) for e in per},
+                     "seconds": secs, "experiments": exps})
+    rows.sort(key=lambda r: -r["mean"] if r["mean"] == r["mean"] else 1)
+    return rows
+
+
+def summary_table(paths: list[Path]) -> str:
+    """Markdown: per recipe the validation Missing Class IoU per dataset (mean over seeds, seeds in brackets),
+    their mean, and the seconds per run; sorted by the mean.  Test scores are left out: they are not for choosing."""
+    rows = validation_means(paths)
+    exps = rows[0]["experiments"] if rows else []
     out = ["| recipe | " + " | ".join(exps) + " | mean | s / run |", "|---" * (len(exps) + 3) + "|"]
-    for mean, recipe, vals, n, secs in rows:
-        cells = [f"{vals[e]:.3f} ({n[e]})" if e in vals else "–" for e in exps]
-        out.append(f"| {recipe} | " + " | ".join(cells) + f" | {mean:.3f} | {secs:.0f} |")
+    for r in rows:
+        cells = [f"{r['val'][e]:.3f} ({r['seeds'][e]})" if e in r["val"] else "–" for e in exps]
+        out.append(f"| {r['recipe']} | " + " | ".join(cells) + f" | {r['mean']:.3f} | {r['seconds']:.0f} |")
     return "\n".join(out)
 
 

@@ -196,3 +196,30 @@ def test_pretext_images_never_include_test_patches(tmp_path):
     (tmp_path / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(ValueError, match="no patch image"):
         pretext_images(tmp_path)
+
+
+def test_quick_preset_holds_the_recipe_chosen_on_validation():
+    """The quick preset's 06 settings are the recipe with the best validation mean in the latest recipe search
+    (``bench/unet_recipe.py``): a preset edited without a search, or a search whose winner was not adopted, fails."""
+    import importlib.util
+
+    import yaml
+
+    from dualsynth import config
+
+    root = config.project_root()
+    spec = importlib.util.spec_from_file_location("unet_recipe_bench", root / "bench" / "unet_recipe.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    rows = bench.validation_means([root / "bench" / "results" / "unet_recipe_2026-12-04.json"])
+    assert len(rows) >= 2 and all(len(r["val"]) == 3 for r in rows)  # every recipe on the three datasets
+    best = rows[0]
+    assert best["mean"] > rows[1]["mean"]
+    overrides, updates, batch = bench.RECIPES[best["recipe"]]
+    quick = yaml.safe_load((root / "params/presets/quick/06_unet_training.yaml").read_text())
+    recipe = {**bench.COMMON, **overrides}
+    defaults = UNetConfig(num_classes=2)
+    for key in ("encoder", "base_filters", "learning_rate", "lr_schedule", "warmup_fraction", "class_weighting",
+                "normalise", "bn_momentum"):
+        assert quick.get(key, getattr(defaults, key)) == recipe.get(key, getattr(defaults, key)), key
+    assert quick["batch_size"] == batch and quick["epochs"] * quick["steps_per_epoch"] == updates
