@@ -135,7 +135,7 @@ def test_cli_keeps_tensorflow_warning_lines_out_while_it_measures(tmp_path, monk
     def fake_measure(experiment, params, updates, seeds):
         seen["warnings_on"] = logging.getLogger("tensorflow").isEnabledFor(logging.WARNING)
         seen["errors_on"] = logging.getLogger("tensorflow").isEnabledFor(logging.ERROR)
-        return {"dataset": "tiny", "missing_class_iou": 0.5, "updates": updates, "seeds": list(seeds)}
+        return _record(exp, params, updates, {s: 0.5 for s in seeds})
 
     monkeypatch.setattr(ceiling, "measure", fake_measure)
     monkeypatch.setattr(ceiling, "project_root", lambda: tmp_path)
@@ -153,3 +153,78 @@ def test_cli_keeps_tensorflow_warning_lines_out_while_it_measures(tmp_path, monk
     assert seen["warnings_on"]
     assert "tiny: ceiling Missing Class IoU 0.500 (40 updates, seeds [0, 1, 2])" in capsys.readouterr().out
     assert json.loads(ceiling.ceiling_file("tiny").read_text())["seeds"] == [0, 1, 2]
+
+
+def _record(exp, params, updates, scores):
+    """A ceiling record as :func:`ceiling.measure` returns it, with the given Missing Class IoU per seed."""
+    name, key = ceiling._experiment_key(exp, "BMQ_0")
+    per_seed = [{"seed": s, "missing_class_iou": v, "miou": v / 2, "per_class_iou_dataset": {"matrix": v, "eta": None},
+                 "best_update": 8, "train_seconds": 1} for s, v in scores.items()]
+    return ceiling._summarise({"format": 1, "dataset": name, "variant": "BMQ_0", "split_key": key,
+                               "measured_on": exp.name, "recipe": {k: params[k] for k in ceiling.RECIPE_KEYS
+                                                                    if k in params},
+                               "updates": (updates // 40) * 40, "schedule": "cosine", "per_seed": per_seed},
+                              ["matrix", "eta"])
+
+
+def test_merge_pools_the_seeds_and_refuses_another_recipe(tmp_path):
+    exp = _experiment(tmp_path)
+    params = {"encoder": "plain", "learning_rate": 3e-3}
+    a = _record(exp, params, 80, {0: 0.4, 1: 0.6})
+    b = _record(exp, params, 80, {1: 0.8, 2: 0.3})
+    m = ceiling.merge(a, b)
+    assert m["seeds"] == [0, 1, 2]  # seed 1 measured again: the new run replaces the old one
+    assert m["missing_class_iou"] == pytest.approx((0.4 + 0.8 + 0.3) / 3)
+    assert m["per_class_iou_dataset"] == {"matrix": pytest.approx(0.5), "eta": None}
+    with pytest.raises(ceiling.ParamError, match=r"x\.json: cannot add seeds .*learning_rate"):
+        ceiling.merge(a, _record(exp, {**params, "learning_rate": 1e-3}, 80, {2: 0.3}), "x.json")
+    with pytest.raises(ceiling.ParamError, match="updates: 80 there, 120 now"):
+        ceiling.merge(a, _record(exp, params, 120, {2: 0.3}))
+
+
+def test_cli_writes_each_seed_at_once_and_adds_seeds(tmp_path, monkeypatch, capsys):
+    """Each seed trains for many minutes on a CPU: a measurement stopped after seed 0 keeps seed 0 in the file,
+    ``--add`` adds seeds to it, and an --add whose recipe differs stops before anything trains."""
+    exp = _experiment(tmp_path)
+    calls = []
+
+    def fake_measure(experiment, params, updates, seeds):
+        calls.append(list(seeds))
+        if seeds == [1] and len(calls) == 2:
+            raise OSError("interrupted")
+        return _record(exp, params, updates, {s: 0.1 * (s + 1) for s in seeds})
+
+    monkeypatch.setattr(ceiling, "measure", fake_measure)
+    monkeypatch.setattr(ceiling, "project_root", lambda: tmp_path)
+    assert ceiling.main([str(exp), "--updates", "80", "--seeds", "0,1"]) == 2
+    out = ceiling.ceiling_file("tiny")
+    assert json.loads(out.read_text())["seeds"] == [0]
+    assert ceiling.main([str(exp), "--updates", "80", "--seeds", "1,2", "--add"]) == 0
+    rec = json.loads(out.read_text())
+    assert rec["seeds"] == [0, 1, 2] and rec["missing_class_iou"] == pytest.approx(0.2)
+    assert "tiny: ceiling Missing Class IoU 0.200 (80 updates, seeds [0, 1, 2])" in capsys.readouterr().out
+    n = len(calls)
+    assert ceiling.main([str(exp), "--updates", "80", "--seeds", "3", "--add", "--set", "learning_rate=0.01"]) == 2
+    assert len(calls) == n and "cannot add seeds" in capsys.readouterr().err
+    assert json.loads(out.read_text())["seeds"] == [0, 1, 2]
+    # without --add a new measurement replaces the file
+    assert ceiling.main([str(exp), "--updates", "80", "--seeds", "4"]) == 0
+    assert json.loads(out.read_text())["seeds"] == [4]
+
+
+@pytest.mark.parametrize("path", sorted((ceiling.project_root() / "params" / "ceilings").glob("*.json")),
+                         ids=lambda p: p.stem)
+def test_committed_ceilings_hold_the_quick_recipe(path):
+    """A ceiling is read as "what this recipe reaches at length": one measured with another recipe makes every
+    share in the report wrong (on 2026-12-04 the preset moved to 3e-3 and the default's SHQ_0 read 103 %). When the
+    quick preset's 06 recipe changes, this fails until the ceilings are measured again."""
+    from dualsynth.batch import notebook_parameters, preset_params
+
+    params = {**notebook_parameters("06_unet_training"), **preset_params("quick", "06_unet_training")}
+    rec = json.loads(path.read_text())
+    differs = {k: (rec["recipe"][k], params[k]) for k in ceiling.RECIPE_KEYS
+               if k not in ceiling._OWN_SCHEDULE and k in rec["recipe"] and rec["recipe"].get(k) != params.get(k)}
+    assert not differs, (f"{path.name} was measured with {differs} (ceiling, quick preset): measure it again, "
+                         f"python -m dualsynth.ceiling outputs/<experiment on {rec['dataset']}> "
+                         f"--updates {rec['updates']} --seeds 0")
+    assert set(ceiling.RECIPE_KEYS) - set(ceiling._OWN_SCHEDULE) - {"focal_weight"} <= set(rec["recipe"])

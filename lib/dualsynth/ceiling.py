@@ -13,7 +13,11 @@ report, with the settings that differ named.  It is the recipe's architecture, b
 with its own schedule (cosine over all updates), on BMQ's labels (mixed quality): a reference for what this
 architecture learns from the data at length, not an upper bound for every tier.
 
-    python -m dualsynth.ceiling outputs/<experiment> [--updates 2000] [--seeds 0] [--preset quick]
+    python -m dualsynth.ceiling outputs/<experiment> [--updates 2000] [--seeds 0] [--preset quick] [--add]
+
+Each seed is written as soon as it is trained, so an interrupted measurement keeps its finished seeds; ``--add``
+adds seeds to the file already there (same data, recipe and number of updates, else a clear error) instead of
+starting a new one (:func:`merge`).
 
 Nothing here imports TensorFlow until :func:`measure` trains.
 """
@@ -34,13 +38,21 @@ from .config import ParamError, project_root
 from .io import DataError, atomic_write_json, read_json
 from .tfquiet import verbose
 
-__all__ = ["ceiling_file", "split_key", "lookup", "measure", "main", "RECIPE_KEYS"]
+__all__ = ["ceiling_file", "split_key", "lookup", "measure", "merge", "main", "RECIPE_KEYS"]
 
 #: The ceiling's own schedule, whatever the recipe's: left out when a ceiling's recipe is compared with a run's.
 _OWN_SCHEDULE = ("lr_schedule", "warmup_fraction")
 #: 06 parameters that make up the recipe a ceiling is measured with (and compared on).
 RECIPE_KEYS = ("encoder", "encoder_weights", "base_filters", "batch_size", "learning_rate", "lr_schedule",
                "warmup_fraction", "class_weighting", "normalise", "bn_momentum", "focal_weight")
+
+
+#: Rows of a ceiling's training history (its epochs): the updates are rounded down to a multiple of it.
+ROWS = 40
+
+
+def _recipe(params: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: params[k] for k in RECIPE_KEYS if k in params}
 
 
 def ceiling_file(data_name: str, root: str | Path | None = None) -> Path:
@@ -96,7 +108,7 @@ def lookup(experiment: str | Path, recipe: Mapping[str, Any] | None = None,
 
 
 def measure(experiment: str | Path, params: Mapping[str, Any], updates: int = 2000, seeds: Sequence[int] = (0,),
-            variant: str = "BMQ_0", rows: int = 40, progress: bool = True) -> dict[str, Any]:
+            variant: str = "BMQ_0", rows: int = ROWS, progress: bool = True) -> dict[str, Any]:
     """Train ``params`` (06 parameters) for ``updates`` updates on ``variant`` per seed; score on its test set."""
     from .unet.infer import predict  # (TensorFlow: only the measurement trains a U-Net)
     from .unet.model import UNetConfig
@@ -109,7 +121,7 @@ def measure(experiment: str | Path, params: Mapping[str, Any], updates: int = 20
     palette = manifest.palette
     data = V.load_variant(exp / "variants" / f"{variant}.json")
     split = {s: V.load_split(data, s, manifest.channels, palette) for s in ("train", "val", "test")}
-    recipe = {k: params[k] for k in RECIPE_KEYS if k in params}
+    recipe = _recipe(params)
     steps = updates // rows
     per_seed = []
     for seed in seeds:
@@ -123,20 +135,49 @@ def measure(experiment: str | Path, params: Mapping[str, Any], updates: int = 20
         per_seed.append({"seed": int(seed), "missing_class_iou": scores["missing_class_iou"],
                          "miou": scores["miou"], "per_class_iou_dataset": scores["per_class_iou_dataset"],
                          "best_update": result.best_epoch * steps, "train_seconds": round(time.perf_counter() - t0)})
-    names = palette.names
+    name, key = _experiment_key(exp, variant)
+    return _summarise({
+        "format": 1, "dataset": name, "variant": variant, "split_key": key, "measured_on": exp.name,
+        "recipe": recipe, "updates": steps * rows, "schedule": "cosine over all updates, best epoch by val IoU",
+        "per_seed": per_seed}, palette.names)
+
+
+def _summarise(record: dict[str, Any], names: Sequence[str]) -> dict[str, Any]:
+    """``record`` with its seeds, the means over them and the per-class means (the seeds' order kept)."""
+    per_seed = record["per_seed"]
     mean = lambda key: sum(r[key] for r in per_seed) / len(per_seed)  # noqa: E731
     per_class = {}
     for c in names:
         vals = [r["per_class_iou_dataset"].get(c) for r in per_seed]
         vals = [v for v in vals if v is not None]
         per_class[c] = sum(vals) / len(vals) if vals else None
-    name, key = _experiment_key(exp, variant)
-    return {
-        "format": 1, "dataset": name, "variant": variant, "split_key": key, "measured_on": exp.name,
-        "recipe": recipe, "updates": steps * rows, "schedule": "cosine over all updates, best epoch by val IoU",
-        "seeds": [int(s) for s in seeds], "missing_class_iou": mean("missing_class_iou"), "miou": mean("miou"),
-        "per_class_iou_dataset": per_class, "per_seed": per_seed,
-    }
+    out = {k: v for k, v in record.items() if k != "per_seed"}
+    out.update({"seeds": [int(r["seed"]) for r in per_seed], "missing_class_iou": mean("missing_class_iou"),
+                "miou": mean("miou"), "per_class_iou_dataset": per_class, "per_seed": per_seed})
+    return out
+
+
+def _check_same(old: Mapping[str, Any], new: Mapping[str, Any], where: str) -> None:
+    differs = [k for k in ("dataset", "variant", "split_key", "updates", "recipe") if old.get(k) != new.get(k)]
+    if differs:
+        detail = "; ".join(f"{k}: {old.get(k)!r} there, {new.get(k)!r} now" for k in differs)
+        raise ParamError(f"{where}: cannot add seeds to a ceiling measured differently ({detail}); "
+                         "measure it anew without --add")
+
+
+def merge(old: Mapping[str, Any], new: Mapping[str, Any], where: str = "ceiling file") -> dict[str, Any]:
+    """One ceiling from the seeds of ``old`` and ``new`` (a seed in both: ``new``'s run), means recomputed.
+
+    Both must be measured on the same data (split key), with the same recipe and number of updates; otherwise a
+    :class:`ParamError` names what differs (``where``: the file, for the message).
+    """
+    _check_same(old, new, where)
+    seeds_new = {int(r["seed"]) for r in new["per_seed"]}
+    per_seed = [r for r in old["per_seed"] if int(r["seed"]) not in seeds_new] + list(new["per_seed"])
+    names = list(new["per_class_iou_dataset"])
+    return _summarise({**{k: v for k, v in new.items() if k in ("format", "dataset", "variant", "split_key",
+                                                                 "measured_on", "recipe", "updates", "schedule")},
+                       "per_seed": sorted(per_seed, key=lambda r: int(r["seed"]))}, names)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -146,6 +187,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--preset", default="quick", help="whose 06 parameters are the recipe (default quick)")
     ap.add_argument("--updates", type=int, default=2000)
     ap.add_argument("--seeds", default="0", help="comma-separated, e.g. 0,1")
+    ap.add_argument("--add", action="store_true",
+                    help="add these seeds to the ceiling file already there instead of replacing it")
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="override a 06 parameter of the recipe")
     args = ap.parse_args(argv)
@@ -166,13 +209,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         # it with DUALSYNTH_VERBOSE=1)
         if not verbose():
             logging.getLogger("tensorflow").setLevel(logging.ERROR)
-        record = measure(exp, params, args.updates, seeds)
+        if not seeds:
+            raise ParamError(f"--seeds {args.seeds!r}: no seed given")
+        record = None
+        name, key = _experiment_key(exp, "BMQ_0")
+        out = ceiling_file(name)
+        if args.add and out.is_file():  # checked before anything trains: a mismatch must not cost a training
+            header = {"dataset": name, "variant": "BMQ_0", "split_key": key,
+                      "updates": (args.updates // ROWS) * ROWS, "recipe": _recipe(params)}
+            _check_same(read_json(out), header, str(out))
+        for i, seed in enumerate(seeds):  # one seed at a time, each written at once: an interruption keeps them
+            one = measure(exp, params, args.updates, [seed])
+            if record is None and args.add and out.is_file():
+                record = read_json(out)
+            record = one if record is None else merge(record, one, str(out))
+            out.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(out, record)
+            if len(seeds) > 1:
+                print(f"seed {seed}: Missing Class IoU {one['missing_class_iou']:.3f} -> {out}"
+                      f" ({i + 1} of {len(seeds)} seeds)")
     except (ParamError, DataError, ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    out = ceiling_file(record["dataset"])
-    out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out, record)
+    assert record is not None
     print(f"{record['dataset']}: ceiling Missing Class IoU {record['missing_class_iou']:.3f} "
           f"({record['updates']} updates, seeds {record['seeds']}) -> {out}")
     return 0
