@@ -222,8 +222,7 @@ def test_committed_ceilings_hold_the_quick_recipe(path):
 
     params = {**notebook_parameters("06_unet_training"), **preset_params("quick", "06_unet_training")}
     rec = json.loads(path.read_text())
-    differs = {k: (rec["recipe"][k], params[k]) for k in ceiling.RECIPE_KEYS
-               if k not in ceiling._OWN_SCHEDULE and k in rec["recipe"] and rec["recipe"].get(k) != params.get(k)}
+    differs = {k: (rec["recipe"][k], params[k]) for k in ceiling.recipe_differs(rec["recipe"], params)}
     assert not differs, (f"{path.name} was measured with {differs} (ceiling, quick preset): measure it again, "
                          f"python -m dualsynth.ceiling outputs/<experiment on {rec['dataset']}> "
                          f"--updates {rec['updates']} --seeds 0")

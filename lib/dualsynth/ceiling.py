@@ -55,6 +55,12 @@ def _recipe(params: Mapping[str, Any]) -> dict[str, Any]:
     return {k: params[k] for k in RECIPE_KEYS if k in params}
 
 
+def recipe_differs(ceiling_recipe: Mapping[str, Any], recipe: Mapping[str, Any]) -> list[str]:
+    """The :data:`RECIPE_KEYS` both hold on which a ceiling's recipe and ``recipe`` differ (the schedule aside)."""
+    return [k for k in RECIPE_KEYS if k not in _OWN_SCHEDULE and k in ceiling_recipe and k in recipe
+            and ceiling_recipe[k] != recipe[k]]
+
+
 def ceiling_file(data_name: str, root: str | Path | None = None) -> Path:
     if not data_name or "/" in data_name or data_name.startswith("."):
         raise ParamError(f"not a usable data name for a ceiling file: {data_name!r}")
@@ -99,8 +105,7 @@ def lookup(experiment: str | Path, recipe: Mapping[str, Any] | None = None,
     assert record is not None
     record["recipe_differs"] = []
     if recipe is not None:  # the schedule is the ceiling's own (cosine over all its updates): not compared
-        record["recipe_differs"] = [k for k in RECIPE_KEYS if k not in _OWN_SCHEDULE and k in record["recipe"]
-                                    and k in recipe and record["recipe"][k] != recipe[k]]
+        record["recipe_differs"] = recipe_differs(record["recipe"], recipe)
         record["same_recipe"] = not record["recipe_differs"]
     else:
         record["same_recipe"] = None
