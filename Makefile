@@ -1,5 +1,6 @@
 # dualsynth — two commands do all set-up on a fresh machine:
-#   make run    creates .venv if missing, installs, runs the workflow on the embedded default (quick preset)
+#   make run    creates .venv if missing, installs, runs the workflow on the embedded default (quick preset; the
+#               study's core variants — make run VARIANTS=all trains the paper's 47)
 #   make test   creates .venv if missing, installs, runs all tests
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -9,7 +10,8 @@ PRESET ?= quick
 EXPERIMENT ?= $(PRESET)
 DATA ?= params/data/ndfeb_default.yaml
 STAGES ?= all
-VARIANTS ?= all
+VARIANTS ?= core
+STUDY_VARIANTS ?= all
 SEEDS ?= 0
 WORKERS ?= 2
 PYTEST_ARGS ?=
@@ -26,13 +28,13 @@ install: $(VENV)/.installed
 
 run: install
 	$(PY) -m dualsynth.batch chain --preset $(PRESET) --experiment $(EXPERIMENT) --data $(DATA) --stages $(STAGES) \
-		--variants $(VARIANTS) --seeds $(SEEDS) --workers $(WORKERS)
+		--variants $(VARIANTS) --seeds $(SEEDS) --workers $(WORKERS) --matched-controls
 	$(PY) -m dualsynth.report "$${DUALSYNTH_OUTPUTS:-outputs}/$(EXPERIMENT)" --html
 
 # the paper-scale study on a GPU machine: make study PRESET=paper
 study: install
 	$(PY) -m dualsynth.batch chain --preset $(PRESET) --experiment $(EXPERIMENT) --data $(DATA) --stages all \
-		--variants $(VARIANTS) --seeds $(SEEDS) --workers $(WORKERS)
+		--variants $(STUDY_VARIANTS) --seeds $(SEEDS) --workers $(WORKERS)
 	$(PY) -m dualsynth.report "$${DUALSYNTH_OUTPUTS:-outputs}/$(EXPERIMENT)" --html
 
 # outputs/<experiment>/report.html: the executed notebooks (pages under report/) and the results statement

@@ -41,6 +41,20 @@ def test_parse_and_counts():
     assert len(V.select("all")) == 47
 
 
+def test_core_is_the_small_study_make_run_trains():
+    """``core``: a base set of each size with its 100 % mix, and the pretrain-then-fine-tune variant — every
+    comparison the results statement makes has its base in the same selection."""
+    core = V.select("core")
+    assert [v.name for v in core] == ["SHQ_0", "BMQ_0", "SHQ_100", "BMQ_100", "PT_SHQ_100"]
+    names = {v.name for v in core}
+    assert all(f"{v.tier}_0" in names for v in core)
+    assert [v.name for v in V.select("core,SHQ_0,BLQ_0")][-1] == "BLQ_0"  # merged without duplicates
+    makefile = (ROOT / "Makefile").read_text()
+    run = makefile.split("\nrun:")[1].split("\n\n")[0]
+    assert "--variants $(VARIANTS)" in run and "--matched-controls" in run  # PT_SHQ_100 needs SHQ_0@<its updates>
+    assert "VARIANTS ?= core" in makefile and "STUDY_VARIANTS ?= all" in makefile
+
+
 @pytest.fixture
 def manifest(tiny_manifest):
     return tiny_manifest  # conftest's shared builder

@@ -231,7 +231,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     st = sub.add_parser("study", help="run 06_unet_training for many variants and seeds on Dask (resumable)")
     st.add_argument("--preset", default="quick")
     st.add_argument("--experiment", default=None, help="outputs/<experiment>/ (default: the preset name)")
-    st.add_argument("--variants", default="all", help="'all' (the paper's 47), groups (base, mixed, synthetic, augment, pretrain: the PT_ variants) or names, comma-separated")
+    st.add_argument("--variants", default="all", help="'all' (the paper's 47), 'core' (SHQ_0, BMQ_0, SHQ_100, BMQ_100, PT_SHQ_100: what make run trains), groups (base, mixed, synthetic, augment, pretrain: the PT_ variants) or names, comma-separated")
     st.add_argument("--seeds", default="0", help="e.g. 0,1,2 or 0-4")
     st.add_argument("--workers", type=int, default=1, help="Dask LocalCluster worker processes (default 1)")
     st.add_argument("--threads", type=int, default=None, help="TensorFlow threads per run (default: cores / workers)")

@@ -35,8 +35,8 @@ def _check_variants(spec: Any, what: str) -> None:
     if not isinstance(spec, (str, list, tuple)):
         raise ParamError(f"{what}={spec!r}: give a comma list of variant names or groups, or all")
     if not select(spec):
-        raise ParamError(f"{what} {spec!r} selects no variant: give names like SHQ_0,BMQ_50, groups (base, mixed, "
-                         "synthetic, augment) or all")
+        raise ParamError(f"{what} {spec!r} selects no variant: give names like SHQ_0,BMQ_50, groups (core, base, "
+                         "mixed, synthetic, augment, pretrain) or all")
 
 
 def _check_workers(workers: Any, threads: Any = None) -> None:

@@ -57,6 +57,7 @@ __all__ = [
     "load_variant",
     "VariantError",
     "pretrain_variants",
+    "CORE",
     "RunName",
     "parse_run",
     "control_name",
@@ -69,6 +70,11 @@ _RE = re.compile(r"^(SHQ|SLQ|BLQ|BMQ|SyntLQ|SyntMQ)_(\d+|aug)$")
 PRETRAIN_PREFIX = "PT_"  # PT_<tier>_<p>: pretrain on p % synthetic, fine-tune on the real <tier> set
 _PT_RE = re.compile(r"^PT_(SHQ|SLQ|BLQ|BMQ)_(\d+)$")
 GROUPS = ("base", "mixed", "synthetic", "augment", "pretrain")
+#: ``core``: the runs that answer the question on a small budget — the two base sets the paper compares (one small,
+#: one big, both high-quality masks), each with 100 % synthetic images added, and the pretrain-then-fine-tune
+#: variant, which the study found the most useful way to use the pool. ``make run`` trains these (with
+#: ``--matched-controls``, which adds ``SHQ_0@<updates of PT_SHQ_100>``); ``--variants all`` is the paper's grid.
+CORE = ("SHQ_0", "BMQ_0", "SHQ_100", "BMQ_100", "PT_SHQ_100")
 
 
 class VariantError(ParamError):
@@ -177,8 +183,8 @@ def variant_names(include_aug: bool = True, include_pretrain: bool = False) -> l
 
 def select(spec: str | Sequence[str] | None, with_pretrain: bool = False) -> list[Variant]:
     """``None``/"all" → all 47 (the paper's grid + BMQ_aug; with ``with_pretrain`` also the 28 ``PT_`` variants, as
-    05 writes them); a comma list or list of names and groups ``all``, ``base``, ``mixed``, ``synthetic``,
-    ``augment``, ``pretrain``."""
+    05 writes them); a comma list or list of names and groups ``all``, ``core`` (:data:`CORE`), ``base``,
+    ``mixed``, ``synthetic``, ``augment``, ``pretrain``."""
     if spec is None or spec == "all":
         return all_variants() + (pretrain_variants() if with_pretrain else [])
     names = spec.split(",") if isinstance(spec, str) else list(spec)
@@ -188,6 +194,8 @@ def select(spec: str | Sequence[str] | None, with_pretrain: bool = False) -> lis
             out += select("all", with_pretrain)
         elif n in GROUPS:
             out += [v for v in all_variants() + pretrain_variants() if v.group == n]
+        elif n == "core":
+            out += [parse_variant(c) for c in CORE]
         else:
             out.append(parse_variant(n))
     seen, uniq = set(), []
