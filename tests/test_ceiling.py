@@ -61,7 +61,7 @@ def test_lookup_needs_the_same_data_and_names_the_recipe(tmp_path):
 
 
 @pytest.mark.slow
-def test_measure_trains_and_scores_on_the_test_patches(tmp_path):
+def test_measure_trains_and_scores_on_the_test_patches(tmp_path, no_grappler):
     exp = _experiment(tmp_path)
     params = {"encoder": "plain", "base_filters": 4, "batch_size": 2, "normalise": "patches", "experiment": "x",
               "budget": "fixed", "learning_rate": 3e-3}

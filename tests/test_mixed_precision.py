@@ -11,7 +11,7 @@ import tensorflow as tf
 from dualsynth import segmentation as seg
 from dualsynth.segmentation import UNetConfig, build_unet, compile_unet
 
-ENC = "efficientnetb0"
+ENC = "plain"  # the quick preset's U-Net; the segmentation-models encoders are checked without a training step
 
 
 def test_mixed_precision_is_off_by_default():
@@ -44,6 +44,19 @@ def test_mixed_precision_on_keeps_float32_outputs_and_loss():
     assert np.isfinite(logs["loss"])
     probs = seg.predict_proba(model, (x * 255).astype(np.uint8))
     assert probs.dtype == np.float32
+
+
+def test_mixed_precision_with_a_segmentation_models_encoder():
+    """The paper's kind of U-Net (an EfficientNet encoder) under mixed precision: float16 inside, float32
+    probabilities out, a loss-scaling optimizer (its training step is the same Keras code as above)."""
+    cfg = UNetConfig(num_classes=3, encoder="efficientnetb0", mixed_precision=True)
+    model = compile_unet(build_unet(cfg, input_size=32, seed=0), cfg)
+    assert tf.keras.mixed_precision.global_policy().name == "float32"
+    assert "mixed_float16" in {layer.dtype_policy.name for layer in seg.unet_core(model).layers}
+    assert isinstance(model.optimizer, tf.keras.mixed_precision.LossScaleOptimizer)
+    out = model(np.random.default_rng(0).random((1, 32, 32, 3), dtype=np.float32), training=False)
+    assert out.dtype == tf.float32
+    np.testing.assert_allclose(out.numpy().sum(-1), 1.0, atol=1e-3)
 
 
 def test_resume_accepts_a_config_saved_before_mixed_precision_existed(tmp_path):

@@ -270,7 +270,7 @@ def test_unet_kill_points_resume_to_same_epochs(tmp_path, monkeypatch):
     masks[:, 8:20, 8:20] = 1
     imgs = (np.where(masks == 1, 190, 40) + rng.integers(0, 40, masks.shape)).astype(np.uint8)[..., None]
     train, val = (imgs[:4], masks[:4]), (imgs[4:], masks[4:])
-    cfg = seg.UNetConfig(num_classes=2, in_channels=1, encoder="resnet18", epochs=3)
+    cfg = seg.UNetConfig(num_classes=2, in_channels=1, encoder="plain", base_filters=8, epochs=3)
     out = tmp_path / "run"
     before = tf.config.optimizer.get_experimental_options().get("disable_meta_optimizer", False)
     tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": True})  # as test_segmentation.py
@@ -540,7 +540,7 @@ def test_train_seconds_after_resume_count_earlier_sessions(tmp_path, monkeypatch
     from conftest import squares
 
     imgs, masks = squares(6, seed=0)
-    cfg = seg.UNetConfig(num_classes=2, in_channels=1, encoder="resnet18", epochs=2)
+    cfg = seg.UNetConfig(num_classes=2, in_channels=1, encoder="plain", base_filters=8, epochs=2)
     out = tmp_path / "run"
     with monkeypatch.context() as mp:
         _kill_on(mp, seg, "_save_best_weights", lambda out_, model: True, before=False)

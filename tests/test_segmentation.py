@@ -322,7 +322,7 @@ def test_resume_extends_without_duplicate_epochs(trained):
 
 @pytest.mark.slow
 def test_nan_loss_raises_and_keeps_last_good_weights(tmp_path):
-    cfg = UNetConfig(num_classes=2, in_channels=1, encoder="resnet18", epochs=3, learning_rate=1e38)
+    cfg = UNetConfig(num_classes=2, in_channels=1, encoder="plain", base_filters=8, epochs=3, learning_rate=1e38)
     model_before = build_unet(cfg, seed=cfg.seed)
     x = squares(2, seed=13)[0]
     expected = predict_proba(model_before, x)
