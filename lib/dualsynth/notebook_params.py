@@ -157,7 +157,7 @@ NOTEBOOK_RULES: dict[str, dict[str, tuple]] = {
                             "drawn per pool place"),
         "rare_boost": ((int, float), _non_negative, "0 (target fractions as in the real maps) or a number > 0"),
         "pretest": (bool, None, "True or False"),
-        "pretest_encoder": (str, None, "a segmentation-models encoder name, e.g. efficientnetb0"),
+        "pretest_encoder": (str, None, "plain or a segmentation-models encoder name, e.g. efficientnetb0"),
         "pretest_epochs": (int, _positive, "an integer ≥ 1"),
         "pretest_unet": (dict, lambda v: all(isinstance(k, str) for k in v),
                          "a mapping of U-Net settings for the judge, e.g. {base_filters: 16, batch_size: 8} ({} for "
