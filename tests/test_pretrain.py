@@ -215,7 +215,8 @@ def test_pretrain_then_finetune_schedule_and_resume_in_stage_2(tmp_path, monkeyp
     plan = B.run_budget("PT_SHQ_100", len(real[0]), pretrain_size=len(synthetic[0]),
                         **{**EPOCHS, "epochs": 2})
     assert (plan.pretrain.updates, plan.finetune_updates, plan.updates) == (4, 2, 6)
-    cfg = UNetConfig(num_classes=2, in_channels=1, encoder="plain", base_filters=8, epochs=2, steps_per_epoch=plan.config_steps)
+    cfg = UNetConfig(num_classes=2, in_channels=1, encoder="plain", base_filters=8, epochs=2,
+                     steps_per_epoch=plan.config_steps)
     out = tmp_path / "run"
 
     stages = []  # (out_dir, cfg, training images, result, optimizer updates) of every train_unet call that returned

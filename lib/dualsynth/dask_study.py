@@ -23,7 +23,7 @@ from .io import DataError, atomic_write_json, read_json
 from .results import write_metrics_csv
 from .runner import check_parameters, notebook_parameters, preset_params, run_notebook
 from .study import plan_study
-from .variants import select
+from .variants import GROUPS, select
 
 __all__ = ["STUDY_NOTEBOOK", "FORK_ITEMS", "fork_experiment", "run_study"]
 
@@ -35,8 +35,8 @@ def _check_variants(spec: Any, what: str) -> None:
     if not isinstance(spec, (str, list, tuple)):
         raise ParamError(f"{what}={spec!r}: give a comma list of variant names or groups, or all")
     if not select(spec):
-        raise ParamError(f"{what} {spec!r} selects no variant: give names like SHQ_0,BMQ_50, groups (core, base, "
-                         "mixed, synthetic, augment, pretrain) or all")
+        raise ParamError(f"{what} {spec!r} selects no variant: give names like SHQ_0,BMQ_50, groups "
+                         f"({', '.join(('core',) + GROUPS)}) or all")
 
 
 def _check_workers(workers: Any, threads: Any = None) -> None:
