@@ -234,6 +234,13 @@ class VQVAE(snt.Module):
         # Create all variables now (eagerly, outside any tf.function); EMA
         # statistics are not touched with is_training=False.
         self._forward(tf.zeros([1, 8, 8, self.in_channels], tf.float32), is_training=False)
+        # The compiled graphs are built per instance from bound methods, not declared as ``@tf.function`` methods of
+        # the class: Sonnet wraps a class-level tf.function in its name scope, and TensorFlow's method binding then
+        # occasionally hands that wrapper its own binding object instead of the module ("'TfMethodTarget' object has
+        # no attribute 'name_scope'", seen once in a chain run). Bound methods have no such binding.
+        self._eval_graph = tf.function(self._eval_impl, reduce_retracing=True)
+        self._encode_graph = tf.function(self._encode_impl, reduce_retracing=True)
+        self._decode_graph = tf.function(self._decode_impl, reduce_retracing=True)
 
     # -- configuration -----------------------------------------------------
 
@@ -284,18 +291,15 @@ class VQVAE(snt.Module):
         """
         return self._forward(tf.convert_to_tensor(x, tf.float32), is_training=bool(is_training))
 
-    @tf.function(reduce_retracing=True)
-    def _eval_graph(self, x):
+    def _eval_impl(self, x):
         out = self._forward(x, is_training=False)
         return out["x_recon"], out["encoding_indices"]
 
-    @tf.function(reduce_retracing=True)
-    def _encode_graph(self, x):
+    def _encode_impl(self, x):
         z = self.pre_vq_conv(self.encoder(x))
         return tf.cast(self.vq(z, is_training=False)["encoding_indices"], tf.int32)
 
-    @tf.function(reduce_retracing=True)
-    def _decode_graph(self, indices):
+    def _decode_impl(self, indices):
         return self.decoder(self.vq.quantize(indices))
 
     def encode(self, x) -> tf.Tensor:
