@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from dualsynth.dual import compose, compose_batch, num_channels, split
+from dualsynth.dual import class_pixel_weights, compose, compose_batch, num_channels, split
 from dualsynth.palette import NDFEB_PALETTE
 
 
@@ -47,3 +47,27 @@ def test_dihedral_gives_eight_distinct_aligned_copies(rng):
     assert np.array_equal(dm, (di[..., 0] > 128).astype(np.uint8))  # masks move with their images
     with pytest.raises(ValueError, match="square"):
         dihedral(np.zeros((1, 4, 6, 1), np.uint8), np.zeros((1, 4, 6), np.uint8))
+
+
+def test_class_pixel_weights_favour_rare_classes_and_keep_the_mean():
+    masks = np.zeros((2, 20, 20), np.int64)
+    masks[:, :, 10:] = 1                 # 50 %
+    masks[0, 0, 0] = masks[1, 0, 0] = 2  # 2 of 800 pixels
+    w, per_class = class_pixel_weights(masks, 4, power=0.5)
+    assert w.shape == masks.shape and w.dtype == np.float32
+    assert w.mean() == pytest.approx(1.0, rel=1e-5)
+    assert per_class[3] == 0  # absent: nothing to weigh
+    assert per_class[2] > per_class[0] > 0
+    f = np.array([398, 400, 2]) / 800
+    assert per_class[2] / per_class[1] == pytest.approx((f[1] / f[2]) ** 0.5, rel=1e-6)
+    # the cap: at most max_ratio times the most frequent class's weight
+    _, capped = class_pixel_weights(masks, 4, power=1.0, max_ratio=5.0)
+    assert capped[2] / capped[1] == pytest.approx(5.0)
+    ones, flat = class_pixel_weights(masks, 4, power=0.0)
+    np.testing.assert_allclose(ones, 1.0)
+    with pytest.raises(ValueError, match="power"):
+        class_pixel_weights(masks, 4, power=-1)
+    with pytest.raises(ValueError, match=r"\[0, 2\)"):
+        class_pixel_weights(masks, 2)
+    with pytest.raises(ValueError, match="N, H, W"):
+        class_pixel_weights(masks[0], 4)

@@ -113,6 +113,9 @@ NOTEBOOK_RULES: dict[str, dict[str, tuple]] = {
         "generator_val_patches": (int, _non_negative,
                                   "0 (the tier's own train/val split) or the number of pooled patches held out (paper: 6)"),
         "encoder_final_relu": (bool, None, "True (Sonnet's encoder, the paper preset) or False"),
+        "rare_class_weight": ((int, float), lambda v: 0 <= v <= 2,
+                              "a number in [0, 2]: 0 (unweighted loss) or the power of the class weights (0.5: "
+                              "square root of the inverse pixel share)"),
         "save_figures": (bool, None, "True or False"),
     },
     "03_pixelcnn": {

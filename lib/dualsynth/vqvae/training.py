@@ -77,25 +77,31 @@ def _reconstruct(model: VQVAE, images: np.ndarray) -> np.ndarray:
     return model._eval_graph(tf.convert_to_tensor(images))[0].numpy().astype(np.float32)
 
 
-def make_train_step(model: VQVAE, optimizer, data_variance: float, jit_compile: bool = False):
+def make_train_step(model: VQVAE, optimizer, data_variance: float, jit_compile: bool = False,
+                    weighted: bool = False):
     """The compiled optimizer step of :func:`train_vqvae`: ``x -> (loss, recon_mse, vq_loss, perplexity)``.
 
+    With ``weighted`` the step is ``(x, w) -> …`` and the loss's squared errors are weighted per pixel by ``w``
+    (B, H, W) (:func:`dualsynth.dual.class_pixel_weights`); ``recon_mse`` stays the unweighted error.
     ``jit_compile=True`` compiles it with XLA (bench/bench_vqvae.py measures both; see BENCHMARKS.md).
     """
     var = float(data_variance)
 
-    @tf.function(jit_compile=jit_compile)
-    def train_step(x):
+    def step(x, w):
         with tf.GradientTape() as tape:
             out = model(x, is_training=True)
-            recon_mse = tf.reduce_mean(tf.square(out["x_recon"] - x))
-            loss = recon_mse / var + out["vq_loss"]
+            sq = tf.square(out["x_recon"] - x)
+            recon_mse = tf.reduce_mean(sq)
+            fitted = recon_mse if w is None else tf.reduce_mean(sq * w[..., None])
+            loss = fitted / var + out["vq_loss"]
         params = model.trainable_variables
         grads = tape.gradient(loss, params)
         optimizer.apply_gradients(zip(grads, params))
         return loss, recon_mse, out["vq_loss"], out["perplexity"]
 
-    return train_step
+    if weighted:
+        return tf.function(lambda x, w: step(x, w), jit_compile=jit_compile)
+    return tf.function(lambda x: step(x, None), jit_compile=jit_compile)
 
 
 def train_vqvae(
@@ -116,6 +122,7 @@ def train_vqvae(
     data_variance: float | None = None,
     eval_batch_size: int | None = None,
     tensorboard_dir: str | Path | None = None,
+    pixel_weights: np.ndarray | None = None,
 ) -> VQVAEHistory:
     """Train ``model`` for ``steps`` optimizer steps in total (resumable).
 
@@ -155,6 +162,11 @@ def train_vqvae(
             ``train_images``.
         eval_batch_size: batch size for evaluation (default ``2 * batch_size``).
         tensorboard_dir: if given, scalar summaries are written there.
+        pixel_weights: optional float (N, H, W), one weight per pixel of ``train_images`` (mean about 1), that
+            weighs the squared errors of the training loss (every channel of the pixel), e.g.
+            :func:`dualsynth.dual.class_pixel_weights` so a rare class is not ignored. ``train_recon_mse`` and the
+            validation error stay unweighted, so runs with and without weights compare. The weights are part of
+            what a checkpoint was trained on: other weights do not resume it.
 
     Raises:
         FloatingPointError: non-finite loss (or weights) at some step.  Nothing
@@ -195,6 +207,13 @@ def train_vqvae(
             stacklevel=2,
         )
 
+    if pixel_weights is not None:
+        pixel_weights = np.asarray(pixel_weights, np.float32)
+        if pixel_weights.shape != train_images.shape[:3]:
+            raise ValueError(f"train_vqvae: pixel_weights must have the shape {train_images.shape[:3]} of the training "
+                             f"images' pixels, got {pixel_weights.shape}")
+        if not np.isfinite(pixel_weights).all() or pixel_weights.min() < 0:
+            raise ValueError("train_vqvae: pixel_weights must be finite and >= 0")
     var = float(data_variance) if data_variance is not None else _variance_fn(train_images)
     if not math.isfinite(var) or var <= 0:
         raise ValueError(f"train_vqvae: data variance must be positive and finite, got {var!r}")
@@ -232,7 +251,8 @@ def train_vqvae(
         best_manager = tf.train.CheckpointManager(ckpt, str(ckpt_dir / _BEST_DIR), max_to_keep=1)
         resuming = last_manager.latest_checkpoint is not None
         # a checkpoint made from other patches, of another model or under another best rule is never resumed
-        run.open(fingerprint(train_images, val_images), "VQ-VAE checkpoint", resuming,
+        trained_on = (train_images, val_images) if pixel_weights is None else (train_images, val_images, pixel_weights)
+        run.open(fingerprint(*trained_on), "VQ-VAE checkpoint", resuming,
                  head=f"train_vqvae: {ckpt_dir} holds a checkpoint of a different model (or checkpoint rule); "
                       "cannot resume into this one",
                  advice="use another checkpoint_dir", defaults=MODEL_DEFAULTS,
@@ -307,8 +327,9 @@ def train_vqvae(
 
     snapshot_set = {int(s) for s in snapshot_steps if 0 <= int(s) <= steps}
     writer = tf.summary.create_file_writer(str(tensorboard_dir)) if tensorboard_dir is not None else None
-    train_step = make_train_step(model, optimizer, var)
+    train_step = make_train_step(model, optimizer, var, weighted=pixel_weights is not None)
     train_tensor = tf.constant(train_images)
+    weight_tensor = None if pixel_weights is None else tf.constant(pixel_weights)
 
     def save_snapshot(step: int) -> None:
         history.snapshots[step] = _reconstruct(model, snap_inputs)
@@ -325,7 +346,11 @@ def train_vqvae(
         bar = tqdm(total=steps, initial=start, desc="VQ-VAE", unit="step", dynamic_ncols=True)
 
     ds = _make_dataset(len(train_images), batch_size, seed, skip_batches=start)
-    ds = ds.map(lambda idx: tf.gather(train_tensor, idx), num_parallel_calls=tf.data.AUTOTUNE)
+    if weight_tensor is None:
+        ds = ds.map(lambda idx: (tf.gather(train_tensor, idx),), num_parallel_calls=tf.data.AUTOTUNE)
+    else:
+        ds = ds.map(lambda idx: (tf.gather(train_tensor, idx), tf.gather(weight_tensor, idx)),
+                    num_parallel_calls=tf.data.AUTOTUNE)
     ds = ds.prefetch(tf.data.AUTOTUNE)
 
     acc = np.zeros(4, np.float64)
@@ -334,10 +359,10 @@ def train_vqvae(
     t0 = None
     timed_steps = 0
     try:
-        for x in ds:
+        for batch in ds:
             if step >= steps:
                 break
-            loss, recon, vq_loss, perp = (float(t) for t in train_step(x))
+            loss, recon, vq_loss, perp = (float(t) for t in train_step(*batch))
             if not (math.isfinite(loss) and math.isfinite(recon)):
                 raise run.stop(f"non-finite loss ({loss!r}, reconstruction MSE {recon!r}) at step {step + 1}")
             step += 1
