@@ -14,6 +14,7 @@ import tensorflow as tf
 from dualsynth.vqvae import (
     HISTORY_COLUMNS,
     VQVAE,
+    check_trained_on,
     checkpoint_step,
     data_variance,
     decode_codes,
@@ -441,7 +442,8 @@ def test_checkpoint_on_train_keeps_lowest_training_error(tmp_path):
     best = int(hist.steps[np.argmin(hist["train_recon_mse"])])
     assert hist.best_step == best and checkpoint_step(tmp_path, "best") == best
     assert best != int(hist.steps[np.nanargmin(val_mse_col)])  # meaningful only if the two rules differ
-    assert checkpoint_rule(tmp_path) == {"checkpoint_on": "train", "checkpoint_every": 5, "eval_every": 10}
+    assert checkpoint_rule(tmp_path) == {"checkpoint_on": "train", "checkpoint_every": 5, "eval_every": 10,
+                                         "pixel_weights": None}
     rows = _history_csv(tmp_path / "history.csv")
     assert [int(r["step"]) for r in rows] == [5, 10, 15, 20, 25, 30] and rows[0]["val_recon_mse"] == "nan"
     # resuming under the other rule would mix two rules in one best/: refused
@@ -566,9 +568,19 @@ def test_class_weighted_loss_reconstructs_a_rare_class_the_plain_loss_drops(tmp_
     # measured (seeds 0/1/2): plain 0.005 / 0.000 / 0.031, weighted 0.636 / 0.647 / 0.832
     assert iou_weighted >= iou_plain + 0.4, (iou_plain, iou_weighted)
     assert hist["val_recon_mse"][-1] == pytest.approx(val_mse(weighted, x), rel=1e-4)
-    # other weights are other training data: the checkpoint is not resumed with them
-    with pytest.raises(ValueError, match="checkpoint"):
+    # 03 checks the generator was trained on its patches: the weights do not change what it was trained on
+    check_trained_on(tmp_path, x, x)
+    # other weights are another objective: the checkpoint is not resumed with them, and the error says so
+    with pytest.raises(ValueError, match="pixel_weights"):
         train_vqvae(small_model(seed=0, **wide), x, x, pixel_weights=np.ones_like(w),
                     checkpoint_dir=tmp_path, **{**kw, "steps": 210})
+    with pytest.raises(ValueError, match="pixel_weights"):
+        train_vqvae(small_model(seed=0, **wide), x, x, checkpoint_dir=tmp_path, **{**kw, "steps": 210})
+    # the same weights resume it
+    again = train_vqvae(small_model(seed=3, **wide), x, x, pixel_weights=w, checkpoint_dir=tmp_path,
+                        **{**kw, "steps": 210, "eval_every": 10})
+    assert again.resumed_from_step == 200 and again.final_step == 210
     with pytest.raises(ValueError, match="pixel_weights must have the shape"):
         train_vqvae(small_model(seed=0, **wide), x, x, pixel_weights=w[:, :16], **kw)
+    with pytest.raises(ValueError, match="not all 0"):
+        train_vqvae(small_model(seed=0, **wide), x, x, pixel_weights=np.zeros_like(w), **kw)

@@ -46,13 +46,13 @@ def _full_config(saved: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def checkpoint_rule(checkpoint_dir: str | Path) -> dict[str, Any]:
-    """How the run in ``checkpoint_dir`` chose its ``best`` checkpoint: ``{"checkpoint_on": "val" | "train",
-    "checkpoint_every": int | None, "eval_every": int | None}`` (a folder written before the rule was recorded:
-    ``val`` at every evaluation)."""
+    """How the run in ``checkpoint_dir`` chose its ``best`` checkpoint and weighed its loss: ``{"checkpoint_on":
+    "val" | "train", "checkpoint_every": int | None, "eval_every": int | None, "pixel_weights": digest | None}``
+    (a folder written before these were recorded: ``val`` at every evaluation, the unweighted loss)."""
     path = Path(checkpoint_dir) / _TRAINING_FILE
     rule = read_json(path) if path.is_file() else {}
     return {"checkpoint_on": rule.get("checkpoint_on", "val"), "checkpoint_every": rule.get("checkpoint_every"),
-            "eval_every": rule.get("eval_every")}
+            "eval_every": rule.get("eval_every"), "pixel_weights": rule.get("pixel_weights")}
 
 
 def _latest(checkpoint_dir: Path, which: str) -> str | None:

@@ -12,6 +12,7 @@ history are in :mod:`dualsynth.vqvae.training`, :mod:`~dualsynth.vqvae.checkpoin
 """
 from __future__ import annotations
 
+import weakref
 from typing import Any, Mapping
 
 import sonnet as snt
@@ -147,6 +148,18 @@ class Decoder(snt.Module):
         return self._dec_3(h)
 
 
+def _instance_graph(module: "VQVAE", method: str):
+    """``tf.function`` over ``module.<method>``, named ``<method>`` and holding the module weakly (no reference
+    cycle: the model is freed as soon as it is no longer used)."""
+    ref = weakref.ref(module)
+
+    def graph(x):
+        return getattr(ref(), method)(x)
+
+    graph.__name__ = graph.__qualname__ = method
+    return tf.function(graph, reduce_retracing=True)
+
+
 class VQVAE(snt.Module):
     """VQ-VAE over dual images.
 
@@ -168,6 +181,10 @@ class VQVAE(snt.Module):
     restored and used inside ``tf.function`` straight away.  Seed TensorFlow
     (``tf.random.set_seed``) *before* constructing for a reproducible init.
     """
+
+    # the per-instance compiled graphs are no part of the model's state: kept out of checkpoints and tf.Module walks
+    _TF_MODULE_IGNORED_PROPERTIES = snt.Module._TF_MODULE_IGNORED_PROPERTIES | frozenset(
+        {"_eval_graph", "_encode_graph", "_decode_graph"})
 
     def __init__(
         self,
@@ -234,13 +251,13 @@ class VQVAE(snt.Module):
         # Create all variables now (eagerly, outside any tf.function); EMA
         # statistics are not touched with is_training=False.
         self._forward(tf.zeros([1, 8, 8, self.in_channels], tf.float32), is_training=False)
-        # The compiled graphs are built per instance from bound methods, not declared as ``@tf.function`` methods of
-        # the class: Sonnet wraps a class-level tf.function in its name scope, and TensorFlow's method binding then
-        # occasionally hands that wrapper its own binding object instead of the module ("'TfMethodTarget' object has
-        # no attribute 'name_scope'", seen once in a chain run). Bound methods have no such binding.
-        self._eval_graph = tf.function(self._eval_impl, reduce_retracing=True)
-        self._encode_graph = tf.function(self._encode_impl, reduce_retracing=True)
-        self._decode_graph = tf.function(self._decode_impl, reduce_retracing=True)
+        # The compiled graphs are built per instance, not declared as ``@tf.function`` methods of the class: Sonnet
+        # wraps a class-level tf.function in its name scope, and TensorFlow binds that wrapper to a ``TfMethodTarget``
+        # which, if it is ever called directly with it, fails with "'TfMethodTarget' object has no attribute
+        # 'name_scope'" — the error of one chain run in CI (the exact trigger was not found). A per-instance function
+        # over the module's own method never goes through that binding.
+        for name in ("_eval", "_encode", "_decode"):
+            object.__setattr__(self, f"{name}_graph", _instance_graph(self, f"{name}_impl"))
 
     # -- configuration -----------------------------------------------------
 

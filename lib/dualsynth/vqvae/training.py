@@ -165,8 +165,9 @@ def train_vqvae(
         pixel_weights: optional float (N, H, W), one weight per pixel of ``train_images`` (mean about 1), that
             weighs the squared errors of the training loss (every channel of the pixel), e.g.
             :func:`dualsynth.dual.class_pixel_weights` so a rare class is not ignored. ``train_recon_mse`` and the
-            validation error stay unweighted, so runs with and without weights compare. The weights are part of
-            what a checkpoint was trained on: other weights do not resume it.
+            validation error stay unweighted, so runs with and without weights compare (``train_loss`` is the
+            weighted objective). Their digest is recorded in ``training.json``: other weights do not resume the
+            checkpoint.
 
     Raises:
         FloatingPointError: non-finite loss (or weights) at some step.  Nothing
@@ -212,8 +213,10 @@ def train_vqvae(
         if pixel_weights.shape != train_images.shape[:3]:
             raise ValueError(f"train_vqvae: pixel_weights must have the shape {train_images.shape[:3]} of the training "
                              f"images' pixels, got {pixel_weights.shape}")
-        if not np.isfinite(pixel_weights).all() or pixel_weights.min() < 0:
-            raise ValueError("train_vqvae: pixel_weights must be finite and >= 0")
+        if not np.isfinite(pixel_weights).all() or pixel_weights.min() < 0 or not pixel_weights.sum() > 0:
+            raise ValueError("train_vqvae: pixel_weights must be finite, >= 0 and not all 0")
+    # the loss's weights are recorded with the checkpoint rule (training.json): other weights do not resume it
+    weights_digest = None if pixel_weights is None else "sha256:" + fingerprint(pixel_weights)
     var = float(data_variance) if data_variance is not None else _variance_fn(train_images)
     if not math.isfinite(var) or var <= 0:
         raise ValueError(f"train_vqvae: data variance must be positive and finite, got {var!r}")
@@ -251,13 +254,13 @@ def train_vqvae(
         best_manager = tf.train.CheckpointManager(ckpt, str(ckpt_dir / _BEST_DIR), max_to_keep=1)
         resuming = last_manager.latest_checkpoint is not None
         # a checkpoint made from other patches, of another model or under another best rule is never resumed
-        trained_on = (train_images, val_images) if pixel_weights is None else (train_images, val_images, pixel_weights)
-        run.open(fingerprint(*trained_on), "VQ-VAE checkpoint", resuming,
+        rule = {"checkpoint_on": checkpoint_on, "pixel_weights": weights_digest}
+        run.open(fingerprint(train_images, val_images), "VQ-VAE checkpoint", resuming,
                  head=f"train_vqvae: {ckpt_dir} holds a checkpoint of a different model (or checkpoint rule); "
                       "cannot resume into this one",
                  advice="use another checkpoint_dir", defaults=MODEL_DEFAULTS,
                  config=[(ckpt_dir / _CONFIG_FILE, _read_config(ckpt_dir), model.config),
-                         (ckpt_dir / _TRAINING_FILE, checkpoint_rule(ckpt_dir), {"checkpoint_on": checkpoint_on})]
+                         (ckpt_dir / _TRAINING_FILE, checkpoint_rule(ckpt_dir), rule)]
                  if resuming else ())
         if resuming:
             ckpt.restore(last_manager.latest_checkpoint).assert_existing_objects_matched()
@@ -274,7 +277,7 @@ def train_vqvae(
         if not (ckpt_dir / _TRAINING_FILE).is_file() or not resuming:
             atomic_write_json(ckpt_dir / _TRAINING_FILE, {"checkpoint_on": checkpoint_on, "criterion": criterion,
                                                           "checkpoint_every": checkpoint_every,
-                                                          "eval_every": eval_every})
+                                                          "eval_every": eval_every, "pixel_weights": weights_digest})
 
     writer = None  # the TensorBoard writer, once training starts
     warned_dead = []
