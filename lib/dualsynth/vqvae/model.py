@@ -150,14 +150,20 @@ class Decoder(snt.Module):
 
 def _instance_graph(module: "VQVAE", method: str):
     """``tf.function`` over ``module.<method>``, named ``<method>`` and holding the module weakly (no reference
-    cycle: the model is freed as soon as it is no longer used)."""
+    cycle: the model is freed as soon as it is no longer used).
+
+    Traced without AutoGraph: the network has no Python control flow on tensors (its loops run over layers, its
+    ``if`` on a Python bool), and AutoGraph's conversion of Sonnet's name-scope wrappers is what went wrong twice —
+    the ``TfMethodTarget`` error above, and, with a per-instance function converted by AutoGraph, a decode graph
+    of 03 that called the quantiser's ``__call__`` instead of ``quantize`` after the prior had trained in the same
+    kernel ("missing 1 required positional argument: 'is_training'")."""
     ref = weakref.ref(module)
 
     def graph(x):
         return getattr(ref(), method)(x)
 
     graph.__name__ = graph.__qualname__ = method
-    return tf.function(graph, reduce_retracing=True)
+    return tf.function(graph, reduce_retracing=True, autograph=False)
 
 
 class VQVAE(snt.Module):
