@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .labels import check_labels
 from .palette import Palette
 
 __all__ = ["ENCODINGS", "compose", "split", "compose_batch", "num_channels", "class_pixel_weights"]
@@ -127,17 +128,13 @@ def class_pixel_weights(masks: np.ndarray, num_classes: int, power: float = 0.5,
 
     Returns ``(weights float32 (N, H, W), per-class weights float64 (num_classes,))``.
     """
-    masks = np.asarray(masks)
-    if masks.ndim != 3:
-        raise ValueError(f"class_pixel_weights: masks must be (N, H, W) class indices, got shape {masks.shape}")
+    masks = check_labels(masks, num_classes, "class_pixel_weights: masks", ndim=3, allow_empty=True,
+                         outside=f"{{what}}: class indices must lie in [0, {num_classes}), got [{{lo}}, {{hi}}]")
     power, max_ratio = float(power), float(max_ratio)
     if not np.isfinite(power) or power < 0:
         raise ValueError(f"class_pixel_weights: power must be >= 0, got {power!r}")
     if not max_ratio >= 1:
         raise ValueError(f"class_pixel_weights: max_ratio must be >= 1, got {max_ratio!r}")
-    if masks.size and (masks.min() < 0 or masks.max() >= num_classes):
-        raise ValueError(f"class_pixel_weights: class indices must lie in [0, {num_classes}), "
-                         f"got [{masks.min()}, {masks.max()}]")
     freq = np.bincount(masks.ravel().astype(np.intp), minlength=num_classes)[:num_classes] / max(masks.size, 1)
     present = freq > 0
     w = np.zeros(num_classes, np.float64)

@@ -331,8 +331,8 @@ def train_vqvae(
     snapshot_set = {int(s) for s in snapshot_steps if 0 <= int(s) <= steps}
     writer = tf.summary.create_file_writer(str(tensorboard_dir)) if tensorboard_dir is not None else None
     train_step = make_train_step(model, optimizer, var, weighted=pixel_weights is not None)
-    train_tensor = tf.constant(train_images)
-    weight_tensor = None if pixel_weights is None else tf.constant(pixel_weights)
+    # what each step gets, gathered by the batch's indices: the images, and their pixel weights if given
+    per_image = tuple(tf.constant(a) for a in (train_images, pixel_weights) if a is not None)
 
     def save_snapshot(step: int) -> None:
         history.snapshots[step] = _reconstruct(model, snap_inputs)
@@ -349,11 +349,7 @@ def train_vqvae(
         bar = tqdm(total=steps, initial=start, desc="VQ-VAE", unit="step", dynamic_ncols=True)
 
     ds = _make_dataset(len(train_images), batch_size, seed, skip_batches=start)
-    if weight_tensor is None:
-        ds = ds.map(lambda idx: (tf.gather(train_tensor, idx),), num_parallel_calls=tf.data.AUTOTUNE)
-    else:
-        ds = ds.map(lambda idx: (tf.gather(train_tensor, idx), tf.gather(weight_tensor, idx)),
-                    num_parallel_calls=tf.data.AUTOTUNE)
+    ds = ds.map(lambda idx: tuple(tf.gather(t, idx) for t in per_image), num_parallel_calls=tf.data.AUTOTUNE)
     ds = ds.prefetch(tf.data.AUTOTUNE)
 
     acc = np.zeros(4, np.float64)
