@@ -254,9 +254,10 @@ def study_runner(max_seeds: int | None, futility: bool = False) -> Callable[...,
         return batch.run_study
 
     def adaptive_study(preset, experiment=None, variants="all", seeds=(0,), workers=1, threads_per_worker=None,
-                       scheduler=None, outputs_dir="outputs", overrides=None, progress=True, matched_controls=True):
+                       scheduler=None, outputs_dir="outputs", overrides=None, progress=True, matched_controls=True,
+                       adopt_from=None):
         return run_until_decided(preset, experiment, variants, seeds, max_seeds, workers, threads_per_worker,
-                                 scheduler, outputs_dir, overrides, progress, futility=futility)
+                                 scheduler, outputs_dir, overrides, progress, futility=futility, adopt_from=adopt_from)
 
     return adaptive_study
 
@@ -266,7 +267,8 @@ def run_until_decided(preset: str, experiment: str | None = None, variants: str 
                       threads_per_worker: int | None = None, scheduler: str | None = None,
                       outputs_dir: str = "outputs", overrides: Mapping[str, Any] | None = None, progress: bool = True,
                       run_study: Callable[..., dict[str, Any]] | None = None,
-                      collect: Callable[[Path], Any] | None = None, futility: bool = False) -> dict[str, Any]:
+                      collect: Callable[[Path], Any] | None = None, futility: bool = False,
+                      adopt_from: str | None = None) -> dict[str, Any]:
     """``study --until-decided``: the study of ``variants`` on ``seeds``, then rounds of one more seed for the
     undecided comparisons (:func:`plan_round`) until all stop or a run fails; resumable.
 
@@ -274,7 +276,8 @@ def run_until_decided(preset: str, experiment: str | None = None, variants: str 
     comparison is decided at equal updates wherever the study can make one.  ``run_study`` / ``collect`` default to
     :func:`dualsynth.batch.run_study` / :func:`dualsynth.results.collect_metrics` (tests pass fakes).  Returns the
     last ``run_study`` summary with ``failed`` over all rounds, ``rounds`` (rounds run after the start) and
-    ``record`` (what ``results/adaptive.json`` holds).
+    ``record`` (what ``results/adaptive.json`` holds).  ``adopt_from``: as for :func:`dualsynth.batch.run_study`,
+    in every round.
     """
     from . import batch, results
     from .config import experiment_dir, experiment_lock
@@ -292,7 +295,8 @@ def run_until_decided(preset: str, experiment: str | None = None, variants: str 
         raise ParamError(f"--until-decided: --variants {variants!r} holds no variant with synthetic data, so there "
                          "is nothing to decide; add mixed or synthetic variants (e.g. SHQ_0,SHQ_100)")
     kw = dict(workers=workers, threads_per_worker=threads_per_worker, scheduler=scheduler, outputs_dir=outputs_dir,
-              overrides=dict(overrides or {}), progress=progress, matched_controls=True)
+              overrides=dict(overrides or {}), progress=progress, matched_controls=True,
+              **({"adopt_from": adopt_from} if adopt_from else {}))
     exp = experiment_dir(outputs_dir, experiment)
     with experiment_lock(exp):  # held across the rounds, so no other batch writes between them (re-entrant)
         summary = run_study(preset, experiment, chosen, start, **kw)  # the start: every run on the seeds given

@@ -57,12 +57,13 @@ def run_chain(preset: str, experiment: str | None = None, data: str | None = Non
               outputs_dir: str = "outputs", overrides: Mapping[str, Any] | None = None,
               variants: str = "all", seeds: Sequence[int] = (0,), workers: int = 1,
               matched_controls: bool = False, max_seeds: int | None = None,
-              futility: bool = False) -> list[dict[str, Any]]:
+              futility: bool = False, adopt_from: str | None = None) -> list[dict[str, Any]]:
     """Run the selected notebooks in order; stop at the first failure (later stages need its files).
 
     Stage 06 is the study: ``06_unet_training`` for every variant in ``variants`` and every seed, on Dask
     (:func:`run_study`; with ``max_seeds``, seeds added until decided, with ``futility`` also stopped when they
-    could not decide, :mod:`dualsynth.adaptive`); a failed run
+    could not decide, :mod:`dualsynth.adaptive`; with ``adopt_from``, the finished runs of that experiment with the
+    same data and parameters are copied in first, :func:`dualsynth.study.adopt_runs`); a failed run
     there is reported and stops the chain before 07.
     """
     experiment = experiment or preset
@@ -77,7 +78,7 @@ def run_chain(preset: str, experiment: str | None = None, data: str | None = Non
     exp = experiment_dir(outputs_dir, experiment)
     with experiment_lock(exp):
         return _run_chain_locked(preset, experiment, data, selected, exp, outputs_dir, overrides, variants, seeds,
-                                 workers, matched_controls, max_seeds, futility)
+                                 workers, matched_controls, max_seeds, futility, adopt_from)
 
 
 def _stage_params(preset: str, nb: str, data: str | None, overrides: Mapping[str, Any]) -> dict[str, Any]:
@@ -109,7 +110,7 @@ def _check_chain(preset: str, selected: Sequence[str], data: str | None, overrid
 
 
 def _run_chain_locked(preset, experiment, data, selected, exp, outputs_dir, overrides, variants, seeds, workers,
-                      matched_controls, max_seeds, futility=False) -> list[dict[str, Any]]:
+                      matched_controls, max_seeds, futility=False, adopt_from=None) -> list[dict[str, Any]]:
     timings = []
     for nb in selected:
         if nb == STUDY_NOTEBOOK:
@@ -119,7 +120,8 @@ def _run_chain_locked(preset, experiment, data, selected, exp, outputs_dir, over
             summary = study_runner(max_seeds, futility)(preset, experiment, variants, seeds, workers,
                                                         outputs_dir=outputs_dir,
                                 overrides={k: v for k, v in (overrides or {}).items()
-                                           if k in notebook_parameters(nb)}, matched_controls=matched_controls)
+                                           if k in notebook_parameters(nb)}, matched_controls=matched_controls,
+                                **({"adopt_from": adopt_from} if adopt_from else {}))
             timings.append({"notebook": nb, "seconds": round(time.perf_counter() - t0, 1),
                             "runs": summary["done"], "skipped": summary["skipped"]})
             if summary["failed"]:
@@ -248,6 +250,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                     help="first fork --experiment from SOURCE's patches, pool and variants (01-05 done there), "
                          "to compare U-Net settings on the same data")
     for p in (ch, st):
+        p.add_argument("--adopt-from", default=None, metavar="EXPERIMENT",
+                       help="copy in EXPERIMENT's finished runs that trained on the same data with the same 06 "
+                            "parameters (e.g. the real-only base variants of an experiment that differs only in the "
+                            "generator) instead of training them again; each copy records where it came from")
         p.add_argument("--until-decided", action="store_true",
                        help="start from --seeds, then add one seed per round only to the comparisons (variant vs "
                             "matched control, else base) whose 95%% interval over seeds still includes 0; implies "
@@ -279,7 +285,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 fork_experiment(args.outputs_dir, args.from_experiment, args.experiment or args.preset)
             summary = study_runner(max_seeds, args.futility)(
                 args.preset, args.experiment, args.variants, _parse_seeds(args.seeds), args.workers, args.threads,
-                args.scheduler, args.outputs_dir, overrides=overrides, matched_controls=args.matched_controls)
+                args.scheduler, args.outputs_dir, overrides=overrides, matched_controls=args.matched_controls,
+                **({"adopt_from": args.adopt_from} if args.adopt_from else {}))
         except (ParamError, DataError) as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
@@ -292,7 +299,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             timings = run_chain(args.preset, args.experiment, args.data, args.stages, args.outputs_dir,
                                 variants=args.variants, seeds=_parse_seeds(args.seeds), workers=args.workers,
                                 overrides=overrides, matched_controls=args.matched_controls, max_seeds=max_seeds,
-                                futility=args.futility)
+                                futility=args.futility, adopt_from=args.adopt_from)
         except (ParamError, DataError) as e:
             print(f"error: {e}", file=sys.stderr)
             return 2

@@ -22,7 +22,7 @@ from .config import BATCH_ENV, ParamError, experiment_dir, experiment_lock, proj
 from .io import DataError, atomic_write_json, read_json
 from .results import write_metrics_csv
 from .runner import check_parameters, notebook_parameters, preset_params, run_notebook
-from .study import plan_study
+from .study import adopt_runs, plan_study, study_runs
 from .variants import GROUPS, select
 
 __all__ = ["STUDY_NOTEBOOK", "FORK_ITEMS", "fork_experiment", "run_study"]
@@ -160,7 +160,8 @@ def _guarded_study(fn):
 def run_study(preset: str, experiment: str | None = None, variants: str | Sequence[str] | None = "all",
               seeds: Sequence[int] = (0,), workers: int = 1, threads_per_worker: int | None = None,
               scheduler: str | None = None, outputs_dir: str = "outputs", overrides: Mapping[str, Any] | None = None,
-              progress: bool = True, matched_controls: bool = False, notes: bool = True) -> dict[str, Any]:
+              progress: bool = True, matched_controls: bool = False, notes: bool = True,
+              adopt_from: str | None = None) -> dict[str, Any]:
     """Run ``06_unet_training`` for every (variant, seed) with papermill on Dask; resumable.
 
     A run whose ``metrics.json`` is complete is skipped; an interrupted one is redone (its U-Net training resumes
@@ -169,6 +170,8 @@ def run_study(preset: str, experiment: str | None = None, variants: str | Sequen
     ``budget: epochs``) adds each mixed variant's matched control run, ``<base>@<updates>``
     (:func:`dualsynth.study.plan_study`); control runs are runs like the others (resumable, fingerprinted).
     ``notes``: print the plan's notes (``study --until-decided``'s rounds, which run a subset, do not).
+    ``adopt_from``: an experiment (name under ``outputs_dir``) whose finished runs of the same data and parameters
+    are copied in instead of trained again (:func:`dualsynth.study.adopt_runs`).
     """
     from dask.distributed import Client, LocalCluster, as_completed  # lazy: Dask only where a study runs
     from tqdm.auto import tqdm  # with it: the study's progress bar
@@ -195,6 +198,15 @@ def run_study(preset: str, experiment: str | None = None, variants: str | Sequen
             f"{len(stale)} finished run(s) were trained on other data than {exp / 'variants'} now lists (04_synthesis "
             f"or 05_datasets was re-run since), e.g. {stale[0]}; their results would be mixed with new ones. "
             f"Delete {exp / 'unet'} (or those run folders) or pass a new experiment name")
+    if adopt_from:
+        got = adopt_runs(exp, resolve_outputs(outputs_dir) / adopt_from, runs,
+                         {**notebook_parameters(STUDY_NOTEBOOK), **base})
+        if got["adopted"]:
+            print(f"adopted {len(got['adopted'])} finished run(s) from {adopt_from} (same data, same parameters): "
+                  f"{', '.join(got['adopted'])}", flush=True)
+        for label, why in got["not_adopted"].items() if notes else ():
+            print(f"note: {label} not adopted from {adopt_from}: {why}", flush=True)
+        runs = plan.runs = study_runs(exp, list(dict.fromkeys(r["variant"] for r in runs)), seeds)
     todo = [r for r in runs if not r["done"]]
     cores = os.cpu_count() or 1
     tf_threads = int(threads_per_worker) if threads_per_worker else max(1, cores // max(1, workers))

@@ -8,17 +8,18 @@ TensorFlow, no Dask: :mod:`dualsynth.batch` runs what is planned here.
 """
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from .config import ParamError
-from .io import read_json
+from .io import atomic_write_json, read_json
 from .unet import budget as unet_budget
 from .unet.record import read_complete
-from .variants import VariantError, inputs_fingerprint, load_variant, parse_run, run_dir
+from .variants import VariantError, inputs_fingerprint, legacy_inputs_fingerprint, load_variant, parse_run, run_dir
 
-__all__ = ["StudyPlan", "plan_study", "study_runs", "data_variant", "recorded_updates", "predicted_share"]
+__all__ = ["StudyPlan", "plan_study", "study_runs", "adopt_runs", "data_variant", "recorded_updates", "predicted_share"]
 
 
 def data_variant(run: str, metrics: Mapping[str, Any] | None = None) -> str:
@@ -31,11 +32,19 @@ def data_variant(run: str, metrics: Mapping[str, Any] | None = None) -> str:
         return str(run)
 
 
+def _accepted_fingerprints(variant_file: Path) -> frozenset[str]:
+    """The fingerprints a run trained on ``variant_file``'s data may carry: today's (path-free) and the one recorded
+    before 2026-12-05 (with paths), so neither kind of run is redone."""
+    data = load_variant(variant_file)
+    return frozenset((inputs_fingerprint(data), legacy_inputs_fingerprint(data)))
+
+
 def _stale_check(experiment_path: Path):
-    """``is_stale(run, metrics)``: the complete run's recorded ``inputs_fingerprint`` differs from what the variant
-    file it trained on (``variants/<variant>.json``; a control's is its base's) now lists (a run recorded before
-    fingerprints existed, or whose variant file is gone, is trusted).  Fingerprints are computed once per variant."""
-    current: dict[str, str | None] = {}
+    """``is_stale(run, metrics)``: the complete run's recorded ``inputs_fingerprint`` is not one of those of the data
+    the variant file it trained on (``variants/<variant>.json``; a control's is its base's) now lists (a run recorded
+    before fingerprints existed, or whose variant file is gone, is trusted).  Fingerprints are computed once per
+    variant."""
+    current: dict[str, frozenset[str] | None] = {}
 
     def is_stale(run: str, metrics: Mapping[str, Any]) -> bool:
         recorded = metrics.get("inputs_fingerprint")
@@ -44,8 +53,8 @@ def _stale_check(experiment_path: Path):
         variant = data_variant(run, metrics)
         if variant not in current:
             f = experiment_path / "variants" / f"{variant}.json"
-            current[variant] = inputs_fingerprint(load_variant(f)) if f.is_file() else None
-        return current[variant] is not None and recorded != current[variant]
+            current[variant] = _accepted_fingerprints(f) if f.is_file() else None
+        return current[variant] is not None and recorded not in current[variant]
 
     return is_stale
 
@@ -63,6 +72,88 @@ def study_runs(experiment_path: Path, variant_names: Sequence[str], seeds: Seque
             done = metrics is not None
             stale = done and is_stale(v, metrics)
             out.append({"variant": v, "seed": int(s), "dir": d, "done": done, "stale": stale})
+    return out
+
+
+#: 06 parameters that say where and with how many threads a run ran, not what it learned: a run is adopted from
+#: another experiment when every other parameter is equal
+WHERE_NOT_WHAT = ("experiment", "outputs_dir", "tf_threads")
+STUDY_STAGE = "06_unet_training"
+
+
+def adopt_runs(experiment_path: str | Path, source_path: str | Path, runs: Sequence[Mapping[str, Any]],
+               params: Mapping[str, Any]) -> dict[str, Any]:
+    """Copy into this experiment the finished runs of ``source_path`` that trained on the same data with the same
+    parameters, instead of training them again (the real-only base variants of two experiments that differ only in
+    the generator, for example).
+
+    ``runs``: :func:`study_runs` rows; only those not done here and with no folder yet are looked at.  ``params``:
+    06's parameters as this study's runs get them (notebook defaults, preset, overrides), without variant and seed.
+    A source run is adopted when its ``metrics.json`` is complete, the data it recorded are this experiment's (the
+    path-free :func:`~dualsynth.variants.inputs_fingerprint` of the variant file here, or the source's variant file
+    holds the same data and the run carries that file's fingerprint), and its run record's parameters equal
+    ``params`` apart from :data:`WHERE_NOT_WHAT`.  The copy is made beside the target and renamed into place; its
+    ``metrics.json`` carries this experiment's fingerprint and ``adopted_from`` (source folder and the fingerprint
+    it recorded), its run record ``adopted_from`` too.  Returns ``{"adopted": [...], "not_adopted": {run: why}}``.
+    Code changes between the two experiments are not detected: the adopted record keeps the source's git commit.
+    """
+    exp, src = Path(experiment_path), Path(source_path)
+    if exp.resolve() == src.resolve():
+        raise ParamError(f"--adopt-from names the experiment itself ({src}); give another experiment")
+    if not (src / "unet").is_dir():
+        raise ParamError(f"{src} holds no U-Net runs (no {src / 'unet'}); nothing to adopt")
+    fps: dict[Path, dict[str, str]] = {}
+
+    def fp(variant_file: Path) -> dict[str, str] | None:
+        if variant_file not in fps and variant_file.is_file():
+            data = load_variant(variant_file)
+            fps[variant_file] = {"content": inputs_fingerprint(data), "legacy": legacy_inputs_fingerprint(data)}
+        return fps.get(variant_file)
+
+    out: dict[str, Any] = {"adopted": [], "not_adopted": {}}
+    for r in runs:
+        name, seed, dest = str(r["variant"]), int(r["seed"]), Path(r["dir"])
+        label = f"{name} seed {seed}"
+        if r["done"] or dest.exists():
+            continue
+        src_dir = run_dir(src / "unet", name, seed)
+        metrics = read_complete(src_dir / "metrics.json")
+        if metrics is None:
+            out["not_adopted"][label] = "not finished there"
+            continue
+        variant = data_variant(name, metrics)
+        here, there = fp(exp / "variants" / f"{variant}.json"), fp(src / "variants" / f"{variant}.json")
+        recorded = metrics.get("inputs_fingerprint")
+        if here is None:
+            out["not_adopted"][label] = f"no {exp / 'variants' / variant}.json here"
+            continue
+        same_data = recorded == here["content"] or (
+            there is not None and there["content"] == here["content"] and recorded in there.values())
+        if not same_data:
+            out["not_adopted"][label] = "trained on other data"
+            continue
+        tag = f"{STUDY_STAGE}-{name}-seed{seed}"
+        rec_file = src / "runs" / f"run_{tag}.json"
+        if not rec_file.is_file():
+            out["not_adopted"][label] = f"no run record {rec_file} (its parameters are unknown)"
+            continue
+        record = read_json(rec_file)
+        theirs = {**params, **record.get("params", {})}  # a parameter the old run did not pass had its default
+        mine = {**params, "variant": name, "seed": seed}
+        differ = sorted(k for k in set(theirs) | set(mine)
+                        if k not in WHERE_NOT_WHAT and theirs.get(k) != mine.get(k))
+        if differ:
+            out["not_adopted"][label] = "other parameters: " + ", ".join(
+                f"{k} {theirs.get(k)!r} there, {mine.get(k)!r} here" for k in differ[:3])
+            continue
+        tmp = dest.with_name(f".{dest.name}.adopting")
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(src_dir, tmp)
+        atomic_write_json(tmp / "metrics.json", {**metrics, "inputs_fingerprint": here["content"], "adopted_from": {
+            "run": str(src_dir), "inputs_fingerprint": recorded}})
+        atomic_write_json(exp / "runs" / rec_file.name, {**record, "adopted_from": str(rec_file)})
+        tmp.rename(dest)
+        out["adopted"].append(label)
     return out
 
 

@@ -320,11 +320,24 @@ def run_dir(unet_root: str | Path, variant: str, seed: int) -> Path:
     return Path(unet_root) / variant / f"seed{int(seed)}"
 
 
+def _splits(variant_data: dict[str, Any]) -> tuple[str, ...]:
+    return ("train", "val", "test") + (("pretrain",) if "pretrain" in variant_data else ())  # PT_: + pretrain
+
+
 def inputs_fingerprint(variant_data: dict[str, Any]) -> str:
-    """Fingerprint of what a run of this variant trains and is scored on: the variant file's content and the
-    bytes of every image and mask it lists (a re-generated synthetic pool changes it even under the same names)."""
-    splits = ("train", "val", "test") + (("pretrain",) if "pretrain" in variant_data else ())  # PT_: + pretrain
-    files = [Path(e[k]) for split in splits for e in variant_data[split] for k in ("image", "mask")]
+    """Fingerprint of what a run of this variant trains and is scored on: the variant file's content with every
+    image and mask path replaced by the digest of its bytes.  A re-generated synthetic pool changes it even under the
+    same names; the same files in another experiment's folder (another path) do not, so a finished run can be
+    adopted by an experiment holding the same data (:func:`dualsynth.study.adopt_runs`)."""
+    content = {k: ([{**e, **{f: _file_digest(Path(e[f])) for f in ("image", "mask")}} for e in v]
+                   if k in _splits(variant_data) else v) for k, v in variant_data.items()}
+    return fingerprint(json.dumps(content, sort_keys=True))
+
+
+def legacy_inputs_fingerprint(variant_data: dict[str, Any]) -> str:
+    """The fingerprint runs recorded before 2026-12-05: the variant file's text (with its paths) and the bytes of
+    every image and mask it lists.  Still accepted by the study's stale check, so those runs are not redone."""
+    files = [Path(e[k]) for split in _splits(variant_data) for e in variant_data[split] for k in ("image", "mask")]
     return fingerprint(json.dumps(variant_data, sort_keys=True), *[_file_digest(f) for f in files])
 
 
