@@ -21,6 +21,11 @@ def smoke_params():
     return {**batch.notebook_parameters(NB), **batch.preset_params("smoke", NB)}
 
 
+def adopt(b, a, names, seeds, **params):
+    return study.adopt_runs(b, a, study.study_runs(b, names, seeds), {**smoke_params(), **params},
+                            batch.notebook_parameters(NB))
+
+
 def record(exp, run, seed, **changed):
     """The run record 06 leaves in runs/ (its parameters as passed, with the experiment's own folders)."""
     params = {**batch.preset_params("smoke", NB), "experiment": exp.name, "outputs_dir": str(exp.parent),
@@ -41,39 +46,79 @@ def two_experiments(tmp_path):
 def test_runs_of_the_same_data_and_parameters_are_adopted_with_their_origin(tmp_path):
     a, b = two_experiments(tmp_path)
     assert load_variant(a / "variants/SHQ_0.json") != load_variant(b / "variants/SHQ_0.json")  # other paths
-    runs = study.study_runs(b, ["SHQ_0", "SHQ_100"], [0, 1])
-    got = study.adopt_runs(b, a, runs, smoke_params())
-    assert got["adopted"] == ["SHQ_0 seed 0", "SHQ_0 seed 1"]
-    assert got["not_adopted"] == {"SHQ_100 seed 0": "not finished there", "SHQ_100 seed 1": "not finished there"}
+    got = adopt(b, a, ["SHQ_0", "SHQ_100"], [0, 1])
+    assert got["adopted"] == ["SHQ_0 seed 0", "SHQ_0 seed 1"] and got["commits"] == ["abc"]
+    assert got["not_adopted"] == {"SHQ_100 seed 0": "no such run there", "SHQ_100 seed 1": "no such run there"}
     after = {(r["variant"], r["seed"]): r for r in study.study_runs(b, ["SHQ_0", "SHQ_100"], [0, 1])}
     assert after["SHQ_0", 0]["done"] and not after["SHQ_0", 0]["stale"] and not after["SHQ_100", 0]["done"]
     m = read_json(run_dir(b / "unet", "SHQ_0", 0) / "metrics.json")
-    assert m["adopted_from"]["run"] == str(run_dir(a / "unet", "SHQ_0", 0))
+    assert m["adopted_from"] == str(run_dir(a / "unet", "SHQ_0", 0))
     assert read_json(b / "runs" / f"run_{NB}-SHQ_0-seed0.json")["adopted_from"].startswith(str(a / "runs"))
     assert not list((b / "unet" / "SHQ_0").glob(".*"))  # no copy left half-way
     # the source is untouched, and adopting again changes nothing
     assert "adopted_from" not in read_json(run_dir(a / "unet", "SHQ_0", 0) / "metrics.json")
-    assert study.adopt_runs(b, a, study.study_runs(b, ["SHQ_0"], [0, 1]), smoke_params())["adopted"] == []
+    assert adopt(b, a, ["SHQ_0"], [0, 1]) == {"adopted": [], "not_adopted": {}, "commits": []}
+    # adopted again from b, a run still names the folder where it was trained
+    c = fake_variants(tmp_path / "c")
+    assert adopt(c, b, ["SHQ_0"], [0])["adopted"] == ["SHQ_0 seed 0"]
+    assert read_json(run_dir(c / "unet", "SHQ_0", 0) / "metrics.json")["adopted_from"] == str(
+        run_dir(a / "unet", "SHQ_0", 0))
 
 
-def test_other_parameters_other_data_or_no_record_are_not_adopted(tmp_path):
+def test_other_parameters_software_data_or_no_record_are_not_adopted(tmp_path):
     a, b = two_experiments(tmp_path)
     record(a, "SHQ_0", 1, learning_rate=0.1)  # seed 1 ran with another learning rate
     (a / "runs" / f"run_{NB}-SHQ_0-seed0.json").unlink()  # seed 0's parameters are unknown
-    got = study.adopt_runs(b, a, study.study_runs(b, ["SHQ_0"], [0, 1]), smoke_params())
+    got = adopt(b, a, ["SHQ_0"], [0, 1])
     assert got["adopted"] == []
-    assert "no run record" in got["not_adopted"]["SHQ_0 seed 0"]
+    assert "run record is missing or unreadable" in got["not_adopted"]["SHQ_0 seed 0"]
     assert got["not_adopted"]["SHQ_0 seed 1"].startswith("other parameters: learning_rate 0.1 there")
-    # where and with how many threads it ran does not count
-    record(a, "SHQ_0", 1, tf_threads=7, outputs_dir="/elsewhere")
+    # a parameter an old record does not list had the notebook's default, not this study's value
     record(a, "SHQ_0", 0)
+    rec = a / "runs" / f"run_{NB}-SHQ_0-seed0.json"
+    atomic_write_json(rec, {**read_json(rec), "params": {k: v for k, v in read_json(rec)["params"].items()
+                                                         if k != "warmup_fraction"}})
+    assert "warmup_fraction" in adopt(b, a, ["SHQ_0"], [0], warmup_fraction=0.3)["not_adopted"]["SHQ_0 seed 0"]
+    # other package versions: not the same software
+    atomic_write_json(rec, {**read_json(rec), "versions": {"tensorflow": "0.1"}})
+    assert "other software: " in adopt(b, a, ["SHQ_0"], [0])["not_adopted"]["SHQ_0 seed 0"]
+    # where, with how many threads and with which figures it ran does not count
+    record(a, "SHQ_0", 0, tf_threads=7, outputs_dir="/elsewhere", save_figures=False)
+    assert adopt(b, a, ["SHQ_0"], [0])["adopted"] == ["SHQ_0 seed 0"]
     write_png(b / "i.png", np.full((4, 4), 2, np.uint8))  # b's data now differ
-    got = study.adopt_runs(b, a, study.study_runs(b, ["SHQ_0"], [0, 1]), smoke_params())
-    assert got["adopted"] == [] and set(got["not_adopted"].values()) == {"trained on other data"}
+    got = adopt(b, a, ["SHQ_0"], [1])
+    assert got["adopted"] == [] and got["not_adopted"] == {"SHQ_0 seed 1": "trained on other data"}
     with pytest.raises(ParamError, match="names the experiment itself"):
         study.adopt_runs(a, a, [], smoke_params())
     with pytest.raises(ParamError, match="holds no U-Net runs"):
         study.adopt_runs(a, tmp_path / "nothing", [], smoke_params())
+
+
+def test_a_failed_copy_leaves_nothing_and_an_interrupted_run_is_left_to_resume(tmp_path, monkeypatch):
+    a, b = two_experiments(tmp_path)
+    real_copytree = study.shutil.copytree
+
+    def copy_then_fail(src, dst, **kw):
+        real_copytree(src, dst, **kw)
+        raise OSError("disk full")
+
+    monkeypatch.setattr(study.shutil, "copytree", copy_then_fail)
+    got = adopt(b, a, ["SHQ_0"], [0])
+    assert got["adopted"] == [] and "the copy failed (OSError: disk full)" in got["not_adopted"]["SHQ_0 seed 0"]
+    assert not (b / "unet" / "SHQ_0").exists() or not list((b / "unet" / "SHQ_0").iterdir())
+    assert not (b / "runs").exists()  # no record of a run that is not there
+    monkeypatch.undo()
+    run_dir(b / "unet", "SHQ_0", 1).mkdir(parents=True)  # an interrupted run here: it resumes, not replaced
+    got = adopt(b, a, ["SHQ_0"], [0, 1])
+    assert got["adopted"] == ["SHQ_0 seed 0"] and "interrupted" in got["not_adopted"]["SHQ_0 seed 1"]
+
+
+def test_a_matched_control_run_is_adopted_under_its_own_name(tmp_path):
+    a, b = two_experiments(tmp_path)
+    finish(a, "SHQ_0@320", 0)
+    record(a, "SHQ_0@320", 0)
+    assert adopt(b, a, ["SHQ_0@320"], [0])["adopted"] == ["SHQ_0@320 seed 0"]
+    assert [r["done"] and not r["stale"] for r in study.study_runs(b, ["SHQ_0@320"], [0])] == [True]
 
 
 def test_runs_recorded_with_the_old_fingerprint_are_neither_stale_nor_refused(tmp_path):
@@ -82,7 +127,7 @@ def test_runs_recorded_with_the_old_fingerprint_are_neither_stale_nor_refused(tm
     atomic_write_json(f, {**read_json(f), "inputs_fingerprint": legacy_inputs_fingerprint(
         load_variant(a / "variants/SHQ_0.json"))})
     assert [r["stale"] for r in study.study_runs(a, ["SHQ_0"], [0])] == [False]
-    assert study.adopt_runs(b, a, study.study_runs(b, ["SHQ_0"], [0]), smoke_params())["adopted"] == ["SHQ_0 seed 0"]
+    assert adopt(b, a, ["SHQ_0"], [0])["adopted"] == ["SHQ_0 seed 0"]
     # a fingerprint of neither kind is stale
     atomic_write_json(f, {**read_json(f), "inputs_fingerprint": "0" * 64})
     assert [r["stale"] for r in study.study_runs(a, ["SHQ_0"], [0])] == [True]
@@ -97,5 +142,19 @@ def test_study_adopt_from_on_the_command_line(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "adopted 2 finished run(s) from a (same data, same parameters): SHQ_0 seed 0, SHQ_0 seed 1" in out
     assert "0 to run" in out
-    assert (b / "results" / "metrics.csv").read_text().count("SHQ_0") == 2
+    assert "note: the adopted runs were made by commit abc" in out
+    import pandas as pd
+    table = pd.read_csv(b / "results" / "metrics.csv")
+    assert sorted(table["seed"]) == [0, 1] and set(table["variant"]) == {"SHQ_0"}
+    assert sorted(table["adopted_from"]) == [str(run_dir(a / "unet", "SHQ_0", s)) for s in (0, 1)]
     assert json.loads((b / "runs" / f"run_{NB}-SHQ_0-seed1.json").read_text())["git_commit"] == "abc"
+
+
+def test_chain_refuses_adopt_from_before_anything_runs(tmp_path, capsys):
+    a, b = two_experiments(tmp_path)
+    base = ["chain", "--preset", "smoke", "--experiment", "b", "--outputs-dir", str(tmp_path)]
+    assert batch.main(base + ["--stages", "05-07", "--adopt-from", "nosuch"]) == 2
+    assert "holds no U-Net runs" in capsys.readouterr().err
+    assert batch.main(base + ["--stages", "07", "--adopt-from", "a"]) == 2
+    assert "which --stages does not select" in capsys.readouterr().err
+    assert not (b / "runs").exists()  # refused before 05 ran

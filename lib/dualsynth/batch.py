@@ -75,6 +75,8 @@ def run_chain(preset: str, experiment: str | None = None, data: str | None = Non
         raise ParamError(f"override(s) {', '.join(unknown)} are not parameters of any selected notebook "
                          f"({', '.join(selected)}); see each notebook's `parameters` cell")
     _check_chain(preset, selected, data, overrides or {}, variants, workers)  # before anything runs
+    if adopt_from:
+        _check_adopt_from(outputs_dir, experiment, adopt_from, selected)
     exp = experiment_dir(outputs_dir, experiment)
     with experiment_lock(exp):
         return _run_chain_locked(preset, experiment, data, selected, exp, outputs_dir, overrides, variants, seeds,
@@ -107,6 +109,17 @@ def _check_chain(preset: str, selected: Sequence[str], data: str | None, overrid
             warning = patch_size_warning(load_data_config(p["data_config"]), p["patch_size"])
             if warning:
                 print(f"warning: {warning}", file=sys.stderr, flush=True)
+
+
+def _check_adopt_from(outputs_dir: str, experiment: str, source: str, selected: Sequence[str]) -> None:
+    """``chain --adopt-from``: refused before 01 runs when 06 is not among the stages, or the source holds no runs."""
+    if STUDY_NOTEBOOK not in selected:
+        raise ParamError(f"--adopt-from {source}: runs are adopted by the study stage (06), which --stages does not "
+                         "select")
+    src = resolve_outputs(outputs_dir) / source
+    if source == experiment or not (src / "unet").is_dir():
+        raise ParamError(f"--adopt-from {source}: " + ("that is the experiment itself" if source == experiment else
+                                                       f"{src} holds no U-Net runs (no {src / 'unet'})"))
 
 
 def _run_chain_locked(preset, experiment, data, selected, exp, outputs_dir, overrides, variants, seeds, workers,

@@ -22,7 +22,7 @@ from .config import BATCH_ENV, ParamError, experiment_dir, experiment_lock, proj
 from .io import DataError, atomic_write_json, read_json
 from .results import write_metrics_csv
 from .runner import check_parameters, notebook_parameters, preset_params, run_notebook
-from .study import adopt_runs, plan_study, study_runs
+from .study import adopt_runs, adoption_lines, plan_study, study_runs
 from .variants import GROUPS, select
 
 __all__ = ["STUDY_NOTEBOOK", "FORK_ITEMS", "fork_experiment", "run_study"]
@@ -200,12 +200,10 @@ def run_study(preset: str, experiment: str | None = None, variants: str | Sequen
             f"Delete {exp / 'unet'} (or those run folders) or pass a new experiment name")
     if adopt_from:
         got = adopt_runs(exp, resolve_outputs(outputs_dir) / adopt_from, runs,
-                         {**notebook_parameters(STUDY_NOTEBOOK), **base})
-        if got["adopted"]:
-            print(f"adopted {len(got['adopted'])} finished run(s) from {adopt_from} (same data, same parameters): "
-                  f"{', '.join(got['adopted'])}", flush=True)
-        for label, why in got["not_adopted"].items() if notes else ():
-            print(f"note: {label} not adopted from {adopt_from}: {why}", flush=True)
+                         {**notebook_parameters(STUDY_NOTEBOOK), **base}, notebook_parameters(STUDY_NOTEBOOK))
+        for line in adoption_lines(got, adopt_from):
+            if notes or not line.startswith("note:"):
+                print(line, flush=True)
         runs = plan.runs = study_runs(exp, list(dict.fromkeys(r["variant"] for r in runs)), seeds)
     todo = [r for r in runs if not r["done"]]
     cores = os.cpu_count() or 1

@@ -32,7 +32,8 @@ def collect_metrics(experiment_path: str | os.PathLike, stale: str = "drop") -> 
 
     The columns: :data:`~dualsynth.unet.record.TABLE_FIELDS` (None where an old record lacks one), ``updates``
     (the run's update budget, :func:`dualsynth.study.recorded_updates`), for ``PT_`` runs ``updates_pretrain`` /
-    ``updates_finetune``, ``pred_max_share`` / ``pred_max_class`` (the largest share of test pixels predicted as
+    ``updates_finetune``, for runs copied in by ``study --adopt-from`` ``adopted_from`` (where each was trained),
+    ``pred_max_share`` / ``pred_max_class`` (the largest share of test pixels predicted as
     one class, from the confusion matrix), the scores (:data:`METRIC_COLUMNS`) and ``mciou_<class>`` per class.
 
     A run trained on other data than its variant file now lists (04/05 re-run after it; see :func:`study_runs`)
@@ -55,6 +56,8 @@ def collect_metrics(experiment_path: str | os.PathLike, stale: str = "drop") -> 
         row = {k: m.get(k) for k in TABLE_FIELDS}
         row["updates"] = recorded_updates(m, f.parent)  # the run's update budget (matched controls compare it)
         row.update({k: m[k] for k in ("updates_pretrain", "updates_finetune") if k in m})  # PT_ runs: per stage
+        if m.get("adopted_from"):  # copied in by study --adopt-from: the folder where it was trained
+            row["adopted_from"] = m["adopted_from"]
         row["pred_max_share"], row["pred_max_class"] = predicted_share(m)  # a collapsed model predicts one class
         row.update({k: m[k] for k in METRIC_COLUMNS})
         for name, val in (m.get("per_class") or {}).items():

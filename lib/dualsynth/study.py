@@ -14,12 +14,12 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from .config import ParamError
-from .io import atomic_write_json, read_json
+from .io import DataError, atomic_write_json, read_json
 from .unet import budget as unet_budget
 from .unet.record import read_complete
 from .variants import VariantError, inputs_fingerprint, legacy_inputs_fingerprint, load_variant, parse_run, run_dir
 
-__all__ = ["StudyPlan", "plan_study", "study_runs", "adopt_runs", "data_variant", "recorded_updates", "predicted_share"]
+__all__ = ["StudyPlan", "plan_study", "study_runs", "adopt_runs", "adoption_lines", "data_variant", "recorded_updates", "predicted_share"]
 
 
 def data_variant(run: str, metrics: Mapping[str, Any] | None = None) -> str:
@@ -61,8 +61,8 @@ def _stale_check(experiment_path: Path):
 
 def study_runs(experiment_path: Path, variant_names: Sequence[str], seeds: Sequence[int]) -> list[dict[str, Any]]:
     """Every (run, seed) with its folder, whether its ``metrics.json`` is complete, and whether that complete run
-    was made from other data than its variant file now lists (``stale``: its recorded ``inputs_fingerprint``
-    differs; a run recorded before fingerprints existed is trusted)."""
+    was made from other data than its variant file now lists (``stale``: its recorded ``inputs_fingerprint`` is
+    neither of that file's, see :func:`_stale_check`; a run recorded before fingerprints existed is trusted)."""
     is_stale = _stale_check(experiment_path)
     out = []
     for v in variant_names:
@@ -75,86 +75,149 @@ def study_runs(experiment_path: Path, variant_names: Sequence[str], seeds: Seque
     return out
 
 
-#: 06 parameters that say where and with how many threads a run ran, not what it learned: a run is adopted from
-#: another experiment when every other parameter is equal
-WHERE_NOT_WHAT = ("experiment", "outputs_dir", "tf_threads")
+#: 06 parameters that say where, with how many threads and with which figures a run ran, not what it learned: a
+#: run is adopted from another experiment when every other parameter is equal
+WHERE_NOT_WHAT = ("experiment", "outputs_dir", "tf_threads", "save_figures")
+#: the notebook a study runs (:data:`dualsynth.dask_study.STUDY_NOTEBOOK`)
 STUDY_STAGE = "06_unet_training"
 
 
 def adopt_runs(experiment_path: str | Path, source_path: str | Path, runs: Sequence[Mapping[str, Any]],
-               params: Mapping[str, Any]) -> dict[str, Any]:
+               params: Mapping[str, Any], defaults: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Copy into this experiment the finished runs of ``source_path`` that trained on the same data with the same
-    parameters, instead of training them again (the real-only base variants of two experiments that differ only in
-    the generator, for example).
+    parameters and software, instead of training them again (the real-only base variants of two experiments that
+    differ only in the generator, for example).
 
-    ``runs``: :func:`study_runs` rows; only those not done here and with no folder yet are looked at.  ``params``:
-    06's parameters as this study's runs get them (notebook defaults, preset, overrides), without variant and seed.
-    A source run is adopted when its ``metrics.json`` is complete, the data it recorded are this experiment's (the
-    path-free :func:`~dualsynth.variants.inputs_fingerprint` of the variant file here, or the source's variant file
-    holds the same data and the run carries that file's fingerprint), and its run record's parameters equal
-    ``params`` apart from :data:`WHERE_NOT_WHAT`.  The copy is made beside the target and renamed into place; its
-    ``metrics.json`` carries this experiment's fingerprint and ``adopted_from`` (source folder and the fingerprint
-    it recorded), its run record ``adopted_from`` too.  Returns ``{"adopted": [...], "not_adopted": {run: why}}``.
-    Code changes between the two experiments are not detected: the adopted record keeps the source's git commit.
+    ``runs``: :func:`study_runs` rows; only those not done here are looked at (one whose folder exists, an
+    interrupted run, is left to resume).  ``params``: 06's parameters as this study's runs get them (notebook
+    defaults, preset, overrides), without variant and seed; ``defaults``: the notebook's defaults, which stand for a
+    parameter an older run record does not list.  A source run is adopted when
+
+    - its ``metrics.json`` is complete and carries the path-free :func:`~dualsynth.variants.inputs_fingerprint` of
+      the variant file here, or the source's variant file holds the same data and the run carries one of that file's
+      fingerprints (the same files by content, ids, order and variant fields, whatever folder they are in);
+    - its run record's parameters equal ``params`` apart from :data:`WHERE_NOT_WHAT`;
+    - its run record's package versions and ``op_determinism`` equal this process's.
+
+    The copy is made beside the target and renamed into place, then the run record is written; its ``metrics.json``
+    carries this experiment's fingerprint and ``adopted_from`` (the folder where the run was trained: a table column),
+    its run record ``adopted_from`` (the source record).  A copy that fails is removed and the run is left to train.
+    Returns ``{"adopted": [labels], "not_adopted": {label: why}, "commits": {source commits of the adopted runs}}``.
+    Changes of the library's code are not detected: the commits are returned to be said.
     """
+    from .records import record_tag, run_record, run_record_path
+
     exp, src = Path(experiment_path), Path(source_path)
     if exp.resolve() == src.resolve():
         raise ParamError(f"--adopt-from names the experiment itself ({src}); give another experiment")
     if not (src / "unet").is_dir():
         raise ParamError(f"{src} holds no U-Net runs (no {src / 'unet'}); nothing to adopt")
+    defaults = dict(defaults or {})
+    here_env = run_record()
     fps: dict[Path, dict[str, str]] = {}
 
-    def fp(variant_file: Path) -> dict[str, str] | None:
-        if variant_file not in fps and variant_file.is_file():
+    def fp(variant_file: Path) -> dict[str, str]:
+        if variant_file not in fps:
             data = load_variant(variant_file)
             fps[variant_file] = {"content": inputs_fingerprint(data), "legacy": legacy_inputs_fingerprint(data)}
-        return fps.get(variant_file)
+        return fps[variant_file]
 
-    out: dict[str, Any] = {"adopted": [], "not_adopted": {}}
+    def why_not(name: str, seed: int, src_dir: Path) -> tuple[str | None, Any, Any, Path | None]:
+        """(reason or None, metrics, record, record file)."""
+        if not (src_dir / "metrics.json").is_file():
+            return ("no such run there" if not src_dir.is_dir() else "not finished there"), None, None, None
+        metrics = read_complete(src_dir / "metrics.json")
+        if metrics is None:
+            return "not finished there", None, None, None
+        recorded = metrics.get("inputs_fingerprint")
+        if recorded is None:
+            return "no data fingerprint recorded there (a run older than fingerprints)", None, None, None
+        variant = data_variant(name, metrics)
+        try:
+            here = fp(exp / "variants" / f"{variant}.json")
+        except (OSError, DataError, VariantError) as e:
+            return f"this experiment's variant file cannot be read ({e})", None, None, None
+        if recorded != here["content"]:
+            try:
+                there = fp(src / "variants" / f"{variant}.json")
+            except (OSError, DataError, VariantError) as e:
+                return f"its variant file there cannot be read ({type(e).__name__}: {e})", None, None, None
+            if there["content"] != here["content"] or recorded not in there.values():
+                return "trained on other data", None, None, None
+        rec_file = run_record_path(src, record_tag(STUDY_STAGE, {"variant": name, "seed": seed}))
+        try:
+            record = read_json(rec_file)
+        except DataError as e:
+            return f"its run record is missing or unreadable ({e})", None, None, None
+        theirs = {**defaults, **record.get("params", {})}  # a parameter the old run did not pass had its default
+        mine = {**params, "variant": name, "seed": seed}
+        differ = sorted(k for k in set(theirs) | set(mine) if k not in WHERE_NOT_WHAT and theirs.get(k) != mine.get(k))
+        if differ:
+            return "other parameters: " + ", ".join(
+                f"{k} {theirs.get(k)!r} there, {mine.get(k)!r} here" for k in differ[:3]), None, None, None
+        env = [k for k in ("versions", "op_determinism") if record.get(k, here_env[k]) != here_env[k]]
+        if env:
+            if "versions" in env:
+                v0, v1 = record["versions"], here_env["versions"]
+                env = [f"{k} {v0.get(k)} there, {v1.get(k)} here" for k in sorted(set(v0) | set(v1))
+                       if v0.get(k) != v1.get(k)] + [e for e in env if e != "versions"]
+            return "other software: " + ", ".join(env[:3]), None, None, None
+        return None, {**metrics, "inputs_fingerprint": here["content"]}, record, rec_file
+
+    out: dict[str, Any] = {"adopted": [], "not_adopted": {}, "commits": {}}
     for r in runs:
         name, seed, dest = str(r["variant"]), int(r["seed"]), Path(r["dir"])
         label = f"{name} seed {seed}"
-        if r["done"] or dest.exists():
+        if r["done"]:
+            continue
+        if dest.exists():
+            out["not_adopted"][label] = "an interrupted run of it is here (it resumes)"
             continue
         src_dir = run_dir(src / "unet", name, seed)
-        metrics = read_complete(src_dir / "metrics.json")
-        if metrics is None:
-            out["not_adopted"][label] = "not finished there"
-            continue
-        variant = data_variant(name, metrics)
-        here, there = fp(exp / "variants" / f"{variant}.json"), fp(src / "variants" / f"{variant}.json")
-        recorded = metrics.get("inputs_fingerprint")
-        if here is None:
-            out["not_adopted"][label] = f"no {exp / 'variants' / variant}.json here"
-            continue
-        same_data = recorded == here["content"] or (
-            there is not None and there["content"] == here["content"] and recorded in there.values())
-        if not same_data:
-            out["not_adopted"][label] = "trained on other data"
-            continue
-        tag = f"{STUDY_STAGE}-{name}-seed{seed}"
-        rec_file = src / "runs" / f"run_{tag}.json"
-        if not rec_file.is_file():
-            out["not_adopted"][label] = f"no run record {rec_file} (its parameters are unknown)"
-            continue
-        record = read_json(rec_file)
-        theirs = {**params, **record.get("params", {})}  # a parameter the old run did not pass had its default
-        mine = {**params, "variant": name, "seed": seed}
-        differ = sorted(k for k in set(theirs) | set(mine)
-                        if k not in WHERE_NOT_WHAT and theirs.get(k) != mine.get(k))
-        if differ:
-            out["not_adopted"][label] = "other parameters: " + ", ".join(
-                f"{k} {theirs.get(k)!r} there, {mine.get(k)!r} here" for k in differ[:3])
+        why, metrics, record, rec_file = why_not(name, seed, src_dir)
+        if why:
+            out["not_adopted"][label] = why
             continue
         tmp = dest.with_name(f".{dest.name}.adopting")
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.copytree(src_dir, tmp)
-        atomic_write_json(tmp / "metrics.json", {**metrics, "inputs_fingerprint": here["content"], "adopted_from": {
-            "run": str(src_dir), "inputs_fingerprint": recorded}})
+        try:
+            shutil.rmtree(tmp, ignore_errors=True)
+            shutil.copytree(src_dir, tmp)
+            atomic_write_json(tmp / "metrics.json", {**metrics, "adopted_from": metrics.get("adopted_from") or
+                                                     str(src_dir)})
+            tmp.rename(dest)
+        except OSError as e:
+            shutil.rmtree(tmp, ignore_errors=True)
+            out["not_adopted"][label] = f"the copy failed ({type(e).__name__}: {e})"
+            continue
         atomic_write_json(exp / "runs" / rec_file.name, {**record, "adopted_from": str(rec_file)})
-        tmp.rename(dest)
         out["adopted"].append(label)
+        out["commits"][str(record.get("git_commit", "unknown"))] = None
+    out["commits"] = list(out["commits"])
     return out
+
+
+def adoption_lines(got: Mapping[str, Any], source: str) -> list[str]:
+    """What :func:`adopt_runs` did, for the terminal: the adopted runs and the commits that made them, then the
+    others grouped by reason."""
+    from .records import _git_commit
+    from .paths import project_root
+
+    lines = []
+    if got["adopted"]:
+        lines.append(f"adopted {len(got['adopted'])} finished run(s) from {source} (same data, same parameters): "
+                     f"{', '.join(got['adopted'])}")
+        head = _git_commit(project_root()) or "unknown"
+        others = [c for c in got["commits"] if c != head]
+        if others:
+            lines.append(f"note: the adopted runs were made by commit {', '.join(others)}; this checkout is {head}: "
+                         "a change of the U-Net code between the two is not checked")
+    by_reason: dict[str, list[str]] = {}
+    for label, why in got["not_adopted"].items():
+        by_reason.setdefault(why, []).append(label)
+    for why, labels in by_reason.items():
+        shown = ", ".join(labels[:4]) + (f" and {len(labels) - 4} more" if len(labels) > 4 else "")
+        lines.append(f"note: not adopted from {source}: {shown}: {why}")
+    return lines
 
 
 @dataclass
