@@ -584,3 +584,31 @@ def test_class_weighted_loss_reconstructs_a_rare_class_the_plain_loss_drops(tmp_
         train_vqvae(small_model(seed=0, **wide), x, x, pixel_weights=w[:, :16], **kw)
     with pytest.raises(ValueError, match="not all 0"):
         train_vqvae(small_model(seed=0, **wide), x, x, pixel_weights=np.zeros_like(w), **kw)
+
+
+def test_class_weights_on_the_mask_channels_leave_the_micrograph_error_unweighted():
+    """``weighted_from_channel``: the weights multiply the squared error of the channels from it on; the channels
+    before it (the micrograph's) keep weight 1.  Each loss is taken on the first step of a fresh, identical model."""
+    from dualsynth.vqvae.training import make_train_step
+
+    rng = np.random.default_rng(0)
+    x = tf.constant(rng.random((2, 16, 16, 4)).astype(np.float32))  # 1 image channel + 3 mask channels
+
+    def first_loss(w=None, from_channel=0):
+        model = small_model(seed=0, in_channels=4)
+        step = make_train_step(model, tf.keras.optimizers.Adam(0.0), 1.0, weighted=w is not None,
+                               weighted_from_channel=from_channel)
+        loss, recon_mse, vq, _ = step(x) if w is None else step(x, tf.constant(w, tf.float32))
+        return float(loss), float(recon_mse), float(vq)
+
+    plain, recon, vq = first_loss()
+    zeros, ones = np.zeros((2, 16, 16)), np.ones((2, 16, 16))
+    none_weighed, _, vq0 = first_loss(zeros, 0)  # every channel weighted by 0: only the VQ loss is left
+    image_only, recon_m, _ = first_loss(zeros, 1)  # the mask channels weighted by 0: the micrograph's error is left
+    assert none_weighed == pytest.approx(vq0, rel=1e-5)
+    assert recon_m == pytest.approx(recon, rel=1e-6)  # the reported error stays unweighted
+    assert vq0 < image_only < plain
+    assert first_loss(ones, 1)[0] == pytest.approx(plain, rel=1e-6)  # weight 1 is the plain loss
+    with pytest.raises(ValueError, match="weighted_from_channel must lie in"):
+        train_vqvae(small_model(seed=0, in_channels=4), x.numpy(), x.numpy(), steps=1, pixel_weights=ones,
+                    weighted_from_channel=4, progress=False)

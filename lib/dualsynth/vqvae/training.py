@@ -78,21 +78,26 @@ def _reconstruct(model: VQVAE, images: np.ndarray) -> np.ndarray:
 
 
 def make_train_step(model: VQVAE, optimizer, data_variance: float, jit_compile: bool = False,
-                    weighted: bool = False):
+                    weighted: bool = False, weighted_from_channel: int = 0):
     """The compiled optimizer step of :func:`train_vqvae`: ``x -> (loss, recon_mse, vq_loss, perplexity)``.
 
     With ``weighted`` the step is ``(x, w) -> …`` and the loss's squared errors are weighted per pixel by ``w``
-    (B, H, W) (:func:`dualsynth.dual.class_pixel_weights`); ``recon_mse`` stays the unweighted error.
-    ``jit_compile=True`` compiles it with XLA (bench/bench_vqvae.py measures both; see BENCHMARKS.md).
+    (B, H, W) (:func:`dualsynth.dual.class_pixel_weights`) in the channels from ``weighted_from_channel`` on (the
+    channels before it keep weight 1: with the micrograph's channel count, only the mask channels are weighted);
+    ``recon_mse`` stays the unweighted error.  ``jit_compile=True`` compiles it with XLA (bench/bench_vqvae.py measures both; see BENCHMARKS.md).
     """
     var = float(data_variance)
+    k = int(weighted_from_channel)
 
     def step(x, w):
         with tf.GradientTape() as tape:
             out = model(x, is_training=True)
             sq = tf.square(out["x_recon"] - x)
             recon_mse = tf.reduce_mean(sq)
-            fitted = recon_mse if w is None else tf.reduce_mean(sq * w[..., None])
+            if w is None:
+                fitted = recon_mse
+            else:
+                fitted = tf.reduce_mean(tf.concat([sq[..., :k], sq[..., k:] * w[..., None]], axis=-1))
             loss = fitted / var + out["vq_loss"]
         params = model.trainable_variables
         grads = tape.gradient(loss, params)
@@ -123,6 +128,7 @@ def train_vqvae(
     eval_batch_size: int | None = None,
     tensorboard_dir: str | Path | None = None,
     pixel_weights: np.ndarray | None = None,
+    weighted_from_channel: int = 0,
 ) -> VQVAEHistory:
     """Train ``model`` for ``steps`` optimizer steps in total (resumable).
 
@@ -168,6 +174,9 @@ def train_vqvae(
             validation error stay unweighted, so runs with and without weights compare (``train_loss`` is the
             weighted objective). Their digest is recorded in ``training.json``: other weights do not resume the
             checkpoint.
+        weighted_from_channel: with ``pixel_weights``, the first channel they weigh; the channels before it keep
+            weight 1 (``image_channels``: the mask channels only, the micrograph's error unweighted; 0: every
+            channel).  Part of the recorded digest.
 
     Raises:
         FloatingPointError: non-finite loss (or weights) at some step.  Nothing
@@ -208,6 +217,9 @@ def train_vqvae(
             stacklevel=2,
         )
 
+    channels = train_images.shape[-1]
+    if not 0 <= int(weighted_from_channel) < channels:
+        raise ValueError(f"train_vqvae: weighted_from_channel must lie in [0, {channels}), got {weighted_from_channel!r}")
     if pixel_weights is not None:
         pixel_weights = np.asarray(pixel_weights, np.float32)
         if pixel_weights.shape != train_images.shape[:3]:
@@ -216,7 +228,8 @@ def train_vqvae(
         if not np.isfinite(pixel_weights).all() or pixel_weights.min() < 0 or not pixel_weights.sum() > 0:
             raise ValueError("train_vqvae: pixel_weights must be finite, >= 0 and not all 0")
     # the loss's weights are recorded with the checkpoint rule (training.json): other weights do not resume it
-    weights_digest = None if pixel_weights is None else "sha256:" + fingerprint(pixel_weights)
+    weights_digest = None if pixel_weights is None else "sha256:" + fingerprint(
+        pixel_weights, *(() if not weighted_from_channel else (f"from channel {int(weighted_from_channel)}",)))
     var = float(data_variance) if data_variance is not None else _variance_fn(train_images)
     if not math.isfinite(var) or var <= 0:
         raise ValueError(f"train_vqvae: data variance must be positive and finite, got {var!r}")
@@ -330,7 +343,8 @@ def train_vqvae(
 
     snapshot_set = {int(s) for s in snapshot_steps if 0 <= int(s) <= steps}
     writer = tf.summary.create_file_writer(str(tensorboard_dir)) if tensorboard_dir is not None else None
-    train_step = make_train_step(model, optimizer, var, weighted=pixel_weights is not None)
+    train_step = make_train_step(model, optimizer, var, weighted=pixel_weights is not None,
+                                 weighted_from_channel=weighted_from_channel)
     # what each step gets, gathered by the batch's indices: the images, and their pixel weights if given
     per_image = tuple(tf.constant(a) for a in (train_images, pixel_weights) if a is not None)
 
