@@ -71,3 +71,18 @@ def test_class_pixel_weights_favour_rare_classes_and_keep_the_mean():
         class_pixel_weights(masks, 2)
     with pytest.raises(ValueError, match="N, H, W"):
         class_pixel_weights(masks[0], 4)
+
+
+def test_image_error_per_class_counts_only_the_micrograph_channels():
+    from dualsynth.dual import image_error_per_class
+
+    x = np.zeros((2, 4, 4, 3), np.float32)  # 1 micrograph channel + 2 mask channels
+    masks = np.zeros((2, 4, 4), np.uint8)
+    masks[:, :, :1] = 1  # class 1: the first column (8 of 32 pixels)
+    recon = x.copy()
+    recon[..., 1:] = 1.0  # a wrong mask part does not count
+    recon[:, :, :1, 0] = 0.5  # the micrograph wrong only inside class 1
+    err = image_error_per_class(x, recon, masks, 1, ["a", "b", "absent"])
+    assert err == {"all": pytest.approx(0.25 * 8 / 32), "a": 0.0, "b": pytest.approx(0.25), "absent": None}
+    with pytest.raises(ValueError, match="do not fit together"):
+        image_error_per_class(x, recon[:1], masks, 1, ["a", "b"])

@@ -612,3 +612,28 @@ def test_class_weights_on_the_mask_channels_leave_the_micrograph_error_unweighte
     with pytest.raises(ValueError, match="weighted_from_channel must lie in"):
         train_vqvae(small_model(seed=0, in_channels=4), x.numpy(), x.numpy(), steps=1, pixel_weights=ones,
                     weighted_from_channel=4, progress=False)
+
+
+def test_many_models_in_one_process_do_not_warn_of_retracing():
+    """Each VQ-VAE traces its own graphs once; loading several (a notebook comparing generators) must not print
+    TensorFlow's "triggered tf.function retracing" warning."""
+    import logging
+
+    records = []
+
+    class Catch(logging.Handler):
+        def emit(self, record):
+            records.append(record.getMessage())
+
+    logger = tf.get_logger()
+    handler = Catch()
+    logger.addHandler(handler)
+    try:
+        x = np.zeros((1, 8, 8, 2), np.float32)
+        for seed in range(7):
+            model = small_model(seed=seed)
+            model.decode_indices(model.encode(x))
+            model.reconstruct(x)
+    finally:
+        logger.removeHandler(handler)
+    assert not [m for m in records if "retracing" in m], records

@@ -13,12 +13,15 @@ Two mask encodings:
 """
 from __future__ import annotations
 
+from typing import Any, Sequence
+
 import numpy as np
 
 from .labels import check_labels
 from .palette import Palette
 
-__all__ = ["ENCODINGS", "compose", "split", "compose_batch", "num_channels", "class_pixel_weights"]
+__all__ = ["ENCODINGS", "compose", "split", "compose_batch", "num_channels", "class_pixel_weights",
+           "image_error_per_class"]
 
 ENCODINGS = ("grey", "onehot")
 
@@ -143,3 +146,25 @@ def class_pixel_weights(masks: np.ndarray, num_classes: int, power: float = 0.5,
         w = np.minimum(w, w[present].min() * max_ratio)
         w /= float((freq * w).sum())  # mean pixel weight 1
     return w[masks.astype(np.intp)].astype(np.float32), w
+
+
+def image_error_per_class(x: np.ndarray, recon: np.ndarray, masks: np.ndarray, image_channels: int,
+                          names: Sequence[str]) -> dict[str, Any]:
+    """How well the micrograph part of dual images is reconstructed, overall and inside each class's pixels.
+
+    ``x``, ``recon``: float dual images ``(N, H, W, C)`` in [0, 1] (the micrograph's ``image_channels`` first);
+    ``masks``: their class-index masks ``(N, H, W)``; ``names``: the class names.  Returns ``{"all": mse,
+    <name>: mse over that class's pixels or None when it has none}`` — the squared error of the micrograph
+    channels only, so a loss that favours the mask (``rare_class_weight``) can be seen costing the image.
+    """
+    x, recon = np.asarray(x, np.float32), np.asarray(recon, np.float32)
+    if x.shape != recon.shape or x.shape[:3] != np.shape(masks) or not 1 <= image_channels < x.shape[-1]:
+        raise ValueError(f"image_error_per_class: dual images {x.shape} and {recon.shape}, masks {np.shape(masks)} "
+                         f"and {image_channels} image channel(s) do not fit together")
+    sq = ((recon[..., :image_channels] - x[..., :image_channels]) ** 2).mean(axis=-1)
+    masks = np.asarray(masks)
+    out: dict[str, Any] = {"all": float(sq.mean())}
+    for k, name in enumerate(names):
+        sel = masks == k
+        out[name] = float(sq[sel].mean()) if sel.any() else None
+    return out

@@ -163,7 +163,13 @@ def _instance_graph(module: "VQVAE", method: str):
         return getattr(ref(), method)(x)
 
     graph.__name__ = graph.__qualname__ = method
-    return tf.function(graph, reduce_retracing=True, autograph=False)
+    fn = tf.function(graph, reduce_retracing=True, autograph=False)
+    # each model traces its own graph once; TensorFlow counts the traces of all models together (by the shared code
+    # object) and would warn of "excessive retracing" from the sixth model loaded in one process.  A private flag of
+    # tf.function: if a TensorFlow version drops it, only that warning comes back.
+    if hasattr(fn, "_omit_frequent_tracing_warning"):
+        fn._omit_frequent_tracing_warning = True
+    return fn
 
 
 class VQVAE(snt.Module):
