@@ -15,6 +15,7 @@ from typing import Any, Mapping, Sequence
 
 from .config import ParamError
 from .io import DataError, atomic_write_json, read_json
+from .records import record_tag, run_record, run_record_path
 from .unet import budget as unet_budget
 from .unet.record import read_complete
 from .variants import VariantError, inputs_fingerprint, legacy_inputs_fingerprint, load_variant, parse_run, run_dir
@@ -102,11 +103,10 @@ def adopt_runs(experiment_path: str | Path, source_path: str | Path, runs: Seque
     The copy is made beside the target and renamed into place, then the run record is written; its ``metrics.json``
     carries this experiment's fingerprint and ``adopted_from`` (the folder where the run was trained: a table column),
     its run record ``adopted_from`` (the source record).  A copy that fails is removed and the run is left to train.
-    Returns ``{"adopted": [labels], "not_adopted": {label: why}, "commits": {source commits of the adopted runs}}``.
+    Returns ``{"adopted": [labels], "not_adopted": {label: why}, "commits": [source commits of the adopted runs],
+    "head_commit": this checkout's}``.
     Changes of the library's code are not detected: the commits are returned to be said.
     """
-    from .records import record_tag, run_record, run_record_path
-
     exp, src = Path(experiment_path), Path(source_path)
     if exp.resolve() == src.resolve():
         raise ParamError(f"--adopt-from names the experiment itself ({src}); give another experiment")
@@ -164,7 +164,7 @@ def adopt_runs(experiment_path: str | Path, source_path: str | Path, runs: Seque
             return "other software: " + ", ".join(env[:3]), None, None, None
         return None, {**metrics, "inputs_fingerprint": here["content"]}, record, rec_file
 
-    out: dict[str, Any] = {"adopted": [], "not_adopted": {}, "commits": {}}
+    out: dict[str, Any] = {"adopted": [], "not_adopted": {}, "commits": {}, "head_commit": here_env["git_commit"]}
     for r in runs:
         name, seed, dest = str(r["variant"]), int(r["seed"]), Path(r["dir"])
         label = f"{name} seed {seed}"
@@ -199,14 +199,11 @@ def adopt_runs(experiment_path: str | Path, source_path: str | Path, runs: Seque
 def adoption_lines(got: Mapping[str, Any], source: str) -> list[str]:
     """What :func:`adopt_runs` did, for the terminal: the adopted runs and the commits that made them, then the
     others grouped by reason."""
-    from .records import _git_commit
-    from .paths import project_root
-
     lines = []
     if got["adopted"]:
         lines.append(f"adopted {len(got['adopted'])} finished run(s) from {source} (same data, same parameters): "
                      f"{', '.join(got['adopted'])}")
-        head = _git_commit(project_root()) or "unknown"
+        head = got.get("head_commit", "unknown")
         others = [c for c in got["commits"] if c != head]
         if others:
             lines.append(f"note: the adopted runs were made by commit {', '.join(others)}; this checkout is {head}: "
