@@ -22,12 +22,12 @@ from .config import BATCH_ENV, ParamError, experiment_dir, experiment_lock, proj
 from .io import DataError, atomic_write_json, read_json
 from .results import write_metrics_csv
 from .runner import check_parameters, notebook_parameters, preset_params, run_notebook
-from .study import adopt_runs, adoption_lines, plan_study, study_runs
+from .study import STUDY_STAGE, adopt_runs, adoption_lines, plan_study, study_runs
 from .variants import GROUPS, select
 
 __all__ = ["STUDY_NOTEBOOK", "FORK_ITEMS", "fork_experiment", "run_study"]
 
-STUDY_NOTEBOOK = "06_unet_training"
+STUDY_NOTEBOOK = STUDY_STAGE
 
 
 def _check_variants(spec: Any, what: str) -> None:

@@ -33,11 +33,11 @@ def data_variant(run: str, metrics: Mapping[str, Any] | None = None) -> str:
         return str(run)
 
 
-def _accepted_fingerprints(variant_file: Path) -> frozenset[str]:
-    """The fingerprints a run trained on ``variant_file``'s data may carry: today's (path-free) and the one recorded
-    before 2026-12-05 (with paths), so neither kind of run is redone."""
+def _fingerprints(variant_file: Path) -> dict[str, str]:
+    """The fingerprints a run trained on ``variant_file``'s data may carry: ``content``, today's (path-free), and
+    ``legacy``, the one recorded before 2026-12-05 (with paths), so neither kind of run is redone."""
     data = load_variant(variant_file)
-    return frozenset((inputs_fingerprint(data), legacy_inputs_fingerprint(data)))
+    return {"content": inputs_fingerprint(data), "legacy": legacy_inputs_fingerprint(data)}
 
 
 def _stale_check(experiment_path: Path):
@@ -54,7 +54,7 @@ def _stale_check(experiment_path: Path):
         variant = data_variant(run, metrics)
         if variant not in current:
             f = experiment_path / "variants" / f"{variant}.json"
-            current[variant] = _accepted_fingerprints(f) if f.is_file() else None
+            current[variant] = frozenset(_fingerprints(f).values()) if f.is_file() else None
         return current[variant] is not None and recorded not in current[variant]
 
     return is_stale
@@ -79,7 +79,7 @@ def study_runs(experiment_path: Path, variant_names: Sequence[str], seeds: Seque
 #: 06 parameters that say where, with how many threads and with which figures a run ran, not what it learned: a
 #: run is adopted from another experiment when every other parameter is equal
 WHERE_NOT_WHAT = ("experiment", "outputs_dir", "tf_threads", "save_figures")
-#: the notebook a study runs (:data:`dualsynth.dask_study.STUDY_NOTEBOOK`)
+#: the notebook a study runs (re-exported as :data:`dualsynth.dask_study.STUDY_NOTEBOOK`)
 STUDY_STAGE = "06_unet_training"
 
 
@@ -118,8 +118,7 @@ def adopt_runs(experiment_path: str | Path, source_path: str | Path, runs: Seque
 
     def fp(variant_file: Path) -> dict[str, str]:
         if variant_file not in fps:
-            data = load_variant(variant_file)
-            fps[variant_file] = {"content": inputs_fingerprint(data), "legacy": legacy_inputs_fingerprint(data)}
+            fps[variant_file] = _fingerprints(variant_file)
         return fps[variant_file]
 
     def why_not(name: str, seed: int, src_dir: Path) -> tuple[str | None, Any, Any, Path | None]:
