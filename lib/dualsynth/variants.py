@@ -329,8 +329,9 @@ def inputs_fingerprint(variant_data: dict[str, Any]) -> str:
     image and mask path replaced by the digest of its bytes.  A re-generated synthetic pool changes it even under the
     same names; the same files in another experiment's folder (another path) do not, so a finished run can be
     adopted by an experiment holding the same data (:func:`dualsynth.study.adopt_runs`)."""
+    splits = _splits(variant_data)
     content = {k: ([{**e, **{f: _file_digest(Path(e[f])) for f in ("image", "mask")}} for e in v]
-                   if k in _splits(variant_data) else v) for k, v in variant_data.items()}
+                   if k in splits else v) for k, v in variant_data.items()}
     return fingerprint(json.dumps(content, sort_keys=True))
 
 

@@ -154,8 +154,8 @@ def _instance_graph(module: "VQVAE", method: str):
 
     Traced without AutoGraph: the network has no Python control flow on tensors (its loops run over layers, its
     ``if`` on a Python bool), and AutoGraph's conversion of Sonnet's name-scope wrappers is what went wrong twice —
-    the ``TfMethodTarget`` error (see ``VQVAE.__init__``), and, with a per-instance function converted by AutoGraph, a decode graph
-    of 03 that called the quantiser's ``__call__`` instead of ``quantize`` after the prior had trained in the same
+    the ``TfMethodTarget`` error (see ``VQVAE.__init__``), and, with a per-instance function converted by
+    AutoGraph, a decode graph of 03 that called the quantiser's ``__call__`` instead of ``quantize`` after the prior had trained in the same
     kernel ("missing 1 required positional argument: 'is_training'")."""
     ref = weakref.ref(module)
 

@@ -84,7 +84,8 @@ def make_train_step(model: VQVAE, optimizer, data_variance: float, jit_compile: 
     With ``weighted`` the step is ``(x, w) -> …`` and the loss's squared errors are weighted per pixel by ``w``
     (B, H, W) (:func:`dualsynth.dual.class_pixel_weights`) in the channels from ``weighted_from_channel`` on (the
     channels before it keep weight 1: with the micrograph's channel count, only the mask channels are weighted);
-    ``recon_mse`` stays the unweighted error.  ``jit_compile=True`` compiles it with XLA (bench/bench_vqvae.py measures both; see BENCHMARKS.md).
+    ``recon_mse`` stays the unweighted error.  ``jit_compile=True`` compiles it with XLA (bench/bench_vqvae.py
+    measures both; see BENCHMARKS.md).
     """
     var = float(data_variance)
     k = int(weighted_from_channel)
@@ -227,7 +228,9 @@ def train_vqvae(
                              f"images' pixels, got {pixel_weights.shape}")
         if not np.isfinite(pixel_weights).all() or pixel_weights.min() < 0 or not pixel_weights.sum() > 0:
             raise ValueError("train_vqvae: pixel_weights must be finite, >= 0 and not all 0")
-    # the loss's weights are recorded with the checkpoint rule (training.json): other weights do not resume it
+    # the loss's weights are recorded with the checkpoint rule (training.json): other weights do not resume it; the
+    # channel they start from joins the digest only when it is not 0, so checkpoints weighted on every channel before
+    # weighted_from_channel existed keep their digest and still resume
     weights_digest = None if pixel_weights is None else "sha256:" + fingerprint(
         pixel_weights, *(() if not weighted_from_channel else (f"from channel {int(weighted_from_channel)}",)))
     var = float(data_variance) if data_variance is not None else _variance_fn(train_images)
