@@ -158,3 +158,31 @@ def test_chain_refuses_adopt_from_before_anything_runs(tmp_path, capsys):
     assert batch.main(base + ["--stages", "07", "--adopt-from", "a"]) == 2
     assert "which --stages does not select" in capsys.readouterr().err
     assert not (b / "runs").exists()  # refused before 05 ran
+
+
+def test_the_adopted_runs_executed_notebook_comes_along_and_its_report_page_says_so(tmp_path):
+    import nbformat
+    from nbformat.v4 import new_code_cell, new_notebook, new_output
+
+    from dualsynth.report.html import PAGES_DIR, write_html_report
+
+    a, b = two_experiments(tmp_path)
+    nb = new_notebook(cells=[new_code_cell("print(1)", execution_count=1,
+                                           outputs=[new_output("stream", name="stdout", text="trained in a\n")])])
+    nb.metadata["papermill"] = {"start_time": "2026-12-05T08:00:00", "duration": 90.0, "exception": None}
+    there = study.executed_study_notebook(a, "SHQ_0", 0)
+    there.parent.mkdir(parents=True)
+    nbformat.write(nb, there)
+    (a / "notebooks" / f"{NB}-SHQ_0-seed1.ipynb").write_text("{ not json")  # a broken one is not copied
+    got = adopt(b, a, ["SHQ_0"], [0, 1])
+    assert got["adopted"] == ["SHQ_0 seed 0", "SHQ_0 seed 1"]  # the run is adopted whatever its notebook
+    here = study.executed_study_notebook(b, "SHQ_0", 0)
+    copied = nbformat.read(here, as_version=4)
+    assert copied.metadata["dualsynth"]["adopted_from"] == str(there)
+    assert copied.cells[0].outputs[0].text == "trained in a\n"
+    assert not study.executed_study_notebook(b, "SHQ_0", 1).exists()
+    assert sorted(p.name for p in (b / "notebooks").iterdir()) == [here.name]  # no temporary file left
+    assert "adopted_from" not in nbformat.read(there, as_version=4).metadata.get("dualsynth", {})
+    write_html_report(b)
+    page = (b / PAGES_DIR / f"{here.stem}.html").read_text()
+    assert "adopted" in page and str(there) in page and "trained in a" in page

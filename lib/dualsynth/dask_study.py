@@ -22,7 +22,7 @@ from .config import BATCH_ENV, ParamError, experiment_dir, experiment_lock, proj
 from .io import DataError, atomic_write_json, read_json
 from .results import write_metrics_csv
 from .runner import check_parameters, notebook_parameters, preset_params, run_notebook
-from .study import STUDY_STAGE, adopt_runs, adoption_lines, plan_study, study_runs
+from .study import STUDY_STAGE, adopt_runs, adoption_lines, executed_study_notebook, plan_study, study_runs
 from .variants import GROUPS, select
 
 __all__ = ["STUDY_NOTEBOOK", "FORK_ITEMS", "fork_experiment", "run_study"]
@@ -226,7 +226,7 @@ def run_study(preset: str, experiment: str | None = None, variants: str | Sequen
             futures = {}
             for r in todo:
                 params = {**base, "variant": r["variant"], "seed": r["seed"]}
-                out_nb = exp / "notebooks" / f"{STUDY_NOTEBOOK}-{r['variant']}-seed{r['seed']}.ipynb"
+                out_nb = executed_study_notebook(exp, r["variant"], r["seed"])
                 log = exp / "logs" / f"{r['variant']}-seed{r['seed']}.log"
                 check_parameters(STUDY_NOTEBOOK, params)
                 fut = client.submit(_run_one, STUDY_NOTEBOOK, str(out_nb), params, str(log), str(project_root()),

@@ -8,19 +8,20 @@ TensorFlow, no Dask: :mod:`dualsynth.batch` runs what is planned here.
 """
 from __future__ import annotations
 
+import json
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from .config import ParamError
-from .io import DataError, atomic_write_json, read_json
+from .io import DataError, atomic_write_json, atomic_write_text, read_json
 from .records import record_tag, run_record, run_record_path
 from .unet import budget as unet_budget
 from .unet.record import read_complete
 from .variants import VariantError, inputs_fingerprint, legacy_inputs_fingerprint, load_variant, parse_run, run_dir
 
-__all__ = ["StudyPlan", "plan_study", "study_runs", "adopt_runs", "adoption_lines", "data_variant", "recorded_updates", "predicted_share"]
+__all__ = ["StudyPlan", "plan_study", "study_runs", "adopt_runs", "adoption_lines", "executed_study_notebook", "data_variant", "recorded_updates", "predicted_share"]
 
 
 def data_variant(run: str, metrics: Mapping[str, Any] | None = None) -> str:
@@ -189,10 +190,32 @@ def adopt_runs(experiment_path: str | Path, source_path: str | Path, runs: Seque
             out["not_adopted"][label] = f"the copy failed ({type(e).__name__}: {e})"
             continue
         atomic_write_json(exp / "runs" / rec_file.name, {**record, "adopted_from": str(rec_file)})
+        _adopt_notebook(src, exp, name, seed)
         out["adopted"].append(label)
         out["commits"][str(record.get("git_commit", "unknown"))] = None
     out["commits"] = list(out["commits"])
     return out
+
+
+def executed_study_notebook(experiment_path: str | Path, variant: str, seed: int) -> Path:
+    """Where the batch keeps the executed ``06_unet_training`` of one run."""
+    return Path(experiment_path) / "notebooks" / f"{STUDY_STAGE}-{variant}-seed{seed}.ipynb"
+
+
+def _adopt_notebook(src: Path, exp: Path, name: str, seed: int) -> None:
+    """The adopted run's executed notebook too, so that the report has its page; marked in its metadata
+    (``dualsynth.adopted_from``) with the notebook it was copied from.  Kept only when it is readable; a missing or
+    broken one is not copied (the run itself is adopted all the same)."""
+    there, here = executed_study_notebook(src, name, seed), executed_study_notebook(exp, name, seed)
+    if here.exists() or not there.is_file():
+        return
+    try:
+        nb = read_json(there)
+        meta = nb.setdefault("metadata", {}).setdefault("dualsynth", {})
+        meta["adopted_from"] = meta.get("adopted_from") or str(there)
+        atomic_write_text(here, json.dumps(nb, indent=1, ensure_ascii=False) + "\n")
+    except (DataError, OSError, AttributeError):
+        return
 
 
 def adoption_lines(got: Mapping[str, Any], source: str) -> list[str]:

@@ -174,8 +174,10 @@ def _page(exp_name: str, attempt: Attempt, status: str) -> nbformat.NotebookNode
     (and the attempt it superseded, in small print)."""
     path, nb = attempt.path, attempt.nb
     page = nbformat.from_dict(nb)
+    adopted = nb.metadata.get("dualsynth", {}).get("adopted_from")
     head = (f"[← report of `{exp_name}`](../{REPORT_HTML}) · `notebooks/{path.name}` · **{status}** · "
-            f"{_duration(nb)}" + (f" {_earlier(attempt)}" if attempt.superseded is not None else ""))
+            f"{_duration(nb)}" + (f" {_earlier(attempt)}" if attempt.superseded is not None else "")
+            + (f" · **adopted**: trained in another experiment, this is its notebook `{adopted}`" if adopted else ""))
     page.cells.insert(0, nbformat.v4.new_markdown_cell(head))
     return page
 
