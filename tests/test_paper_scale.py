@@ -80,7 +80,7 @@ def test_paper_chain_runs_at_paper_sizes(paper_chain):
     cfg = json.loads((exp / "vqvae" / "checkpoint" / "config.json").read_text())
     assert cfg == {"in_channels": 3 + 1, "num_embeddings": 10, "embedding_dim": 64, "num_hiddens": 128,
                    "num_residual_layers": 2, "num_residual_hiddens": 32, "commitment_cost": 0.25, "use_ema": True,
-                   "decay": 0.99, "encoder_final_relu": True}
+                   "decay": 0.99, "encoder_final_relu": True, "downsample": 4}
     s2 = json.loads((exp / "vqvae" / "summary.json").read_text())
     split = s2["generator_split"]
     assert (len(split["train"]), len(split["val"]), split["val_patches"]) == (6, 6, 6)  # 8 + 4 BMQ patches pooled

@@ -304,6 +304,31 @@ def test_encoder_final_relu_is_an_option_without_weights(patches):
     assert {k: sig[k].default for k in MODEL_DEFAULTS} == MODEL_DEFAULTS
 
 
+def test_downsample_2_gives_codes_of_2x2_pixels_with_the_same_variables_and_learns(patches, tmp_path):
+    coarse, fine = small_model(seed=0), small_model(seed=0, downsample=2)
+    assert coarse.config["downsample"] == 4 and fine.config["downsample"] == 2
+    assert VQVAE(**json.loads(json.dumps(fine.config))).config == fine.config
+    assert [v.shape for v in coarse.variables] == [v.shape for v in fine.variables]
+    assert fine.encode(patches).shape == (4, 16, 16) and coarse.encode(patches).shape == (4, 8, 8)
+    assert fine.reconstruct(patches).shape == patches.shape
+    codes = fine.encode(patches).numpy()
+    assert decode_codes(fine, codes).shape == patches.shape
+    for bad in (1, 3, 8):
+        with pytest.raises(ValueError, match="downsample must be one of"):
+            small_model(downsample=bad)
+    before = val_mse(fine, patches)
+    hist = train_vqvae(fine, patches, patches, steps=30, batch_size=4, eval_every=10, learning_rate=3e-3,
+                       checkpoint_dir=tmp_path, progress=False)
+    assert val_mse(fine, patches) < 0.5 * before, (before, hist.rows[-1])
+    # the same variables, so only the saved config tells the two apart: neither resumes into nor loads as the other
+    assert load_vqvae(tmp_path).config["downsample"] == 2
+    with pytest.raises(ValueError, match="downsample"):
+        train_vqvae(small_model(), patches, patches, steps=40, batch_size=4, eval_every=10, checkpoint_dir=tmp_path,
+                    progress=False)
+    with pytest.raises(ValueError, match="downsample"):
+        load_vqvae(tmp_path, expect=dict(downsample=4))
+
+
 #: a 1-layer SMALL model's checkpoint keys (tf.train.Checkpoint(model=...)) as written before the residual stack
 #: gained its grappler barrier (issue 16): the barrier has no variables, so checkpoints written before it load
 OLD_CHECKPOINT_KEYS = sorted(
@@ -408,10 +433,11 @@ def test_config_written_before_encoder_relu_still_loads_and_resumes(patches, tmp
     train_vqvae(small_model(), patches, patches, steps=2, batch_size=2, eval_every=2, checkpoint_dir=tmp_path,
                 progress=False)
     cfg = json.loads((tmp_path / "config.json").read_text())
-    del cfg["encoder_final_relu"]  # as written before the option existed
+    del cfg["encoder_final_relu"], cfg["downsample"]  # as written before the options existed
     (tmp_path / "config.json").write_text(json.dumps(cfg))
     (tmp_path / "training.json").unlink()  # and before the checkpoint rule was recorded
     assert load_vqvae(tmp_path, expect=dict(encoder_final_relu=False)).config["encoder_final_relu"] is False
+    assert load_vqvae(tmp_path, expect=dict(downsample=4)).config["downsample"] == 4
     hist = train_vqvae(small_model(), patches, patches, steps=4, batch_size=2, eval_every=2,
                        checkpoint_dir=tmp_path, progress=False)
     assert hist.resumed_from_step == 2 and hist.final_step == 4

@@ -3,7 +3,7 @@
 After the VQ-VAE of van den Oord et al. (2017) as laid out in DeepMind Sonnet's example
 (``examples/vqvae_example.ipynb``), with the changes of Volman Stern et al. (2024): the input has ``C + M``
 channels (``C`` micrograph channels, 3 for RGB or 1 for grey, plus ``M`` mask channels: 1 grey-level channel or
-one per class), a small codebook (K = 10 by default) and a downsampling factor of 4 (256x256 images -> 64x64
+one per class), a small codebook (K = 10 by default) and a downsampling factor of 4 (``downsample``; 2 also built) (256x256 images -> 64x64
 code maps with values ``0..K-1``; the paper counts them ``1..K``).
 
 Inputs are float32 in [0, 1]; the reconstruction is unconstrained (no sigmoid).  Training, checkpoints and the
@@ -18,13 +18,17 @@ from typing import Any, Mapping
 import sonnet as snt
 import tensorflow as tf
 
-__all__ = ["ResidualStack", "Encoder", "Decoder", "VQVAE", "MODEL_DEFAULTS"]
+__all__ = ["ResidualStack", "Encoder", "Decoder", "VQVAE", "MODEL_DEFAULTS", "DOWNSAMPLES"]
 
 #: Constructor defaults of :class:`VQVAE` (all but ``in_channels``).  A ``config.json`` written before a key
 #: existed is read with that key's default (``encoder_final_relu``: False, how those models were built).
 MODEL_DEFAULTS: dict[str, Any] = dict(num_embeddings=10, embedding_dim=64, num_hiddens=128, num_residual_layers=2,
                                       num_residual_hiddens=32, commitment_cost=0.25, use_ema=True, decay=0.99,
-                                      encoder_final_relu=False)
+                                      encoder_final_relu=False, downsample=4)
+
+#: The code map's downsampling factors :class:`VQVAE` can be built with: 4 (the paper's: 256 px -> 64 x 64 codes) or
+#: 2 (a code per 2 x 2 pixels, for phases only a few pixels across; four times the prior's positions).
+DOWNSAMPLES = (2, 4)
 
 
 def _unfusable(h):
@@ -90,8 +94,16 @@ class ResidualStack(snt.Module):
         return tf.nn.relu(h)
 
 
+def _second_stride(downsample: int) -> int:
+    """The stride of the encoder's second (and the decoder's first up-sampling) convolution for ``downsample``."""
+    if downsample not in DOWNSAMPLES:
+        raise ValueError(f"VQVAE: downsample must be one of {DOWNSAMPLES}, got {downsample!r}")
+    return int(downsample) // 2
+
+
 class Encoder(snt.Module):
-    """H x W x C_in -> H/4 x W/4 x num_hiddens.
+    """H x W x C_in -> H/d x W/d x num_hiddens, ``d = downsample`` (4, or 2: the second 4x4 convolution with
+    stride 1; the same variables either way).
 
     ``final_relu``: a ReLU after the third (3x3) convolution, before the residual stack, as in Sonnet's current
     example; without it (the default, how dualsynth's generators were trained before it was an option) the
@@ -104,12 +116,14 @@ class Encoder(snt.Module):
         num_residual_layers: int = 2,
         num_residual_hiddens: int = 32,
         final_relu: bool = False,
+        downsample: int = 4,
         name: str | None = None,
     ):
         super().__init__(name=name)
         self._final_relu = bool(final_relu)
+        s2 = _second_stride(downsample)
         self._enc_1 = snt.Conv2D(max(num_hiddens // 2, 1), kernel_shape=(4, 4), stride=(2, 2), name="enc_1")
-        self._enc_2 = snt.Conv2D(num_hiddens, kernel_shape=(4, 4), stride=(2, 2), name="enc_2")
+        self._enc_2 = snt.Conv2D(num_hiddens, kernel_shape=(4, 4), stride=(s2, s2), name="enc_2")
         self._enc_3 = snt.Conv2D(num_hiddens, kernel_shape=(3, 3), stride=(1, 1), name="enc_3")
         self._residual_stack = ResidualStack(num_hiddens, num_residual_layers, num_residual_hiddens)
 
@@ -123,7 +137,8 @@ class Encoder(snt.Module):
 
 
 class Decoder(snt.Module):
-    """h x w x D -> 4h x 4w x out_channels (unconstrained output)."""
+    """h x w x D -> dh x dw x out_channels (unconstrained output), ``d = downsample`` (4, or 2: the first
+    transposed convolution with stride 1; the same variables either way)."""
 
     def __init__(
         self,
@@ -131,13 +146,15 @@ class Decoder(snt.Module):
         num_residual_layers: int,
         num_residual_hiddens: int,
         out_channels: int,
+        downsample: int = 4,
         name: str | None = None,
     ):
         super().__init__(name=name)
+        s2 = _second_stride(downsample)
         self._dec_1 = snt.Conv2D(num_hiddens, kernel_shape=(3, 3), stride=(1, 1), name="dec_1")
         self._residual_stack = ResidualStack(num_hiddens, num_residual_layers, num_residual_hiddens)
         self._dec_2 = snt.Conv2DTranspose(
-            max(num_hiddens // 2, 1), kernel_shape=(4, 4), stride=(2, 2), name="dec_2"
+            max(num_hiddens // 2, 1), kernel_shape=(4, 4), stride=(s2, s2), name="dec_2"
         )
         self._dec_3 = snt.Conv2DTranspose(out_channels, kernel_shape=(4, 4), stride=(2, 2), name="dec_3")
 
@@ -187,6 +204,8 @@ class VQVAE(snt.Module):
         decay: EMA decay (only with ``use_ema``).
         encoder_final_relu: ReLU after the encoder's third convolution (Sonnet's example; the ``paper`` preset).
             It has no weights: checkpoints with and without it hold the same variables.
+        downsample: pixels per code along each side, 4 (the paper's) or 2 (:data:`DOWNSAMPLES`).  It changes
+            strides only, so checkpoints of both hold the same variables: the saved ``config.json`` tells them apart.
 
     The variables are created in the constructor (one eager forward pass on a
     tiny zero batch), so a freshly constructed model can be checkpointed,
@@ -210,6 +229,7 @@ class VQVAE(snt.Module):
         use_ema: bool = True,
         decay: float = 0.99,
         encoder_final_relu: bool = False,
+        downsample: int = 4,
         name: str | None = "vqvae",
     ):
         super().__init__(name=name)
@@ -222,6 +242,7 @@ class VQVAE(snt.Module):
         ):
             if int(val) != val or int(val) < 1:
                 raise ValueError(f"VQVAE: {arg} must be a positive integer, got {val!r}")
+        _second_stride(downsample)
         if int(num_residual_layers) != num_residual_layers or num_residual_layers < 0:
             raise ValueError(f"VQVAE: num_residual_layers must be >= 0, got {num_residual_layers!r}")
         self._config = dict(
@@ -235,6 +256,7 @@ class VQVAE(snt.Module):
             use_ema=bool(use_ema),
             decay=float(decay),
             encoder_final_relu=bool(encoder_final_relu),
+            downsample=int(downsample),
         )
         self.in_channels = int(in_channels)
         self.num_embeddings = int(num_embeddings)
@@ -242,7 +264,7 @@ class VQVAE(snt.Module):
         self.use_ema = bool(use_ema)
 
         self.encoder = Encoder(num_hiddens, num_residual_layers, num_residual_hiddens,
-                               final_relu=bool(encoder_final_relu), name="encoder")
+                               final_relu=bool(encoder_final_relu), downsample=int(downsample), name="encoder")
         self.pre_vq_conv = snt.Conv2D(self.embedding_dim, kernel_shape=(1, 1), stride=(1, 1), name="to_vq")
         if self.use_ema:
             self.vq = snt.nets.VectorQuantizerEMA(
@@ -258,7 +280,8 @@ class VQVAE(snt.Module):
                 commitment_cost=float(commitment_cost),
             )
         self.decoder = Decoder(
-            num_hiddens, num_residual_layers, num_residual_hiddens, self.in_channels, name="decoder"
+            num_hiddens, num_residual_layers, num_residual_hiddens, self.in_channels, downsample=int(downsample),
+            name="decoder"
         )
         # Create all variables now (eagerly, outside any tf.function); EMA
         # statistics are not touched with is_training=False.
