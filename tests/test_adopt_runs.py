@@ -160,29 +160,68 @@ def test_chain_refuses_adopt_from_before_anything_runs(tmp_path, capsys):
     assert not (b / "runs").exists()  # refused before 05 ran
 
 
-def test_the_adopted_runs_executed_notebook_comes_along_and_its_report_page_says_so(tmp_path):
+def _executed(text, start="2026-12-01T08:00:00", failed=False):
     import nbformat
     from nbformat.v4 import new_code_cell, new_notebook, new_output
 
-    from dualsynth.report.html import PAGES_DIR, write_html_report
+    outputs = [new_output("stream", name="stdout", text=text + "\n")]
+    if failed:
+        outputs.append(new_output("error", ename="RuntimeError", evalue="boom", traceback=["boom"]))
+    nb = new_notebook(cells=[new_code_cell("print(1)", execution_count=1, outputs=outputs)])
+    nb.metadata["papermill"] = {"start_time": start, "duration": 90.0, "exception": True if failed else None}
+    return nb
+
+
+def test_the_adopted_runs_executed_notebook_comes_along_and_its_report_page_says_so(tmp_path):
+    import nbformat
+
+    from dualsynth.report.html import PAGES_DIR, REPORT_HTML, write_html_report
 
     a, b = two_experiments(tmp_path)
-    nb = new_notebook(cells=[new_code_cell("print(1)", execution_count=1,
-                                           outputs=[new_output("stream", name="stdout", text="trained in a\n")])])
-    nb.metadata["papermill"] = {"start_time": "2026-12-05T08:00:00", "duration": 90.0, "exception": None}
+    finish(a, "SHQ_0", 2)
+    record(a, "SHQ_0", 2)
     there = study.executed_study_notebook(a, "SHQ_0", 0)
     there.parent.mkdir(parents=True)
-    nbformat.write(nb, there)
-    (a / "notebooks" / f"{NB}-SHQ_0-seed1.ipynb").write_text("{ not json")  # a broken one is not copied
-    got = adopt(b, a, ["SHQ_0"], [0, 1])
-    assert got["adopted"] == ["SHQ_0 seed 0", "SHQ_0 seed 1"]  # the run is adopted whatever its notebook
+    nbformat.write(_executed("trained in a"), there)
+    (a / "notebooks" / f"{NB}-SHQ_0-seed1.ipynb").write_text("{ not json")  # neither of these is copied
+    (a / "notebooks" / f"{NB}-SHQ_0-seed2.ipynb").write_text('{"metadata": []}')  # JSON, not a notebook
+    # here: a failed attempt at seed 0 started after the source's run, and a stale notebook of an unfinished one
+    (b / "notebooks").mkdir()
+    nbformat.write(_executed("failed here", start="2026-12-02T09:00:00", failed=True),
+                   b / "notebooks" / f"{NB}-SHQ_0-seed0-failed.ipynb")
     here = study.executed_study_notebook(b, "SHQ_0", 0)
+    nbformat.write(_executed("stale attempt here", start="2026-12-02T09:30:00"), here)
+    got = adopt(b, a, ["SHQ_0"], [0, 1, 2])
+    assert got["adopted"] == ["SHQ_0 seed 0", "SHQ_0 seed 1", "SHQ_0 seed 2"]  # the runs whatever their notebooks
     copied = nbformat.read(here, as_version=4)
-    assert copied.metadata["dualsynth"]["adopted_from"] == str(there)
-    assert copied.cells[0].outputs[0].text == "trained in a\n"
-    assert not study.executed_study_notebook(b, "SHQ_0", 1).exists()
-    assert sorted(p.name for p in (b / "notebooks").iterdir()) == [here.name]  # no temporary file left
-    assert "adopted_from" not in nbformat.read(there, as_version=4).metadata.get("dualsynth", {})
+    assert copied.metadata["dualsynth"]["adopted_from"] == str(there) and copied.metadata["dualsynth"]["adopted_at"]
+    assert copied.cells[0].outputs[0].text == "trained in a\n"  # the stale notebook replaced
+    for seed in (1, 2):
+        assert not study.executed_study_notebook(b, "SHQ_0", seed).exists()
+    assert not [p.name for p in (b / "notebooks").iterdir() if p.name.startswith(".")]  # no temporary file left
+    assert "dualsynth" not in nbformat.read(there, as_version=4).metadata  # the source untouched
     write_html_report(b)
     page = (b / PAGES_DIR / f"{here.stem}.html").read_text()
-    assert "adopted" in page and str(there) in page and "trained in a" in page
+    assert "<strong>adopted</strong>" in page and str(there) in page and "trained in a" in page
+    assert "failed here" not in page  # the adoption supersedes the failed attempt made here before
+    index = (b / REPORT_HTML).read_text()
+    assert "failed</strong>" not in index  # no run counted as failed in the index's heading
+    # adopted again into a third experiment: the origin is still the folder where the run was trained
+    c = fake_variants(tmp_path / "c")
+    adopt(c, b, ["SHQ_0"], [0])
+    again = nbformat.read(study.executed_study_notebook(c, "SHQ_0", 0), as_version=4)
+    assert again.metadata["dualsynth"]["adopted_from"] == str(there)
+
+
+def test_a_notebook_that_was_not_adopted_has_no_adopted_heading(tmp_path):
+    import nbformat
+
+    from dualsynth.report.html import PAGES_DIR, write_html_report
+
+    exp = fake_variants(tmp_path / "adopted-named")  # the word in the path must not pass the check
+    path = study.executed_study_notebook(exp, "SHQ_0", 0)
+    path.parent.mkdir(parents=True)
+    nbformat.write(_executed("trained here"), path)
+    write_html_report(exp)
+    page = (exp / PAGES_DIR / f"{path.stem}.html").read_text()
+    assert "trained here" in page and "<strong>adopted</strong>" not in page

@@ -313,6 +313,7 @@ def test_downsample_2_gives_codes_of_2x2_pixels_with_the_same_variables_and_lear
     assert fine.reconstruct(patches).shape == patches.shape
     codes = fine.encode(patches).numpy()
     assert decode_codes(fine, codes).shape == patches.shape
+    assert decode_codes(fine, codes[:0]).shape == (0, *patches.shape[1:])  # an empty batch too
     for bad in (1, 3, 8):
         with pytest.raises(ValueError, match="downsample must be one of"):
             small_model(downsample=bad)

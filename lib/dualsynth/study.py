@@ -8,7 +8,6 @@ TensorFlow, no Dask: :mod:`dualsynth.batch` runs what is planned here.
 """
 from __future__ import annotations
 
-import json
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -203,18 +202,28 @@ def executed_study_notebook(experiment_path: str | Path, variant: str, seed: int
 
 
 def _adopt_notebook(src: Path, exp: Path, name: str, seed: int) -> None:
-    """The adopted run's executed notebook too, so that the report has its page; marked in its metadata
-    (``dualsynth.adopted_from``) with the notebook it was copied from.  Kept only when it is readable; a missing or
-    broken one is not copied (the run itself is adopted all the same)."""
+    """The adopted run's executed notebook too, so that the report has its page; marked in its metadata with the
+    notebook it was copied from (``dualsynth.adopted_from``, kept through re-adoption) and the time of adoption
+    (``dualsynth.adopted_at``: the report shows it over an earlier failed attempt here).  A notebook of this run
+    already here belongs to an attempt that did not finish (the run was not done here): it is replaced.  Best
+    effort: a source notebook that is missing or that nbformat cannot read is not copied, and nothing of it stops
+    the adoption (the run and its record are in place already)."""
+    import datetime as _dt
+
+    import nbformat
+
     there, here = executed_study_notebook(src, name, seed), executed_study_notebook(exp, name, seed)
-    if here.exists() or not there.is_file():
+    if not there.is_file():
         return
     try:
-        nb = read_json(there)
-        meta = nb.setdefault("metadata", {}).setdefault("dualsynth", {})
+        nb = nbformat.read(there, as_version=4)
+        meta = nb.metadata.get("dualsynth")
+        meta = dict(meta) if isinstance(meta, dict) else {}
         meta["adopted_from"] = meta.get("adopted_from") or str(there)
-        atomic_write_text(here, json.dumps(nb, indent=1, ensure_ascii=False) + "\n")
-    except (DataError, OSError, AttributeError):
+        meta["adopted_at"] = _dt.datetime.now(_dt.timezone.utc).isoformat()
+        nb.metadata["dualsynth"] = meta
+        atomic_write_text(here, nbformat.writes(nb))
+    except Exception:  # noqa: BLE001 -- best effort, see above
         return
 
 

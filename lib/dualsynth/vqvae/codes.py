@@ -53,14 +53,16 @@ def _check_images(images, in_channels: int, what: str) -> np.ndarray:
 
 
 def encode_dataset(model: VQVAE, images: np.ndarray, batch_size: int = 16) -> np.ndarray:
-    """Code maps of ``images`` (N, H, W, C) float in [0, 1] -> int32 (N, H/4, W/4)."""
+    """Code maps of ``images`` (N, H, W, C) float in [0, 1] -> int32 (N, H/d, W/d), ``d`` the model's
+    ``downsample``."""
     images = _check_images(images, model.in_channels, "encode_dataset")
     out = [model.encode(images[i : i + batch_size]).numpy() for i in range(0, len(images), batch_size)]
     return np.concatenate(out, axis=0).astype(np.int32, copy=False)
 
 
 def decode_codes(model: VQVAE, codes: np.ndarray, batch_size: int = 16) -> np.ndarray:
-    """Reconstructions (N, 4h, 4w, C) float32 from code maps (N, h, w) with values in [0, K)."""
+    """Reconstructions (N, dh, dw, C) float32 from code maps (N, h, w) with values in [0, K), ``d`` the model's
+    ``downsample``."""
     codes = np.asarray(codes)
     if codes.ndim != 3:
         raise ValueError(f"decode_codes: expected (N, h, w) code maps, got shape {codes.shape}")
@@ -75,6 +77,7 @@ def decode_codes(model: VQVAE, codes: np.ndarray, batch_size: int = 16) -> np.nd
     codes = codes.astype(np.int32)
     if len(codes) == 0:
         h, w = codes.shape[1:]
-        return np.zeros((0, 4 * h, 4 * w, model.in_channels), np.float32)
+        d = int(model.config["downsample"])
+        return np.zeros((0, d * h, d * w, model.in_channels), np.float32)
     out = [model.decode_indices(codes[i : i + batch_size]).numpy() for i in range(0, len(codes), batch_size)]
     return np.concatenate(out, axis=0).astype(np.float32, copy=False)

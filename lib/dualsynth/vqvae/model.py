@@ -3,8 +3,8 @@
 After the VQ-VAE of van den Oord et al. (2017) as laid out in DeepMind Sonnet's example
 (``examples/vqvae_example.ipynb``), with the changes of Volman Stern et al. (2024): the input has ``C + M``
 channels (``C`` micrograph channels, 3 for RGB or 1 for grey, plus ``M`` mask channels: 1 grey-level channel or
-one per class), a small codebook (K = 10 by default) and a downsampling factor of 4 (``downsample``; 2 also built) (256x256 images -> 64x64
-code maps with values ``0..K-1``; the paper counts them ``1..K``).
+one per class), a small codebook (K = 10 by default) and a downsampling factor of 4 (256x256 images -> 64x64
+code maps; ``downsample=2``, ours, gives 128x128 with values ``0..K-1``; the paper counts them ``1..K``).
 
 Inputs are float32 in [0, 1]; the reconstruction is unconstrained (no sigmoid).  Training, checkpoints and the
 history are in :mod:`dualsynth.vqvae.training`, :mod:`~dualsynth.vqvae.checkpoints` and
@@ -338,7 +338,7 @@ class VQVAE(snt.Module):
 
         Returns dict with ``x_recon`` (B, H, W, in_channels), ``vq_loss``
         (scalar), ``perplexity`` (scalar), ``encoding_indices`` int32
-        (B, H/4, W/4), ``quantize`` (B, H/4, W/4, D, straight-through) and ``z``
+        (B, H/d, W/d), ``quantize`` (B, H/d, W/d, D, straight-through) and ``z``
         (pre-quantisation encoder output).
         """
         return self._forward(tf.convert_to_tensor(x, tf.float32), is_training=bool(is_training))
@@ -355,11 +355,11 @@ class VQVAE(snt.Module):
         return self.decoder(self.vq.quantize(indices))
 
     def encode(self, x) -> tf.Tensor:
-        """Code map: int32 (B, H/4, W/4) with values in [0, K).  Deterministic (no EMA update)."""
+        """Code map: int32 (B, H/d, W/d) with values in [0, K), ``d`` = ``downsample``.  Deterministic (no EMA update)."""
         return self._encode_graph(tf.convert_to_tensor(x, tf.float32))
 
     def decode_indices(self, indices) -> tf.Tensor:
-        """Reconstruction (B, 4h, 4w, in_channels) from a code map (B, h, w) of ints in [0, K)."""
+        """Reconstruction (B, dh, dw, in_channels) from a code map (B, h, w) of ints in [0, K)."""
         return self._decode_graph(tf.convert_to_tensor(indices, tf.int32))
 
     def reconstruct(self, x) -> tf.Tensor:
