@@ -121,8 +121,9 @@ def test_paper_preset_keeps_the_papers_mask_channel_and_cleanup():
 
 
 def test_quick_preset_and_notebook_defaults_use_the_measured_best_method():
-    """One-hot masks, a gated prior conditioned on class fractions, no clean-up (README: masks that agree with their
-    micrographs) — in the quick preset and in the notebooks' own defaults."""
+    """One-hot masks with rare classes weighted in their error, a gated prior conditioned on class fractions, no
+    clean-up (README: masks that agree with their micrographs; the mask-channel loss on all three datasets) — in the
+    quick preset and in the notebooks' own defaults."""
     import yaml
 
     from dualsynth.config import project_root
@@ -131,11 +132,13 @@ def test_quick_preset_and_notebook_defaults_use_the_measured_best_method():
     root = project_root()
     quick = {nb: yaml.safe_load((root / "params" / "presets" / "quick" / f"{nb}.yaml").read_text())
              for nb in ("02_vqvae", "03_pixelcnn", "04_synthesis")}
-    assert quick["02_vqvae"]["mask_encoding"] == "onehot"
+    assert quick["02_vqvae"]["mask_encoding"] == "onehot" and quick["02_vqvae"]["rare_class_weight"] == 0.5
+    assert quick["02_vqvae"].get("rare_class_weight_on", "mask") == "mask"
     assert quick["03_pixelcnn"]["prior"] == "gated" and quick["03_pixelcnn"]["condition"] == "class_fractions"
     assert quick["04_synthesis"]["cleanup"] == "none"
     defaults = {nb: notebook_parameters(root / "notebooks" / f"{nb}.ipynb") for nb in quick}
-    assert defaults["02_vqvae"]["mask_encoding"] == "onehot"
+    assert defaults["02_vqvae"]["mask_encoding"] == "onehot" and defaults["02_vqvae"]["rare_class_weight"] == 0.5
+    assert defaults["02_vqvae"]["rare_class_weight_on"] == "mask"
     assert defaults["03_pixelcnn"]["prior"] == "gated" and defaults["03_pixelcnn"]["condition"] == "class_fractions"
     assert defaults["04_synthesis"]["cleanup"] == "none"
 

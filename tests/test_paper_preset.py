@@ -42,6 +42,9 @@ PAPER_NUMBERS = {
         "mask_encoding": "grey",
         # the architecture "after DeepMind Sonnet's example", whose encoder has a ReLU after its third convolution
         "encoder_final_relu": True,
+        # "64x64 code maps" of 256 px patches (a code per 4 x 4 pixels), the plain reconstruction loss (no class
+        # weights: ours, the quick preset's rare_class_weight)
+        "downsample": 4, "rare_class_weight": 0,
     },
     "03_pixelcnn": {
         # "PixelCNN (van den Oord 2016, masked convolutions, has the blind spot) trained on the 62 BMQ code maps"

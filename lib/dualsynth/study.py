@@ -8,6 +8,7 @@ TensorFlow, no Dask: :mod:`dualsynth.batch` runs what is planned here.
 """
 from __future__ import annotations
 
+import datetime as _dt
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -208,9 +209,7 @@ def _adopt_notebook(src: Path, exp: Path, name: str, seed: int) -> None:
     already here belongs to an attempt that did not finish (the run was not done here): it is replaced.  Best
     effort: a source notebook that is missing or that nbformat cannot read is not copied, and nothing of it stops
     the adoption (the run and its record are in place already)."""
-    import datetime as _dt
-
-    import nbformat
+    import nbformat  # lazy: jsonschema behind it, and most studies adopt nothing
 
     there, here = executed_study_notebook(src, name, seed), executed_study_notebook(exp, name, seed)
     if not there.is_file():
