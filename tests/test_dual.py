@@ -86,3 +86,24 @@ def test_image_error_per_class_counts_only_the_micrograph_channels():
     assert err == {"all": pytest.approx(0.25 * 8 / 32), "a": 0.0, "b": pytest.approx(0.25), "absent": None}
     with pytest.raises(ValueError, match="do not fit together"):
         image_error_per_class(x, recon[:1], masks, 1, ["a", "b"])
+
+
+def test_rare_class_weights_only_when_a_class_is_rarer_than_the_threshold():
+    from dualsynth.dual import class_pixel_weights, rare_class_weights
+
+    names = ["matrix", "film", "speck", "absent"]
+    m = np.zeros((2, 20, 20), np.uint8)
+    m[0, :4] = 1  # film: 10 % of the pixels
+    m[1, 0, :2] = 2  # speck: 0.25 %
+    pixel, per_class, note = rare_class_weights(m, names, 0.5)  # below 1 %: weighted
+    want_pixel, want_class = class_pixel_weights(m, 4, 0.5)
+    np.testing.assert_array_equal(pixel, want_pixel)
+    np.testing.assert_array_equal(per_class, want_class)
+    assert per_class[2] > per_class[1] > per_class[0] and per_class[3] == 0 and "speck: 0.25%" in note
+    # the rarest class present (not the absent one) decides: 0.25 % is not below 0.2 %
+    pixel, per_class, note = rare_class_weights(m, names, 0.5, below=0.002)
+    assert pixel is None and per_class is None and "speck, covers 0.25%" in note and "plain loss" in note
+    assert rare_class_weights(m, names, 0.5, below=1)[0] is not None  # 1: always
+    assert rare_class_weights(m, names, 0)[0] is None  # no power, no weights
+    with pytest.raises(ValueError, match="below must be in"):
+        rare_class_weights(m, names, 0.5, below=0)

@@ -138,7 +138,7 @@ def test_quick_preset_and_notebook_defaults_use_the_measured_best_method():
     assert quick["04_synthesis"]["cleanup"] == "none"
     defaults = {nb: notebook_parameters(root / "notebooks" / f"{nb}.ipynb") for nb in quick}
     assert defaults["02_vqvae"]["mask_encoding"] == "onehot" and defaults["02_vqvae"]["rare_class_weight"] == 0.5
-    assert defaults["02_vqvae"]["rare_class_weight_on"] == "mask"
+    assert defaults["02_vqvae"]["rare_class_weight_on"] == "mask" and defaults["02_vqvae"]["rare_class_below"] == 0.01
     assert defaults["03_pixelcnn"]["prior"] == "gated" and defaults["03_pixelcnn"]["condition"] == "class_fractions"
     assert defaults["04_synthesis"]["cleanup"] == "none"
 

@@ -117,6 +117,9 @@ NOTEBOOK_RULES: dict[str, dict[str, tuple]] = {
         "rare_class_weight": ((int, float), lambda v: 0 <= v <= 2,
                               "a number in [0, 2]: 0 (unweighted loss) or the power of the class weights (0.5: "
                               "square root of the inverse pixel share)"),
+        "rare_class_below": ((int, float), lambda v: 0 < v <= 1,
+                             "a share in (0, 1]: the class weights apply only when the rarest class covers less than "
+                             "this share of the training pixels (1: always)"),
         "rare_class_weight_on": (str, lambda v: v in ("mask", "all"),
                                  "mask (the class weights weigh the mask channels' error, the micrograph's stays "
                                  "unweighted) or all (every channel)"),
