@@ -172,8 +172,9 @@ def rare_class_weights(masks: np.ndarray, names: Sequence[str], power: float,
                             f"training pixels, not below rare_class_below {below:.2%} (a class that common is drawn "
                             f"at its share without weights)")
     pixel, per_class = class_pixel_weights(masks, len(names), power)
+    listed = ", ".join(f"{n} {w:.2f}" for n, w in zip(names, per_class))
     return pixel, per_class, (f"class weights (rarest class {names[rarest]}: {share[rarest]:.2%} of the training "
-                              f"pixels, below {below:.2%}): " + ", ".join(f"{n} {w:.2f}" for n, w in zip(names, per_class)))
+                              f"pixels, below {below:.2%}): {listed}")
 
 
 def image_error_per_class(x: np.ndarray, recon: np.ndarray, masks: np.ndarray, image_channels: int,

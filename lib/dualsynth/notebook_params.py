@@ -113,6 +113,7 @@ NOTEBOOK_RULES: dict[str, dict[str, tuple]] = {
         "generator_val_patches": (int, _non_negative,
                                   "0 (the tier's own train/val split) or the number of pooled patches held out (paper: 6)"),
         "encoder_final_relu": (bool, None, "True (Sonnet's encoder, the paper preset) or False"),
+        # the values of dualsynth.vqvae.model.DOWNSAMPLES (not imported here: it would load TensorFlow)
         "downsample": (int, lambda v: v in (2, 4), "4 (a code per 4 x 4 pixels, the paper's) or 2 (per 2 x 2)"),
         "rare_class_weight": ((int, float), lambda v: 0 <= v <= 2,
                               "a number in [0, 2]: 0 (unweighted loss) or the power of the class weights (0.5: "

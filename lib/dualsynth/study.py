@@ -21,7 +21,8 @@ from .unet import budget as unet_budget
 from .unet.record import read_complete
 from .variants import VariantError, inputs_fingerprint, legacy_inputs_fingerprint, load_variant, parse_run, run_dir
 
-__all__ = ["StudyPlan", "plan_study", "study_runs", "adopt_runs", "adoption_lines", "executed_study_notebook", "data_variant", "recorded_updates", "predicted_share"]
+__all__ = ["StudyPlan", "plan_study", "study_runs", "adopt_runs", "adoption_lines", "executed_study_notebook",
+           "data_variant", "recorded_updates", "predicted_share"]
 
 
 def data_variant(run: str, metrics: Mapping[str, Any] | None = None) -> str:

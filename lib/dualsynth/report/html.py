@@ -107,19 +107,18 @@ class Attempt(NamedTuple):
     superseded: Path | None
 
 
-def _adopted_from(nb: nbformat.NotebookNode) -> str | None:
-    """The notebook an adopted run's notebook was copied from (``metadata.dualsynth.adopted_from``), else None."""
+def _adoption(nb: nbformat.NotebookNode) -> dict[str, Any]:
+    """``metadata.dualsynth`` of an adopted run's notebook (``adopted_from``: the notebook it was copied from,
+    ``adopted_at``: when), else ``{}``."""
     meta = nb.metadata.get("dualsynth")
-    return meta.get("adopted_from") if isinstance(meta, dict) else None
+    return meta if isinstance(meta, dict) else {}
 
 
 def _started(path: Path, nb: nbformat.NotebookNode) -> _dt.datetime:
     """When an attempt started: papermill's ``start_time`` (naive times read as UTC), else the file's mtime; for
     an adopted run's notebook, when it was adopted (``metadata.dualsynth.adopted_at``: it supersedes any attempt
     made here before)."""
-    meta = nb.metadata.get("dualsynth")
-    raw = meta.get("adopted_at") if isinstance(meta, dict) and meta.get("adopted_at") else None
-    raw = raw or nb.metadata.get("papermill", {}).get("start_time")
+    raw = _adoption(nb).get("adopted_at") or nb.metadata.get("papermill", {}).get("start_time")
     if isinstance(raw, str):
         try:
             t = _dt.datetime.fromisoformat(raw)
@@ -184,7 +183,7 @@ def _page(exp_name: str, attempt: Attempt, status: str) -> nbformat.NotebookNode
     (and the attempt it superseded, in small print)."""
     path, nb = attempt.path, attempt.nb
     page = nbformat.from_dict(nb)
-    adopted = _adopted_from(nb)
+    adopted = _adoption(nb).get("adopted_from")
     head = (f"[← report of `{exp_name}`](../{REPORT_HTML}) · `notebooks/{path.name}` · **{status}** · "
             f"{_duration(nb)}" + (f" {_earlier(attempt)}" if attempt.superseded is not None else "")
             + (f" · **adopted**: trained in another experiment, this is its notebook `{adopted}`" if adopted else ""))

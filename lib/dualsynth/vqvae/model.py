@@ -355,7 +355,8 @@ class VQVAE(snt.Module):
         return self.decoder(self.vq.quantize(indices))
 
     def encode(self, x) -> tf.Tensor:
-        """Code map: int32 (B, H/d, W/d) with values in [0, K), ``d`` = ``downsample``.  Deterministic (no EMA update)."""
+        """Code map: int32 (B, H/d, W/d) with values in [0, K), ``d`` = ``downsample``.  Deterministic (no EMA
+        update)."""
         return self._encode_graph(tf.convert_to_tensor(x, tf.float32))
 
     def decode_indices(self, indices) -> tf.Tensor:
