@@ -4,7 +4,7 @@ After the VQ-VAE of van den Oord et al. (2017) as laid out in DeepMind Sonnet's 
 (``examples/vqvae_example.ipynb``), with the changes of Volman Stern et al. (2024): the input has ``C + M``
 channels (``C`` micrograph channels, 3 for RGB or 1 for grey, plus ``M`` mask channels: 1 grey-level channel or
 one per class), a small codebook (K = 10 by default) and a downsampling factor of 4 (256x256 images -> 64x64
-code maps; ``downsample=2``, ours, gives 128x128 with values ``0..K-1``; the paper counts them ``1..K``).
+code maps with values ``0..K-1``; the paper counts them ``1..K``; ``downsample=2``, ours, gives 128x128 maps).
 
 Inputs are float32 in [0, 1]; the reconstruction is unconstrained (no sigmoid).  Training, checkpoints and the
 history are in :mod:`dualsynth.vqvae.training`, :mod:`~dualsynth.vqvae.checkpoints` and
