@@ -408,6 +408,42 @@ time.sleep(120)
 """
 
 
+def test_a_kernel_that_dies_before_it_replies_is_started_again(tmp_path, monkeypatch, capsys):
+    """Two chains starting kernels at the same moment can collide on a port (CI, session 14: ``ZMQError: Address
+    already in use``, "Kernel died before replying to kernel_info"): no cell ran, so the stage starts another kernel
+    (up to runner.KERNEL_START_ATTEMPTS) instead of failing the chain; a notebook's own error is not retried."""
+    from dualsynth import batch, runner
+
+    monkeypatch.setattr(runner.time, "sleep", lambda s: None)
+    died = RuntimeError("Kernel died before replying to kernel_info")
+    failures = {"left": 1}
+
+    def fail(params):
+        if failures["left"]:
+            failures["left"] -= 1
+            return died
+        return None
+
+    calls = _fake_papermill(monkeypatch, fail)
+    exp = tmp_path / "e"
+    batch.run_chain("smoke", experiment="e", stages="01", outputs_dir=str(tmp_path))
+    assert [c[0] for c in calls] == ["01_patching", "01_patching"]
+    assert (exp / "runs" / "run_01_patching.json").is_file()
+    assert "the kernel did not start" in capsys.readouterr().out
+
+    failures["left"] = runner.KERNEL_START_ATTEMPTS  # dies every time: the chain fails, naming the kernel
+    calls.clear()
+    with pytest.raises(batch.StageError, match="01_patching failed: RuntimeError: Kernel died before replying"):
+        batch.run_chain("smoke", experiment="e", stages="01", outputs_dir=str(tmp_path))
+    assert len(calls) == runner.KERNEL_START_ATTEMPTS
+
+    calls.clear()  # the notebook's own error: one attempt
+    _fake_papermill(monkeypatch, lambda p: _notebook_error())
+    with pytest.raises(runner.StageError, match="PatchingError"):
+        runner.run_notebook("01_patching", tmp_path / "x.ipynb", {"experiment": "e", "outputs_dir": str(tmp_path)})
+    assert runner.kernel_did_not_start(died) and not runner.kernel_did_not_start(_notebook_error())
+
+
 def test_experiment_locked_by_its_first_writer(tmp_path, monkeypatch, capsys):
     """Issue 15 item 7: while one chain writes an experiment, a second chain, a study and a notebook run by hand are
     refused naming the holder's process; once the holder is killed (SIGKILL: the lock file stays), the next chain

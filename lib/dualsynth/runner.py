@@ -10,7 +10,9 @@ from __future__ import annotations
 import ast
 import json
 import os
+import random
 import re
+import time
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -19,7 +21,8 @@ from .config import (BATCH_ENV, ParamError, experiment_name_ok, load_yaml, lock_
 from .tfquiet import kernel_arguments
 
 __all__ = ["NOTEBOOKS", "notebook_path", "notebook_parameters", "preset_file", "preset_params", "check_parameters",
-           "StageError", "failed_notebook_path", "run_notebook", "notebook_warnings"]
+           "StageError", "failed_notebook_path", "KERNEL_START_ATTEMPTS",
+           "kernel_did_not_start", "run_notebook", "notebook_warnings"]
 
 
 #: The numbered notebooks, in order.  Only the ones that exist are run.
@@ -116,6 +119,18 @@ def _stage_error(notebook: str, error: BaseException, failed: Path | None) -> St
     return StageError(f"{notebook} failed: {what}\n  {where}")
 
 
+#: How often a notebook's kernel is started when it dies before it replies (see :func:`kernel_did_not_start`).
+KERNEL_START_ATTEMPTS = 3
+
+
+def kernel_did_not_start(error: BaseException) -> bool:
+    """True when ``error`` says the kernel died before it answered its first request, so no cell ran and the notebook
+    can simply be run again.  Seen when two processes start kernels at the same moment: jupyter_client picks free
+    ports by binding and releasing them, and the other process may take one before this kernel binds it
+    (``ZMQError: Address already in use`` in the kernel's log)."""
+    return isinstance(error, RuntimeError) and "before replying to kernel_info" in str(error)
+
+
 def run_notebook(notebook: str, output: str | os.PathLike, parameters: Mapping[str, Any],
                  log_output: bool = False, progress_bar: bool = True) -> Path:
     """Execute one notebook with papermill (cwd = project root); the executed copy goes to ``output``.
@@ -139,18 +154,27 @@ def run_notebook(notebook: str, output: str | os.PathLike, parameters: Mapping[s
     if saved_env is None:  # not inside a chain/study: the records still wait for the stage to succeed
         os.environ[BATCH_ENV] = lock_token()
     try:
-        pm.execute_notebook(
-            str(notebook_path(notebook)),
-            str(running),
-            parameters=dict(parameters),
-            cwd=str(project_root()),
-            log_output=log_output,
-            progress_bar=progress_bar,
-            kernel_name="python3",
-            # the kernel's start-up log and its harmless shutdown-interrupt line only with DUALSYNTH_VERBOSE; its
-            # errors still show
-            extra_arguments=kernel_arguments(),
-        )
+        for attempt in range(1, KERNEL_START_ATTEMPTS + 1):
+            try:
+                pm.execute_notebook(
+                    str(notebook_path(notebook)),
+                    str(running),
+                    parameters=dict(parameters),
+                    cwd=str(project_root()),
+                    log_output=log_output,
+                    progress_bar=progress_bar,
+                    kernel_name="python3",
+                    # the kernel's start-up log and its harmless shutdown-interrupt line only with DUALSYNTH_VERBOSE;
+                    # its errors still show
+                    extra_arguments=kernel_arguments(),
+                )
+                break
+            except Exception as e:
+                if attempt == KERNEL_START_ATTEMPTS or not kernel_did_not_start(e):
+                    raise
+                print(f"{notebook}: the kernel did not start ({e}); starting another (attempt {attempt + 1} of "
+                      f"{KERNEL_START_ATTEMPTS})", flush=True)
+                time.sleep(random.uniform(0.5, 2.0))  # apart from the other process that took its port
     except BaseException as e:
         failed = None
         if running.exists():
