@@ -411,36 +411,53 @@ time.sleep(120)
 def test_a_kernel_that_dies_before_it_replies_is_started_again(tmp_path, monkeypatch, capsys):
     """Two chains starting kernels at the same moment can collide on a port (CI, session 14: ``ZMQError: Address
     already in use``, "Kernel died before replying to kernel_info"): no cell ran, so the stage starts another kernel
-    (up to runner.KERNEL_START_ATTEMPTS) instead of failing the chain; a notebook's own error is not retried."""
+    (up to runner.KERNEL_START_ATTEMPTS in all) instead of failing the chain; when every one dies, the last good
+    records stay and the error says so; a notebook's own error, or any other, is not retried."""
+    import papermill as pm
+
     from dualsynth import batch, runner
 
-    monkeypatch.setattr(runner.time, "sleep", lambda s: None)
+    monkeypatch.setattr(runner, "_kernel_retry_pause", lambda: None)
     died = RuntimeError("Kernel died before replying to kernel_info")
     failures = {"left": 1}
+    calls = _fake_papermill(monkeypatch)
+    runs_cells = pm.execute_notebook
+    starts = []
 
-    def fail(params):
-        if failures["left"]:
+    def execute(input_path, output_path, parameters=None, **kw):
+        starts.append(Path(input_path).stem)
+        if failures["left"]:  # as papermill does: the notebook is written, no cell runs (no config.start_stage)
             failures["left"] -= 1
-            return died
-        return None
+            Path(output_path).write_text(json.dumps({"cells": [], "metadata": {}, "nbformat": 4,
+                                                     "nbformat_minor": 5}))
+            raise died
+        return runs_cells(input_path, output_path, parameters=parameters, **kw)
 
-    calls = _fake_papermill(monkeypatch, fail)
+    monkeypatch.setattr(pm, "execute_notebook", execute)
     exp = tmp_path / "e"
     batch.run_chain("smoke", experiment="e", stages="01", outputs_dir=str(tmp_path))
-    assert [c[0] for c in calls] == ["01_patching", "01_patching"]
-    assert (exp / "runs" / "run_01_patching.json").is_file()
-    assert "the kernel did not start" in capsys.readouterr().out
+    assert starts == ["01_patching", "01_patching"] and len(calls) == 1
+    good_rec = (exp / "runs" / "run_01_patching.json").read_bytes()
+    assert "01_patching: the kernel died at start-up (Kernel died before replying to kernel_info" in \
+        capsys.readouterr().out
 
-    failures["left"] = runner.KERNEL_START_ATTEMPTS  # dies every time: the chain fails, naming the kernel
-    calls.clear()
-    with pytest.raises(batch.StageError, match="01_patching failed: RuntimeError: Kernel died before replying"):
+    failures["left"] = runner.KERNEL_START_ATTEMPTS  # dies every time: the stage fails, the last records stay
+    starts.clear()
+    with pytest.raises(batch.StageError, match=rf"01_patching failed: RuntimeError: Kernel died before replying "
+                                               rf"to kernel_info \({runner.KERNEL_START_ATTEMPTS} kernels started"):
         batch.run_chain("smoke", experiment="e", stages="01", outputs_dir=str(tmp_path))
-    assert len(calls) == runner.KERNEL_START_ATTEMPTS
+    assert len(starts) == runner.KERNEL_START_ATTEMPTS and len(calls) == 1
+    assert (exp / "runs" / "run_01_patching.json").read_bytes() == good_rec
+    assert not list((exp / "runs" / ".pending").iterdir())
+    assert (exp / "notebooks" / "01_patching-failed.ipynb").is_file()
+    assert not [p.name for p in (exp / "notebooks").iterdir() if p.name.startswith(".")]
 
-    calls.clear()  # the notebook's own error: one attempt
-    _fake_papermill(monkeypatch, lambda p: _notebook_error())
-    with pytest.raises(runner.StageError, match="PatchingError"):
-        runner.run_notebook("01_patching", tmp_path / "x.ipynb", {"experiment": "e", "outputs_dir": str(tmp_path)})
+    for other in (_notebook_error(), OSError("No space left on device")):  # not a kernel start: one attempt
+        calls = _fake_papermill(monkeypatch, lambda p, other=other: other)
+        with pytest.raises(runner.StageError):
+            runner.run_notebook("01_patching", tmp_path / "x.ipynb", {"experiment": "e",
+                                                                      "outputs_dir": str(tmp_path)})
+        assert len(calls) == 1
     assert runner.kernel_did_not_start(died) and not runner.kernel_did_not_start(_notebook_error())
 
 

@@ -131,6 +131,11 @@ def kernel_did_not_start(error: BaseException) -> bool:
     return isinstance(error, RuntimeError) and "before replying to kernel_info" in str(error)
 
 
+def _kernel_retry_pause() -> None:
+    """A short random pause before the next kernel start, apart from the other process that took its port."""
+    time.sleep(random.uniform(0.5, 2.0))
+
+
 def run_notebook(notebook: str, output: str | os.PathLike, parameters: Mapping[str, Any],
                  log_output: bool = False, progress_bar: bool = True) -> Path:
     """Execute one notebook with papermill (cwd = project root); the executed copy goes to ``output``.
@@ -139,7 +144,9 @@ def run_notebook(notebook: str, output: str | os.PathLike, parameters: Mapping[s
     notebook to a hidden file beside ``output``, renamed to ``output`` on success, and ``config.start_stage`` puts the
     run record in ``runs/.pending/``, moved into ``runs/`` on success.  A failed or interrupted attempt keeps the
     last good run's notebook and record; its own notebook is kept as ``<name>-failed.ipynb``
-    (:func:`failed_notebook_path`), named in the :class:`StageError`, and its pending record is dropped.
+    (:func:`failed_notebook_path`), named in the :class:`StageError`, and its pending record is dropped.  A kernel
+    that dies before it replies (no cell ran: :func:`kernel_did_not_start`) is started again, up to
+    :data:`KERNEL_START_ATTEMPTS` kernels in all; an error inside the notebook is never retried.
     """
     import papermill as pm  # lazy: papermill, as above
 
@@ -170,11 +177,13 @@ def run_notebook(notebook: str, output: str | os.PathLike, parameters: Mapping[s
                 )
                 break
             except Exception as e:
-                if attempt == KERNEL_START_ATTEMPTS or not kernel_did_not_start(e):
+                if not kernel_did_not_start(e):
                     raise
-                print(f"{notebook}: the kernel did not start ({e}); starting another (attempt {attempt + 1} of "
-                      f"{KERNEL_START_ATTEMPTS})", flush=True)
-                time.sleep(random.uniform(0.5, 2.0))  # apart from the other process that took its port
+                if attempt == KERNEL_START_ATTEMPTS:
+                    raise RuntimeError(f"{e} ({attempt} kernels started, each died at start-up)") from e
+                print(f"{notebook}: the kernel died at start-up ({e}; the traceback above is its own); starting "
+                      f"another (attempt {attempt + 1} of {KERNEL_START_ATTEMPTS})", flush=True)
+                _kernel_retry_pause()
     except BaseException as e:
         failed = None
         if running.exists():
