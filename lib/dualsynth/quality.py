@@ -53,9 +53,11 @@ Measures (pure functions on arrays; images ``(N, H, W[, C])``, masks ``(N, H, W)
 Baselines (:func:`similarity_report`): the real patches are split at random into two disjoint halves A and B.
 For the distances, ``real_vs_real`` = d(A, B) and ``synthetic_vs_real`` = d(S, B), where S are random subsets of
 the synthetic set with |A| patches (averaged over ``repeats`` draws), so both sides have the same sample size and
-the same finite-sample noise.  KID is unbiased in the sample size, so all synthetic patches are used.  The
-re-segmenting classifier is fitted on A; ``real_vs_real`` is its boundary disagreement on B and
-``synthetic_vs_real`` on the synthetic set.  A synthetic set as good as real data gives values near the baseline.
+the same finite-sample noise.  W1 and S2 average both sides over ``splits`` (20) halvings: with one, the
+baseline of a few dozen patches moved several-fold with the seed.  KID is unbiased in the sample size, so all
+synthetic patches are used; KID and the boundary measure use the first halving.  The re-segmenting classifier
+is fitted on A; ``real_vs_real`` is its boundary disagreement on B and ``synthetic_vs_real`` on the synthetic set.
+A synthetic set as good as real data gives values near the baseline.
 """
 from __future__ import annotations
 
@@ -94,6 +96,8 @@ __all__ = [
 ]
 
 SIMILARITY_FORMAT = 1
+#: Random halvings of the real patches W1's and S2's two sides are averaged over (:func:`similarity_report`).
+SIMILARITY_SPLITS = 20
 
 
 def _masks(masks, what: str = "masks") -> np.ndarray:
@@ -357,11 +361,17 @@ def _pair(syn: float, real: float) -> dict[str, float]:
 
 def similarity_report(real_images, real_masks, synth_images, synth_masks, num_classes: int,
                       features_fn: Callable | None = None, seed: int = 0, class_names: Sequence[str] | None = None,
-                      repeats: int = 20, r_max: int | None = None, boundary: bool = True) -> dict[str, Any]:
+                      repeats: int = 20, r_max: int | None = None, boundary: bool = True,
+                      splits: int = SIMILARITY_SPLITS) -> dict[str, Any]:
     """Every measure for synthetic vs real, each with its real-vs-real baseline (see the module docstring).
 
     JSON-serialisable.  ``features_fn(images, masks) → (N, d)`` enables KID (e.g. :func:`vqvae_features`).
+    ``splits``: random halvings A/B of the real patches that W1 and S2 average over, both sides (d(A, B) and
+    d(S, B)); the first is also KID's and the boundary measure's.  One halving of a few dozen patches gives a
+    baseline that varies several-fold with the seed (README, *How much a second pool …*).
     """
+    if not (isinstance(splits, int) and splits >= 1):
+        raise ValueError(f"splits must be an integer >= 1, got {splits!r}")
     rm, sm = _masks(real_masks, "real masks"), _masks(synth_masks, "synthetic masks")
     real_images, synth_images = np.asarray(real_images), np.asarray(synth_images)
     if len(rm) < 4:
@@ -374,21 +384,24 @@ def similarity_report(real_images, real_masks, synth_images, synth_masks, num_cl
     perm = rng.permutation(len(rm))
     a, b = perm[: len(rm) // 2], perm[len(rm) // 2:]
     draws = [rng.choice(len(sm), min(len(a), len(sm)), replace=False) for _ in range(repeats)]
+    more = np.random.default_rng([seed, 1])  # the further halvings: the first split and the draws stay as before
+    halves = [(a, b)] + [(q[: len(a)], q[len(a):]) for q in (more.permutation(len(rm)) for _ in range(splits - 1))]
 
-    def averaged(dist: Callable, real_a, real_b, syn) -> dict[str, Any]:
-        real = dist(real_a, real_b)
-        runs = [dist(syn[d], real_b) for d in draws]
+    def averaged(dist: Callable, real_all, syn) -> dict[str, Any]:
+        reals = [dist(real_all[ha], real_all[hb]) for ha, hb in halves]
+        runs = [dist(syn[d], real_all[hb]) for _, hb in halves for d in draws]
         syn_per = np.mean([r["per_class"] for r in runs], axis=0)
-        return {**_pair(np.mean([r["mean"] for r in runs]), real["mean"]),
-                "per_class": {n: _pair(s, r) for n, s, r in zip(names, syn_per, real["per_class"])}}
+        real_per = np.mean([r["per_class"] for r in reals], axis=0)
+        return {**_pair(np.mean([r["mean"] for r in runs]), np.mean([r["mean"] for r in reals])),
+                "per_class": {n: _pair(s, r) for n, s, r in zip(names, syn_per, real_per)}, "splits": splits}
 
     measures: dict[str, Any] = {}
     measures["class_fraction_w1"] = {
-        **averaged(lambda x, y: fraction_distance(x, y, num_classes), rm[a], rm[b], sm),
+        **averaged(lambda x, y: fraction_distance(x, y, num_classes), rm, sm),
         "what": "1-D Wasserstein distance between per-patch class-fraction distributions, mean over classes"}
     r, s2_real = two_point_correlation(rm, num_classes, r_max)
     _, s2_syn = two_point_correlation(sm, num_classes, r_max)
-    measures["s2_rms"] = {**averaged(s2_distance, s2_real[a], s2_real[b], s2_syn),
+    measures["s2_rms"] = {**averaged(s2_distance, s2_real, s2_syn),
                           "what": f"RMS difference of mean two-point correlation curves S2(r), r = 0…{r[-1]} px "
                                   "(zero-padded, non-periodic), mean over classes"}
     if features_fn is not None:
