@@ -3,7 +3,8 @@
 Architecture after the VQ-VAE of van den Oord et al. (2017) as laid out in DeepMind Sonnet's example, with the
 changes of Volman Stern et al. (2024): ``C + M`` input channels, a small codebook (K = 10 by default), a
 downsampling factor of 4 (256x256 images -> 64x64 code maps with values ``0..K-1``; the paper counts them
-``1..K``; ``downsample=2``, ours, halves it).  Inputs are float32 in [0, 1]; the loss is ``MSE(x_recon, x) / data_variance + vq_loss``.
+``1..K``; ``downsample=2``, ours, halves it).  Inputs are float32 in [0, 1]; the loss is
+``MSE(x_recon, x) / data_variance + vq_loss``.
 
 Modules, by concern:
 
