@@ -256,28 +256,6 @@ def _start_long_jobs_early(request, chain_processes, tmp_path_factory):
         mod.start_early(chain_processes, tmp_path_factory, names)
 
 
-#: fixtures through which a test waits for a job started at the session's start (``paper_chain``:
-#: tests/test_paper_scale.py)
-WAITING_FIXTURES = frozenset({"smoke_chain", "real_data_chain", "paper_chain", "chain_processes"})
-
-
-def waits_for_background(item) -> bool:
-    """Whether the test waits for a long job started at the session's start: it asks for one of WAITING_FIXTURES
-    (among its own arguments: every test's fixture closure holds ``chain_processes``, through the autouse
-    ``_start_long_jobs_early``), or for a fixture that needs the smoke or the real-data chain."""
-    import inspect
-
-    own = set(inspect.signature(item.function).parameters) if hasattr(item, "function") else set()
-    return bool(WAITING_FIXTURES & own) or bool((WAITING_FIXTURES - {"chain_processes"}) & set(item.fixturenames))
-
-
-def pytest_collection_modifyitems(session, config, items):
-    """The tests that wait for the session's background jobs run after all the others (each group in its collected
-    order, so the last user of the smoke chain stays last): the quick tests then run while those jobs use the other
-    core, instead of the session standing still at a test that waits for a job not yet done."""
-    items[:] = [i for i in items if not waits_for_background(i)] + [i for i in items if waits_for_background(i)]
-
-
 @pytest.fixture(scope="session")
 def real_data_chain(chain_processes) -> Path:
     """The real-data chain's experiment folder (``REAL_DATA_CHAIN``); skipped without ../shared/data."""

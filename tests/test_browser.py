@@ -9,10 +9,6 @@ than the project's own Python warnings (``file:line: …Warning: …``, listed i
 rendered with a non-zero size; the progress bars rendered as widgets; the kernel is the venv's Python; and no
 TensorFlow log line in JupyterLab's own log (the terminal of ``make lab``).  Screenshots go to ``outputs/browser/``.
 Skipped, with the reason, where Chromium or playwright is missing.
-
-The check itself (``check_in_jupyterlab``) runs in a pytest of its own, started when the session starts
-(``start_early``), so that its two minutes go on beside the other tests; ``test_notebooks_run_clean_in_jupyterlab``
-waits for it and passes, fails or skips as it did, with its console.  ``pytest tests/test_browser.py`` does the same.
 """
 from __future__ import annotations
 
@@ -30,7 +26,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, BackgroundProcess
+from conftest import ROOT
 
 pytestmark = pytest.mark.slow
 
@@ -207,36 +203,7 @@ def _save(page, path: Path, name: str) -> dict:
     pytest.fail(f"{name}: JupyterLab did not save the notebook")
 
 
-def _check_process(jobs) -> BackgroundProcess:
-    """``check_in_jupyterlab`` in a pytest of its own, which collects only it (``python_functions``; the session
-    does not collect it), once per session: ``jobs`` is ``chain_processes``."""
-    return jobs.start_job("browser", lambda folder: BackgroundProcess(
-        "the JupyterLab check", [sys.executable, "-m", "pytest", "-q", "-rs", "-s", "-p", "no:cacheprovider",
-                                 "-o", "python_functions=check_in_jupyterlab",
-                                 f"{Path(__file__).resolve()}::check_in_jupyterlab"],
-        folder / "browser.log"))
-
-
-def start_early(jobs, tmp_path_factory, selected: set[str]) -> None:
-    """Called by conftest when the session starts: the JupyterLab check (~2 min) runs beside the other tests."""
-    if "test_notebooks_run_clean_in_jupyterlab" in selected:
-        _check_process(jobs)
-
-
-def test_notebooks_run_clean_in_jupyterlab(chain_processes):
-    """The JupyterLab check's outcome (its pytest's exit code: 0 passed, 1 failed; a skip is passed on as a skip)."""
-    job = _check_process(chain_processes)
-    rc = job.returncode(timeout=1200)
-    console = job.log.read_text(errors="replace")
-    print(console[-4000:])
-    assert rc == 0, f"the JupyterLab check failed (pytest exit {rc}):\n{console[-6000:]}"
-    skipped = re.search(r"^SKIPPED \[\d+\] [^:]+:\d+: (.+)$", console, re.M)
-    if skipped and not re.search(r"\b1 passed\b", console):
-        pytest.skip(skipped.group(1))
-
-
-def check_in_jupyterlab(lab):
-    """The check (see the module's docstring), collected only by its own pytest (``_check_process``)."""
+def test_notebooks_run_clean_in_jupyterlab(lab):
     from playwright.sync_api import sync_playwright  # the fixture skipped if it is missing
 
     chromium = _chromium()
